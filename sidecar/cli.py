@@ -1,0 +1,194 @@
+"""`sidecar`: run the relay, check a configuration, publish an event."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from sidecar import config as config_module
+from sidecar.config import Config, ConfigError
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+
+def _load(path: str | None) -> Config:
+    if path is None:
+        return Config()
+    return config_module.load(path)
+
+
+def banner(runtime) -> None:  # runtime: sidecar.app.Runtime
+    cfg = runtime.config
+    app = runtime.apps.apps[0]
+    scheme = "ws" if cfg.tls.mode == "off" else "wss"
+    host = "localhost" if cfg.listen.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.listen.host
+    options = {
+        "wsHost": host,
+        "wsPort": cfg.listen.port,
+        "wssPort": cfg.listen.port,
+        "forceTLS": scheme == "wss",
+        "enabledTransports": [scheme],
+        "cluster": "sidecar",
+    }
+    lines = [
+        "",
+        "Sidecar is running.",
+        f"  WebSocket  {scheme}://{host}:{cfg.listen.port}/app/{app.key}?protocol=7",
+        f"  Publish    unix socket {cfg.publish.socket} (POST /apps/{app.id}/events)",
+        "",
+        "Connect with pusher-js:",
+        f"  new Pusher({json.dumps(app.key)}, {json.dumps(options)})",
+    ]
+    if runtime.cert_file is not None and cfg.tls.mode == "self-signed":
+        lines += [
+            "",
+            "Trust the development certificate in your client:",
+            f"  {runtime.cert_file.resolve()}",
+            f"  (Node: NODE_EXTRA_CA_CERTS={runtime.cert_file}; a browser: import it as an "
+            "authority)",
+        ]
+    if runtime.app_created:
+        lines += [
+            "",
+            f"App id {app.id}, key {app.key}, secret {app.secret}",
+            f"  generated once, kept in {Path(cfg.tls.dir) / 'app.json'} (mode 0600); "
+            "shown this one time only.",
+        ]
+    lines += [
+        "",
+        "Publish an event:",
+        f"  sidecar publish --socket {cfg.publish.socket} my-channel my-event "
+        + """'{"hello":"world"}'""",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sidecar import app as app_module
+    from sidecar.observe.logging import setup
+    from sidecar.publish.unix import SocketInUse
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(f"sidecar: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup(cfg.log.level)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        runner = asyncio.run
+    try:
+        runner(app_module.run_until_signal(cfg, banner))
+    except SocketInUse as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_START
+    except OSError as exc:
+        print(f"sidecar: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_START
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_module.load(args.file)
+    except ConfigError as exc:
+        print(f"sidecar: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    apps = "generated on first run" if cfg.apps is None else f"{len(cfg.apps)} app(s)"
+    print(
+        f"{args.file}: ok (tls {cfg.tls.mode}, listen {cfg.listen.host}:{cfg.listen.port}, {apps})"
+    )
+    return 0
+
+
+def _read_data(arg: str) -> str:
+    if arg == "-":
+        return sys.stdin.read()
+    if arg.startswith("@"):
+        return Path(arg[1:]).read_text()
+    return arg
+
+
+def _default_app_id(args: argparse.Namespace) -> str:
+    if args.app is not None:
+        return args.app
+    if args.config is not None:
+        cfg = config_module.load(args.config)
+        if cfg.apps:
+            return cfg.apps[0].id
+    return "1"
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from sidecar.publish.client import PublishError, SidecarClient
+
+    try:
+        data = _read_data(args.data)
+        app_id = _default_app_id(args)
+        socket_path = args.socket
+        if socket_path is None:
+            socket_path = (
+                config_module.load(args.config).publish.socket if args.config else "./sidecar.sock"
+            )
+    except ConfigError as exc:
+        print(f"sidecar: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"sidecar: cannot read data: {exc}", file=sys.stderr)
+        return EXIT_START
+    try:
+        with SidecarClient(socket_path, app_id=app_id) as client:
+            channels = args.channel.split(",")
+            client.trigger(
+                channels[0] if len(channels) == 1 else channels,
+                args.event,
+                data,
+                socket_id=args.socket_id,
+            )
+    except PublishError as exc:
+        print(f"sidecar: publish refused: {exc}", file=sys.stderr)
+        return EXIT_START
+    except OSError as exc:
+        print(f"sidecar: cannot reach {socket_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_START
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the relay (no config: development defaults)")
+    run.add_argument("--config", "-c", help="YAML configuration file")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    pub = sub.add_parser("publish", help="publish an event over the Unix socket")
+    pub.add_argument("channel", help="channel name, or several separated by commas")
+    pub.add_argument("event", help="event name")
+    pub.add_argument("data", help="event data: text or JSON, @FILE, or - for stdin")
+    pub.add_argument("--socket", "-s", help="socket path (default ./sidecar.sock or the config's)")
+    pub.add_argument("--config", "-c", help="take the socket and app id from this config")
+    pub.add_argument("--app", help="app id (default: the first app, or 1)")
+    pub.add_argument("--socket-id", help="leave out this connection (the publisher's own)")
+    pub.set_defaults(func=cmd_publish)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

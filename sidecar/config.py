@@ -1,0 +1,406 @@
+"""The configuration: one YAML file, every key defaulted and validated before anything starts.
+
+A bad file stops the start with one line that names the key and what is wrong with it
+(`ConfigError`), never a traceback. The contract of the top-level keys is in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.edge.origin import LOCAL_ORIGINS, parse_origin_pattern
+
+MiB = 1024 * 1024
+# Hosted Pusher stops at 10 KB; the reason to run a relay beside the app is to send far more.
+DEFAULT_MAX_PAYLOAD = 8 * MiB
+# A client falling this far behind is closed with 4100. It must hold at least one largest event
+# plus a little: an empty queue always takes one event, so the limit only bites on a backlog.
+DEFAULT_SEND_QUEUE_BYTES = 16 * MiB
+# Browsers send pings, subscriptions and client events: small frames. Bigger is a bug or abuse.
+DEFAULT_MAX_CLIENT_MESSAGE = 64 * 1024
+# What pusher-js is told; soketi and Reverb say 30, Pusher 120. Shorter finds dead peers sooner.
+DEFAULT_ACTIVITY_TIMEOUT = 120
+
+
+class ConfigError(ValueError):
+    """A bad configuration: `key` is the dotted path, the message what is wrong."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    id: str
+    key: str
+    secret: str = field(repr=False)
+    client_events: bool = False
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "0.0.0.0"
+    port: int = 8443
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    port: int | None = 8080
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: str = "self-signed"  # self-signed | files | acme | off
+    dir: str = "./certs"  # generated certificates and the generated app secret live here
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    socket: str = "./sidecar.sock"
+    socket_mode: int = 0o660  # who may publish is decided by file permissions
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    kind: str = "memory"
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int | None = 9601
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    activity_timeout: int = DEFAULT_ACTIVITY_TIMEOUT
+    pong_timeout: int = 30
+    idle_timeout: int = 0  # close a connection with no subscription after this long; 0: never
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
+    max_client_message_bytes: int = DEFAULT_MAX_CLIENT_MESSAGE
+    max_subscriptions: int = 1000  # per connection: bounds what one socket can make us hold
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig = ListenConfig()
+    http: HttpConfig = HttpConfig()
+    tls: TlsConfig = TlsConfig()
+    publish: PublishConfig = PublishConfig()
+    apps: tuple[AppConfig, ...] | None = None  # None: generate one on first run, kept in tls.dir
+    allowed_origins: tuple[str, ...] = LOCAL_ORIGINS
+    upstream: str | None = None
+    broker: BrokerConfig = BrokerConfig()
+    admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = None  # the file it came from, for messages
+
+
+# Reading values -----------------------------------------------------------------------------
+
+
+def _mapping(raw: Any, key: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _only(raw: dict[str, Any], key: str, allowed: set[str]) -> None:
+    for name in raw:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            where = f"{key}.{name}" if key else str(name)
+            raise ConfigError(where, f"unknown key (known here: {known})")
+
+
+def _int(raw: dict[str, Any], key: str, name: str, default: int, lo: int, hi: int) -> int:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{key}.{name}", f"must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _port(raw: dict[str, Any], key: str, name: str, default: int | None) -> int | None:
+    if name in raw and raw[name] is None:
+        return None
+    return _int(raw, key, name, default, 1, 65535) if default is not None or name in raw else None
+
+
+def _str(raw: dict[str, Any], key: str, name: str, default: str | None) -> str | None:
+    value = raw.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(raw: dict[str, Any], key: str, name: str, default: str, choices: tuple[str, ...]):
+    value = raw.get(name, default)
+    if value not in choices:
+        raise ConfigError(f"{key}.{name}", f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _bytes(raw: dict[str, Any], key: str, name: str, default: int) -> int:
+    """A size: an integer of bytes, or a string like '8MiB', '512KiB', '10MB'."""
+    value = raw.get(name, default)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*", value)
+        if m is None:
+            raise ConfigError(f"{key}.{name}", f"must be a size like 8MiB, got {value!r}")
+        unit = {
+            None: 1,
+            "B": 1,
+            "KB": 1000,
+            "KiB": 1024,
+            "MB": 1000**2,
+            "MiB": MiB,
+            "GB": 1000**3,
+            "GiB": 1024**3,
+        }
+        value = int(m.group(1)) * unit[m.group(2)]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}.{name}", f"must be a positive size, got {value!r}")
+    return value
+
+
+# Sections -----------------------------------------------------------------------------------
+
+
+def _listen(raw: Any) -> ListenConfig:
+    raw = _mapping(raw, "listen")
+    _only(raw, "listen", {"host", "port"})
+    return ListenConfig(
+        host=_str(raw, "listen", "host", "0.0.0.0") or "0.0.0.0",
+        port=_int(raw, "listen", "port", 8443, 1, 65535),
+    )
+
+
+def _tls(raw: Any) -> TlsConfig:
+    raw = _mapping(raw, "tls")
+    _only(raw, "tls", {"mode", "dir", "cert", "key", "acme"})
+    mode = _choice(raw, "tls", "mode", "self-signed", ("self-signed", "files", "acme", "off"))
+    if mode == "acme":
+        raise ConfigError("tls.mode", "acme is not available in this version; use files")
+    cert = _str(raw, "tls", "cert", None)
+    key = _str(raw, "tls", "key", None)
+    if mode == "files":
+        for name, path in (("cert", cert), ("key", key)):
+            if path is None:
+                raise ConfigError(f"tls.{name}", "is required when tls.mode is files")
+            if not os.path.isfile(path):
+                raise ConfigError(f"tls.{name}", f"no such file: {path}")
+    return TlsConfig(
+        mode=mode, dir=_str(raw, "tls", "dir", "./certs") or "./certs", cert=cert, key=key
+    )
+
+
+def _publish(raw: Any) -> PublishConfig:
+    raw = _mapping(raw, "publish")
+    _only(raw, "publish", {"socket", "socket_mode"})
+    mode = raw.get("socket_mode", 0o660)
+    if isinstance(mode, str):
+        try:
+            mode = int(mode, 8)
+        except ValueError:
+            raise ConfigError(
+                "publish.socket_mode", f"must be octal like '0660', got {mode!r}"
+            ) from None
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ConfigError("publish.socket_mode", f"must be a file mode like '0660', got {mode!r}")
+    return PublishConfig(
+        socket=_str(raw, "publish", "socket", "./sidecar.sock") or "", socket_mode=mode
+    )
+
+
+def _apps(raw: Any) -> tuple[AppConfig, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("apps", "must be a non-empty list of {id, key, secret}")
+    apps = []
+    ids: set[str] = set()
+    keys: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"apps[{i}]"
+        entry = _mapping(entry, where)
+        _only(entry, where, {"id", "key", "secret", "client_events", "max_payload_bytes"})
+        app_id = entry.get("id")
+        if isinstance(app_id, int) and not isinstance(app_id, bool):
+            app_id = str(app_id)
+        if not isinstance(app_id, str) or not app_id.isdigit():
+            # The Pusher server libraries build URLs from a numeric app id.
+            raise ConfigError(
+                f"{where}.id", f"must be a number (as the Pusher libraries expect), got {app_id!r}"
+            )
+        key = _str(entry, where, "key", None)
+        secret = entry.get("secret")
+        if key is None:
+            raise ConfigError(f"{where}.key", "is required")
+        if not isinstance(secret, str) or len(secret) < 8:
+            raise ConfigError(f"{where}.secret", "is required: a string of at least 8 characters")
+        if app_id in ids:
+            raise ConfigError(f"{where}.id", f"{app_id} is used by another app")
+        if key in keys:
+            raise ConfigError(f"{where}.key", "is used by another app")
+        ids.add(app_id)
+        keys.add(key)
+        client_events = entry.get("client_events", False)
+        if not isinstance(client_events, bool):
+            raise ConfigError(
+                f"{where}.client_events", f"must be true or false, got {client_events!r}"
+            )
+        apps.append(
+            AppConfig(
+                id=app_id,
+                key=key,
+                secret=secret,
+                client_events=client_events,
+                max_payload_bytes=_bytes(entry, where, "max_payload_bytes", DEFAULT_MAX_PAYLOAD),
+            )
+        )
+    return tuple(apps)
+
+
+def _origins(raw: Any) -> tuple[str, ...]:
+    raw = _mapping(raw, "cors")
+    _only(raw, "cors", {"allowed_origins"})
+    origins = raw.get("allowed_origins", list(LOCAL_ORIGINS))
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError("cors.allowed_origins", "must be a list of origins")
+    for i, origin in enumerate(origins):
+        if origin == "*":
+            continue
+        try:
+            parse_origin_pattern(origin)
+        except ValueError as exc:
+            raise ConfigError(f"cors.allowed_origins[{i}]", str(exc)) from None
+    return tuple(origins)
+
+
+def _broker(raw: Any) -> BrokerConfig:
+    raw = _mapping(raw, "broker")
+    _only(raw, "broker", {"kind", "url"})
+    kind = _choice(raw, "broker", "kind", "memory", ("memory", "redis"))
+    if kind == "redis":
+        raise ConfigError("broker.kind", "redis is not available in this version; use memory")
+    return BrokerConfig(kind=kind, url=_str(raw, "broker", "url", None))
+
+
+def _limits(raw: Any) -> LimitsConfig:
+    raw = _mapping(raw, "limits")
+    d = LimitsConfig()
+    _only(raw, "limits", set(d.__dataclass_fields__))
+    limits = LimitsConfig(
+        activity_timeout=_int(raw, "limits", "activity_timeout", d.activity_timeout, 1, 3600),
+        pong_timeout=_int(raw, "limits", "pong_timeout", d.pong_timeout, 1, 600),
+        idle_timeout=_int(raw, "limits", "idle_timeout", d.idle_timeout, 0, 7 * 86400),
+        send_queue_bytes=_bytes(raw, "limits", "send_queue_bytes", d.send_queue_bytes),
+        max_client_message_bytes=_bytes(
+            raw, "limits", "max_client_message_bytes", d.max_client_message_bytes
+        ),
+        max_subscriptions=_int(raw, "limits", "max_subscriptions", d.max_subscriptions, 1, 100_000),
+    )
+    return limits
+
+
+def from_mapping(raw: Any, source: str | None = None) -> Config:
+    """Validate a parsed YAML document into a Config, or raise ConfigError."""
+    raw = _mapping(raw, "(top level)")
+    _only(
+        raw,
+        "",
+        {
+            "listen",
+            "http",
+            "tls",
+            "publish",
+            "apps",
+            "cors",
+            "upstream",
+            "broker",
+            "admin",
+            "limits",
+            "log",
+        },
+    )
+    http = _mapping(raw.get("http"), "http")
+    _only(http, "http", {"port"})
+    admin = _mapping(raw.get("admin"), "admin")
+    _only(admin, "admin", {"host", "port"})
+    log = _mapping(raw.get("log"), "log")
+    _only(log, "log", {"level"})
+    upstream = raw.get("upstream")
+    if upstream is not None:
+        raise ConfigError(
+            "upstream", "the reverse proxy is not available in this version; leave it null"
+        )
+    config = Config(
+        listen=_listen(raw.get("listen")),
+        http=HttpConfig(port=_port(http, "http", "port", 8080)),
+        tls=_tls(raw.get("tls")),
+        publish=_publish(raw.get("publish")),
+        apps=_apps(raw.get("apps")),
+        allowed_origins=_origins(raw.get("cors")),
+        broker=_broker(raw.get("broker")),
+        admin=AdminConfig(
+            host=_str(admin, "admin", "host", "127.0.0.1") or "127.0.0.1",
+            port=_port(admin, "admin", "port", 9601),
+        ),
+        limits=_limits(raw.get("limits")),
+        log=LogConfig(
+            level=_choice(log, "log", "level", "info", ("debug", "info", "warning", "error"))
+        ),
+        source=source,
+    )
+    ports = [
+        ("listen.port", config.listen.port),
+        ("http.port", config.http.port),
+        ("admin.port", config.admin.port),
+    ]
+    seen: dict[int, str] = {}
+    for name, port in ports:
+        if port is None:
+            continue
+        if port in seen:
+            raise ConfigError(name, f"port {port} is already taken by {seen[port]}")
+        seen[port] = name
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML file; ConfigError names the key, or the line of a syntax error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}: {where}", problem) from None
+    return from_mapping(raw, source=str(path))

@@ -1,0 +1,1 @@
+"""The publish side: the Pusher HTTP API (Unix socket and signed TCP) and a Python client."""

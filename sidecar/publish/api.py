@@ -1,0 +1,101 @@
+"""The Pusher HTTP API handlers, shared by the Unix socket (trusted) and the TLS port (signed)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from sidecar.apps import AppRegistry
+from sidecar.broker.base import Broker
+from sidecar.config import AppConfig
+from sidecar.publish.events import ApiError, parse_batch, parse_events
+from sidecar.relay.auth import SignatureError, verify_request
+
+log = logging.getLogger("sidecar.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EMPTY_OK = b"{}"
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
+    )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal is JSON with a message, aiohttp's own (404, 405, 413) included."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        log.info(
+            "api request refused",
+            extra={"path": request.path, "status": exc.status, "reason": exc.message},
+        )
+        return json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.reason
+        if exc.status == 413:
+            message = "request body too large for this app's payload limit"
+        return json_error(exc.status, message)
+
+
+class PublishApi:
+    """`POST /apps/{id}/events` and `POST /apps/{id}/batch_events`."""
+
+    def __init__(self, apps: AppRegistry, broker: Broker, *, signed: bool) -> None:
+        self.apps = apps
+        self.broker = broker
+        self.signed = signed
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/apps/{app_id}/events", self.events)
+        app.router.add_post("/apps/{app_id}/batch_events", self.batch_events)
+
+    async def _app_and_body(self, request: web.Request) -> tuple[AppConfig, bytes]:
+        app = self.apps.by_id(request.match_info["app_id"])
+        if app is None:
+            raise ApiError(404, f"no app with id {request.match_info['app_id'][:32]!r}")
+        body = await request.read()
+        if self.signed:
+            try:
+                verify_request(
+                    method=request.method,
+                    path=request.path,
+                    params=dict(request.query),
+                    body=body,
+                    key=app.key,
+                    secret=app.secret,
+                    now=time.time(),
+                )
+            except SignatureError as exc:
+                raise ApiError(401, str(exc)) from None
+        return app, body
+
+    async def events(self, request: web.Request) -> web.Response:
+        app, body = await self._app_and_body(request)
+        self.broker.publish(parse_events(body, app))
+        return web.Response(body=EMPTY_OK, content_type="application/json")
+
+    async def batch_events(self, request: web.Request) -> web.Response:
+        app, body = await self._app_and_body(request)
+        publications = parse_batch(body, app)  # all valid, or none published
+        for publication in publications:
+            self.broker.publish(publication)
+        return web.Response(body=EMPTY_OK, content_type="application/json")
+
+
+def client_max_size(apps: AppRegistry) -> int:
+    """Body limit: the largest payload limit, room for JSON escaping of it, and the envelope.
+
+    The exact limit is checked on the decoded `data` (413 naming the field); this bound only
+    stops a body that could never pass that check from being read into memory.
+    """
+    return max(app.max_payload_bytes for app in apps) * 2 + 64 * 1024

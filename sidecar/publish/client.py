@@ -1,0 +1,111 @@
+"""Publish to a local sidecar over its Unix socket: no signature, no network, one round trip.
+
+    from sidecar.publish.client import SidecarClient
+    client = SidecarClient("./sidecar.sock", app_id="1")
+    client.trigger("orders", "created", {"id": 42})
+
+Synchronous on purpose: it is called from request handlers of Puma-style or WSGI apps. The
+connection is kept open between calls and reopened once if the sidecar restarted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class PublishError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _data_string(data: Any) -> str:
+    return data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+
+
+class SidecarClient:
+    def __init__(
+        self,
+        socket_path: str = "./sidecar.sock",
+        app_id: str = "1",
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.socket_path = socket_path
+        self.app_id = str(app_id)
+        self.timeout = timeout
+        self._conn: _UnixHTTPConnection | None = None
+
+    def trigger(
+        self,
+        channels: str | Iterable[str],
+        event: str,
+        data: Any,
+        socket_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish one event to one channel or several (up to 100)."""
+        body: dict[str, Any] = {"name": event, "data": _data_string(data)}
+        if isinstance(channels, str):
+            body["channel"] = channels
+        else:
+            body["channels"] = list(channels)
+        if socket_id is not None:
+            body["socket_id"] = socket_id
+        return self._post(f"/apps/{self.app_id}/events", body)
+
+    def trigger_batch(self, events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """Publish several events ({channel, name, data, socket_id?}) in one request."""
+        batch = [{**e, "data": _data_string(e.get("data"))} for e in events]
+        return self._post(f"/apps/{self.app_id}/batch_events", {"batch": batch})
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        while True:
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+            try:
+                self._conn.request("POST", path, body=payload, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                self.close()
+                # A kept-alive connection the sidecar closed (restart, idle timeout) is retried
+                # once on a new one; a failure on a fresh connection is the caller's to see.
+                if not reused:
+                    raise
+        decoded = json.loads(raw) if raw else {}
+        if response.status >= 300:
+            raise PublishError(response.status, decoded.get("error", raw.decode(errors="replace")))
+        return decoded
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SidecarClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

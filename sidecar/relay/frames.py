@@ -1,0 +1,37 @@
+"""WebSocket frames written by the server (RFC 6455 section 5.2), built once per broadcast.
+
+Server frames are never masked, so a frame is the same bytes for every subscriber: the relay
+builds it once and hands the same object to each connection's send queue.
+"""
+
+from __future__ import annotations
+
+import struct
+
+OP_TEXT = 0x1
+OP_CLOSE = 0x8
+OP_PONG = 0xA
+_FIN = 0x80
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((_FIN | opcode, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", _FIN | opcode, 126, length)
+    return struct.pack("!BBQ", _FIN | opcode, 127, length)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, final, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+    return frame_header(OP_TEXT, len(payload)) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    # Control frames carry at most 125 bytes: 2 for the code, the rest for the reason.
+    body = struct.pack("!H", code) + reason.encode()[:123]
+    return frame_header(OP_CLOSE, len(body)) + body
+
+
+def pong_frame(payload: bytes) -> bytes:
+    return frame_header(OP_PONG, len(payload[:125])) + payload[:125]
