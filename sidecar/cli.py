@@ -31,7 +31,7 @@ def banner(runtime) -> None:  # runtime: sidecar.app.Runtime
         "wsPort": cfg.listen.port,
         "wssPort": cfg.listen.port,
         "forceTLS": scheme == "wss",
-        "enabledTransports": [scheme],
+        "enabledTransports": ["ws"],  # pusher-js names the transport ws, TLS or not
         "cluster": "sidecar",
     }
     lines = [

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import PusherJs, SidecarProcess, base_config
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """Start real `sidecar run` processes; each is stopped at the end of the test."""
+    started: list[SidecarProcess] = []
+
+    def start(workdir: Path | None = None, **config: Any) -> SidecarProcess:
+        folder = workdir or tmp_path / f"sidecar{len(started)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        process = SidecarProcess(folder, base_config(folder, **config))
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def sidecar(start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    return start_sidecar()
+
+
+@pytest.fixture
+async def pusher_js(sidecar: SidecarProcess) -> AsyncIterator[PusherJs]:
+    driver = await PusherJs.start(sidecar.cert)
+    yield driver
+    await driver.close()
