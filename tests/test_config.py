@@ -1,0 +1,337 @@
+"""sidecar.config: every key defaulted, every bad value a ConfigError naming its dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import (
+    DEFAULT_MAX_PAYLOAD,
+    MiB,
+    Config,
+    ConfigError,
+    from_mapping,
+    load,
+)
+from sidecar.edge.origin import LOCAL_ORIGINS
+
+APP = {"id": "1", "key": "app-key", "secret": "a-long-secret"}
+
+
+def error_for(raw: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        from_mapping(raw)
+    return info.value
+
+
+def assert_names(raw: object, key: str) -> ConfigError:
+    error = error_for(raw)
+    assert error.key == key
+    assert str(error).startswith(f"{key}: ")
+    return error
+
+
+# Defaults -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [{}, None])
+def test_defaults_from_an_empty_mapping(raw: object) -> None:
+    config = from_mapping(raw)
+    assert config == Config()
+    assert config.listen.host == "0.0.0.0"
+    assert config.listen.port == 8443
+    assert config.http.port == 8080
+    assert config.admin.port == 9601
+    assert config.tls.mode == "self-signed"
+    assert config.publish.socket_mode == 0o660
+    assert config.apps is None  # generated on first run
+    assert config.allowed_origins == LOCAL_ORIGINS
+    assert config.broker.kind == "memory"
+    assert config.limits.activity_timeout == 120
+    assert config.limits.idle_timeout == 0
+    assert config.limits.send_queue_bytes == 16 * MiB
+    assert config.log.level == "info"
+
+
+def test_source_is_recorded() -> None:
+    assert from_mapping({}, source="/etc/sidecar.yaml").source == "/etc/sidecar.yaml"
+
+
+def test_a_full_valid_mapping() -> None:
+    config = from_mapping(
+        {
+            "listen": {"host": "127.0.0.1", "port": 9000},
+            "http": {"port": None},
+            "apps": [APP, {"id": 2, "key": "k2", "secret": "another-secret", "client_events": True}],
+            "cors": {"allowed_origins": ["https://app.example.com", "*.example.org", "*"]},
+            "limits": {"idle_timeout": 300, "max_client_message_bytes": "128KiB"},
+            "log": {"level": "debug"},
+        }
+    )
+    assert config.listen.port == 9000
+    assert config.http.port is None
+    assert config.apps is not None
+    assert [a.id for a in config.apps] == ["1", "2"]  # an integer id becomes a string
+    assert config.apps[0].max_payload_bytes == DEFAULT_MAX_PAYLOAD
+    assert config.apps[1].client_events is True
+    assert config.allowed_origins == ("https://app.example.com", "*.example.org", "*")
+    assert config.limits.idle_timeout == 300
+    assert config.limits.max_client_message_bytes == 128 * 1024
+    assert config.log.level == "debug"
+
+
+# Sizes and modes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("8MiB", 8 * MiB),
+        ("512KiB", 512 * 1024),
+        ("10MB", 10_000_000),
+        ("1GiB", 1024**3),
+        ("2GB", 2 * 1000**3),
+        ("3KB", 3000),
+        ("100B", 100),
+        ("4096", 4096),
+        (" 8 MiB ", 8 * MiB),
+        (12345, 12345),
+    ],
+)
+def test_sizes(value: object, expected: int) -> None:
+    config = from_mapping({"limits": {"send_queue_bytes": value}})
+    assert config.limits.send_queue_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["8 megs", "MiB", "-1", "1.5MiB", "0", 0, -5, 1.5, True, [1]])
+def test_bad_sizes(value: object) -> None:
+    assert_names({"limits": {"send_queue_bytes": value}}, "limits.send_queue_bytes")
+
+
+def test_app_payload_limit_is_a_size() -> None:
+    config = from_mapping({"apps": [{**APP, "max_payload_bytes": "1MiB"}]})
+    assert config.apps is not None
+    assert config.apps[0].max_payload_bytes == MiB
+    assert_names({"apps": [{**APP, "max_payload_bytes": "lots"}]}, "apps[0].max_payload_bytes")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0600", 0o600), ("660", 0o660), (0o640, 0o640)])
+def test_socket_mode(value: object, expected: int) -> None:
+    assert from_mapping({"publish": {"socket_mode": value}}).publish.socket_mode == expected
+
+
+@pytest.mark.parametrize("value", ["0999", "rw-rw----", "", 0o1777, -1, 660, True, 1.5])
+def test_bad_socket_mode(value: object) -> None:
+    assert_names({"publish": {"socket_mode": value}}, "publish.socket_mode")
+
+
+def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("publish:\n  socket_mode: 0600\n")
+    assert load(path).publish.socket_mode == 0o600
+
+
+# Bad values name their key ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"listen": {"port": 0}}, "listen.port"),
+        ({"listen": {"port": 65536}}, "listen.port"),
+        ({"listen": {"port": "8443"}}, "listen.port"),
+        ({"listen": {"port": True}}, "listen.port"),
+        ({"listen": {"host": ""}}, "listen.host"),
+        ({"listen": "0.0.0.0:8443"}, "listen"),
+        ({"http": {"port": 70000}}, "http.port"),
+        ({"admin": {"port": -1}}, "admin.port"),
+        ({"admin": {"host": 127}}, "admin.host"),
+        ({"tls": {"mode": "letsencrypt"}}, "tls.mode"),
+        ({"tls": {"mode": "acme"}}, "tls.mode"),
+        ({"tls": {"dir": ""}}, "tls.dir"),
+        ({"publish": {"socket": ""}}, "publish.socket"),
+        ({"broker": {"kind": "kafka"}}, "broker.kind"),
+        ({"broker": {"kind": "redis"}}, "broker.kind"),
+        ({"upstream": "http://localhost:3000"}, "upstream"),
+        ({"log": {"level": "verbose"}}, "log.level"),
+        ({"limits": {"activity_timeout": 0}}, "limits.activity_timeout"),
+        ({"limits": {"pong_timeout": 601}}, "limits.pong_timeout"),
+        ({"limits": {"idle_timeout": -1}}, "limits.idle_timeout"),
+        ({"limits": {"max_subscriptions": "many"}}, "limits.max_subscriptions"),
+        ({"limits": {"max_client_message_bytes": "big"}}, "limits.max_client_message_bytes"),
+        ({"cors": {"allowed_origins": "https://app.example.com"}}, "cors.allowed_origins"),
+        ({"cors": {"allowed_origins": [1]}}, "cors.allowed_origins"),
+        ({"cors": {"allowed_origins": ["example.com"]}}, "cors.allowed_origins[0]"),
+        (
+            {"cors": {"allowed_origins": ["https://a.example.com", "ftp://b"]}},
+            "cors.allowed_origins[1]",
+        ),
+    ],
+)
+def test_bad_value_names_its_key(raw: dict[str, object], key: str) -> None:
+    assert_names(raw, key)
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert_names(["listen"], "(top level)")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"listen": {}}, "listen"),
+        ({"listen": {"prot": 1}}, "listen.prot"),
+        ({"http": {"host": "x"}}, "http.host"),
+        ({"tls": {"certificate": "x"}}, "tls.certificate"),
+        ({"publish": {"mode": "0600"}}, "publish.mode"),
+        ({"cors": {"origins": []}}, "cors.origins"),
+        ({"broker": {"host": "x"}}, "broker.host"),
+        ({"admin": {"path": "/"}}, "admin.path"),
+        ({"limits": {"max_payload": 1}}, "limits.max_payload"),
+        ({"log": {"format": "json"}}, "log.format"),
+        ({"apps": [APP, {**APP, "id": "2", "key": "k2", "name": "x"}]}, "apps[1].name"),
+    ],
+)
+def test_unknown_key_is_named(raw: dict[str, object], key: str) -> None:
+    error = assert_names(raw, key)
+    assert "unknown key" in error.problem
+
+
+# Apps ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("apps", "key"),
+    [
+        ([], "apps"),
+        ({"id": "1"}, "apps"),
+        (["app"], "apps[0]"),
+        ([{**APP, "secret": "short"}], "apps[0].secret"),
+        ([{"id": "1", "key": "k"}], "apps[0].secret"),
+        ([{**APP, "secret": 12345678}], "apps[0].secret"),
+        ([{**APP, "key": ""}], "apps[0].key"),
+        ([{"id": "1", "secret": "a-long-secret"}], "apps[0].key"),
+        ([{**APP, "id": "app-one"}], "apps[0].id"),
+        ([{**APP, "id": None}], "apps[0].id"),
+        ([{**APP, "id": True}], "apps[0].id"),
+        ([{**APP, "id": ""}], "apps[0].id"),
+        ([{**APP, "client_events": "yes"}], "apps[0].client_events"),
+        ([APP, {**APP, "id": "x2", "key": "k2"}], "apps[1].id"),
+        ([APP, {**APP, "key": "k2"}], "apps[1].id"),  # the same id twice
+        ([APP, {**APP, "id": "2"}], "apps[1].key"),  # the same key twice
+    ],
+)
+def test_bad_apps(apps: object, key: str) -> None:
+    assert_names({"apps": apps}, key)
+
+
+def test_duplicate_app_id_message_names_the_id() -> None:
+    error = assert_names({"apps": [APP, {**APP, "id": 1, "key": "k2"}]}, "apps[1].id")
+    assert "1 is used by another app" in error.problem
+
+
+def test_secret_is_not_in_the_repr() -> None:
+    config = from_mapping({"apps": [APP]})
+    assert "a-long-secret" not in repr(config)
+
+
+# TLS files ----------------------------------------------------------------------------------
+
+
+def test_tls_files_needs_cert_and_key() -> None:
+    error = assert_names({"tls": {"mode": "files"}}, "tls.cert")
+    assert "required" in error.problem
+
+
+def test_tls_files_with_missing_files_names_tls_cert(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    error = assert_names({"tls": {"mode": "files", "cert": str(missing), "key": str(missing)}}, "tls.cert")
+    assert str(missing) in error.problem
+
+
+def test_tls_files_with_missing_key_file_names_tls_key(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    raw = {"tls": {"mode": "files", "cert": str(cert), "key": str(tmp_path / "key.pem")}}
+    assert_names(raw, "tls.key")
+
+
+def test_tls_files_with_both_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    tls = from_mapping({"tls": {"mode": "files", "cert": str(cert), "key": str(key)}}).tls
+    assert (tls.mode, tls.cert, tls.key) == ("files", str(cert), str(key))
+
+
+def test_tls_cert_must_be_a_file_not_a_directory(tmp_path: Path) -> None:
+    raw = {"tls": {"mode": "files", "cert": str(tmp_path), "key": str(tmp_path)}}
+    assert_names(raw, "tls.cert")
+
+
+# Ports --------------------------------------------------------------------------------------
+
+
+def test_duplicate_ports_are_refused() -> None:
+    error = assert_names({"listen": {"port": 8080}}, "http.port")
+    assert "listen.port" in error.problem
+    assert_names({"admin": {"port": 8443}}, "admin.port")
+
+
+def test_disabled_ports_do_not_clash() -> None:
+    config = from_mapping({"http": {"port": None}, "admin": {"port": None}})
+    assert (config.http.port, config.admin.port) == (None, None)
+
+
+# load() -------------------------------------------------------------------------------------
+
+
+def test_load_reads_and_validates(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text('listen:\n  port: 9443\napps:\n  - {id: "7", key: k, secret: s3cr3t-s3cr3t}\n')
+    config = load(path)
+    assert config.listen.port == 9443
+    assert config.apps is not None
+    assert config.apps[0].id == "7"
+    assert config.source == str(path)
+
+
+def test_load_of_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load(path) == Config(source=str(path))
+
+
+def test_load_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen:\n  port: 8443\n  host: [unclosed\nlog:\n  level: info\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line ")
+    line = int(message.split("line ", 1)[1].split(":", 1)[0])
+    assert 3 <= line <= 5
+
+
+def test_load_yaml_bad_indentation_names_line_3(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen:\n  port: 8443\n host: x\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: line 3:")
+
+
+def test_load_of_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: cannot read")
+
+
+def test_load_names_the_bad_key_of_a_valid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("limits:\n  send_queue_bytes: huge\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.key == "limits.send_queue_bytes"
