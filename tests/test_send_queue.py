@@ -1,4 +1,4 @@
-"""sidecar.relay.send_queue: a per-connection queue bounded in bytes, holding frames by reference."""
+"""sidecar.relay.send_queue: a per-connection queue bounded in bytes, frames held by reference."""
 
 from __future__ import annotations
 
