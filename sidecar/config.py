@@ -249,7 +249,7 @@ def _apps(raw: Any) -> tuple[AppConfig, ...] | None:
         app_id = entry.get("id")
         if isinstance(app_id, int) and not isinstance(app_id, bool):
             app_id = str(app_id)
-        if not isinstance(app_id, str) or not app_id.isdigit():
+        if not isinstance(app_id, str) or not (app_id.isascii() and app_id.isdigit()):
             # The Pusher server libraries build URLs from a numeric app id.
             raise ConfigError(
                 f"{where}.id", f"must be a number (as the Pusher libraries expect), got {app_id!r}"
@@ -396,6 +396,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "is not UTF-8 text") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

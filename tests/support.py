@@ -31,8 +31,9 @@ def free_port() -> int:
 
 
 def sidecar_command() -> list[str]:
-    exe = shutil.which("sidecar")
-    return [exe] if exe else [sys.executable, "-m", "sidecar.cli"]
+    """The installed `sidecar` command of the interpreter running the tests."""
+    exe = Path(sys.executable).parent / "sidecar"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
 
 
 def require_node() -> str:

@@ -229,10 +229,6 @@ def test_bad_apps(apps: object, key: str) -> None:
     assert_names({"apps": apps}, key)
 
 
-@pytest.mark.xfail(
-    reason="config._apps checks the id with str.isdigit(), which accepts non-ASCII digits",
-    strict=True,
-)
 @pytest.mark.parametrize("app_id", ["\u00b2", "\u0661\u0662"])  # superscript 2, Arabic-Indic 12
 def test_app_id_must_be_ascii_digits(app_id: str) -> None:
     assert_names({"apps": [{**APP, "id": app_id}]}, "apps[0].id")
@@ -343,11 +339,6 @@ def test_load_of_a_missing_file(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: cannot read")
 
 
-@pytest.mark.xfail(
-    reason="config.load catches only OSError around read_text(); bad UTF-8 escapes as "
-    "UnicodeDecodeError instead of a ConfigError",
-    strict=True,
-)
 def test_load_of_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b'log:\n  level: "\xe9"\n')

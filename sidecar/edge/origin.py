@@ -50,6 +50,8 @@ def parse_origin_pattern(entry: str) -> OriginPattern:
     if "://" not in text:
         if not text.startswith("*."):
             raise ValueError(f"{entry!r} needs a scheme (https://...) or a *. prefix")
+        if ":" in text or "*" in text[1:]:
+            raise ValueError(f"{entry!r}: a pattern without a scheme takes no port or inner *")
         return OriginPattern(None, text, None)
     scheme, _, rest = text.partition("://")
     if scheme not in DEFAULT_PORTS:
@@ -68,6 +70,10 @@ def parse_origin_pattern(entry: str) -> OriginPattern:
         host = rest.rsplit(":", 1)[0] if split.port else rest
     if not host:
         raise ValueError(f"{entry!r}: no host")
+    if "*" in (host[2:] if host.startswith("*.") else host):
+        raise ValueError(
+            f"{entry!r}: * may only stand for a whole leading label, as in *.example.com"
+        )
     return OriginPattern(scheme, host, port)
 
 

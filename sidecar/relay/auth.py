@@ -57,7 +57,7 @@ def verify_request(
         body_md5 = params.get("body_md5")
         if body_md5 is None:
             raise SignatureError("body_md5 is missing")
-        if not hmac.compare_digest(body_md5, hashlib.md5(body).hexdigest()):
+        if not hmac.compare_digest(body_md5.encode(), hashlib.md5(body).hexdigest().encode()):
             raise SignatureError("body_md5 does not match the body")
     signature = params.get("auth_signature")
     if not signature:

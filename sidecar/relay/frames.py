@@ -29,7 +29,8 @@ def text_frame(payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     # Control frames carry at most 125 bytes: 2 for the code, the rest for the reason.
-    body = struct.pack("!H", code) + reason.encode()[:123]
+    # Cut on a character boundary: a close reason must be valid UTF-8 or the client fails.
+    body = struct.pack("!H", code) + reason.encode()[:123].decode(errors="ignore").encode()
     return frame_header(OP_CLOSE, len(body)) + body
 
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Python packages in .venv, pusher-js from npm, Node.js if
+# missing) and runs the whole suite. Arguments go to pytest: bash tests/run.sh -k relay -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "tests/run.sh: installing Node.js and npm (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+.venv/bin/ruff check sidecar tests bench
+.venv/bin/ruff format --check sidecar tests bench
+exec .venv/bin/python -m pytest -q "$@"
