@@ -14,6 +14,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
+from sidecar.relay.fanout import FlushScheduler
 from sidecar.relay.frames import text_frame
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode
@@ -41,30 +42,6 @@ class ConnectionState(Enum):
     OPEN = "open"
     CLOSING = "closing"  # no new frames; what is queued is still written, then the close frame
     CLOSED = "closed"
-
-
-class FlushScheduler:
-    """Collects connections with queued frames and flushes them all once per loop iteration.
-
-    Events published in the same iteration leave in one write per connection.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Connection] = []
-        self._scheduled = False
-
-    def mark(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
 
 
 class Connection:

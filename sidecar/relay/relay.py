@@ -20,6 +20,7 @@ from sidecar.broker.base import Publication
 from sidecar.config import LimitsConfig
 from sidecar.relay.channels import ChannelRegistry
 from sidecar.relay.connection import Connection, ConnectionState
+from sidecar.relay.fanout import FanoutQueue, FlushScheduler
 from sidecar.relay.frames import text_frame
 from sidecar.relay.heartbeat import HeartbeatAction
 from sidecar.relay.protocol import (
@@ -53,7 +54,6 @@ class RelayStats:
     connections_opened: int = 0
     connections_closed: int = 0
     publications: int = 0
-    deliveries: int = 0
     slow_client_closes: int = 0
 
 
@@ -68,10 +68,15 @@ class Relay:
         self._socket_prefix = secrets.randbelow(10**9)
         self._sweeper: asyncio.TimerHandle | None = None
         self._emptied: asyncio.Event | None = None
+        self.scheduler: FlushScheduler | None = None
+        self.fanout: FanoutQueue | None = None
 
     # Lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.scheduler = FlushScheduler(loop)
+        self.fanout = FanoutQueue(loop)
         self._schedule_sweep()
 
     def stop(self) -> None:
@@ -179,26 +184,13 @@ class Relay:
         registry = self.channels.get(pub.app_id)
         if registry is None:
             return
+        assert self.fanout is not None, "Relay.start() first"
         self.stats.publications += 1
-        delivered = 0
         for channel in pub.channels:
             subscribers = registry.subscribers(channel)
-            if not subscribers:
-                continue
-            frame = text_frame(encode_event(pub.name, pub.data, channel))
-            # A slow client closing mid-loop removes itself later (on forget), never now, so
-            # iterating the live dict is safe; a copy would cost O(n) per event.
-            if pub.socket_id is None:
-                for conn in subscribers:
-                    conn.send(frame)
-                delivered += len(subscribers)
-            else:
-                excluded = pub.socket_id
-                for conn in subscribers:
-                    if conn.socket_id != excluded:
-                        conn.send(frame)
-                        delivered += 1
-        self.stats.deliveries += delivered
+            if subscribers:
+                frame = text_frame(encode_event(pub.name, pub.data, channel))
+                self.fanout.broadcast(channel, frame, subscribers, pub.socket_id)
 
     # Liveness ------------------------------------------------------------------------------
 

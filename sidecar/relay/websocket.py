@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from sidecar.edge.origin import OriginPolicy
-from sidecar.relay.connection import WRITE_BUDGET, Connection, FlushScheduler
+from sidecar.relay.connection import WRITE_BUDGET, Connection
 from sidecar.relay.frames import pong_frame
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode, check_handshake, encode_error
@@ -63,7 +63,6 @@ class WebSocketEndpoint:
     def __init__(self, relay: Relay, origins: OriginPolicy) -> None:
         self.relay = relay
         self.origins = origins
-        self.scheduler: FlushScheduler | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self.origins.allows(request.headers.get("Origin")):
@@ -93,8 +92,7 @@ class WebSocketEndpoint:
             return ws
         transport = request.transport
         assert transport is not None
-        if self.scheduler is None:
-            self.scheduler = FlushScheduler(asyncio.get_running_loop())
+        assert self.relay.scheduler is not None
         closing: list[asyncio.Task[bool]] = []
 
         def close_ready(code: int, reason: str) -> None:
@@ -104,7 +102,7 @@ class WebSocketEndpoint:
             socket_id=self.relay.new_socket_id(),
             app_id=app.id,
             sink=TransportSink(transport, request.protocol),
-            scheduler=self.scheduler,
+            scheduler=self.relay.scheduler,
             heartbeat=Heartbeat(
                 time.monotonic(), limits.activity_timeout, limits.pong_timeout, limits.idle_timeout
             ),
