@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Protocol
 
 from sidecar.relay.fanout import FlushScheduler
-from sidecar.relay.frames import text_frame
+from sidecar.relay.frames import Frame, text_frame
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode
 from sidecar.relay.send_queue import SendQueue
@@ -23,7 +23,7 @@ from sidecar.relay.send_queue import SendQueue
 # Bytes handed to the transport in one write. Small frames are merged up to this size (one system
 # call for many events); a large event goes out in slices of it, so that the transport copies at
 # most this much per connection, never the whole event.
-WRITE_BUDGET = 256 * 1024
+WRITE_BUDGET = 64 * 1024
 
 
 class FrameSink(Protocol):
@@ -93,7 +93,7 @@ class Connection:
     def queued_bytes(self) -> int:
         return self._queue.queued_bytes
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: Frame) -> None:
         """Queue a complete WebSocket frame (shared, never copied) for this client."""
         if self.state is not ConnectionState.OPEN:
             return

@@ -13,6 +13,8 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
+from sidecar.relay.frames import Frame
+
 if TYPE_CHECKING:
     from sidecar.relay.connection import Connection
 
@@ -54,7 +56,7 @@ class _Broadcast:
     __slots__ = ("channel", "excluded", "frame", "position", "subscribers")
 
     def __init__(
-        self, channel: str, frame: bytes, subscribers: list[Connection], excluded: str | None
+        self, channel: str, frame: Frame, subscribers: list[Connection], excluded: str | None
     ) -> None:
         self.channel = channel
         self.frame = frame
@@ -74,7 +76,7 @@ class FanoutQueue:
     def broadcast(
         self,
         channel: str,
-        frame: bytes,
+        frame: Frame,
         subscribers: dict[Connection, None],
         excluded: str | None,
     ) -> None:
@@ -87,7 +89,7 @@ class FanoutQueue:
             self._loop.call_soon(self._deliver_slice)
 
     def _send(
-        self, frame: bytes, subscribers: dict[Connection, None], excluded: str | None
+        self, frame: Frame, subscribers: dict[Connection, None], excluded: str | None
     ) -> None:
         if excluded is None:
             for conn in subscribers:

@@ -22,8 +22,23 @@ def frame_header(opcode: int, length: int) -> bytes:
     return struct.pack("!BBQ", _FIN | opcode, 127, length)
 
 
+# A frame whose payload is at least this big stays two objects, header and payload, instead of
+# one concatenated copy: the copy would cost one more payload's worth of memory per broadcast.
+SPLIT_FRAME_AT = 64 * 1024
+
+# What a send queue holds: one bytes object, or (header, payload) for a large frame.
+Frame = bytes | tuple[bytes, bytes]
+
+
 def text_frame(payload: bytes) -> bytes:
     """A complete, final, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+    return frame_header(OP_TEXT, len(payload)) + payload
+
+
+def broadcast_frame(payload: bytes) -> Frame:
+    """A text frame to be shared by many queues; large payloads are not copied."""
+    if len(payload) >= SPLIT_FRAME_AT:
+        return (frame_header(OP_TEXT, len(payload)), payload)
     return frame_header(OP_TEXT, len(payload)) + payload
 
 

@@ -21,7 +21,7 @@ from sidecar.config import LimitsConfig
 from sidecar.relay.channels import ChannelRegistry
 from sidecar.relay.connection import Connection, ConnectionState
 from sidecar.relay.fanout import FanoutQueue, FlushScheduler
-from sidecar.relay.frames import text_frame
+from sidecar.relay.frames import broadcast_frame
 from sidecar.relay.heartbeat import HeartbeatAction
 from sidecar.relay.protocol import (
     PING_FRAME,
@@ -189,7 +189,7 @@ class Relay:
         for channel in pub.channels:
             subscribers = registry.subscribers(channel)
             if subscribers:
-                frame = text_frame(encode_event(pub.name, pub.data, channel))
+                frame = broadcast_frame(encode_event(pub.name, pub.data, channel))
                 self.fanout.broadcast(channel, frame, subscribers, pub.socket_id)
 
     # Liveness ------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from sidecar.relay.frames import Frame
+
 
 class SendQueue:
     __slots__ = ("_frames", "_head_offset", "limit", "queued_bytes")
@@ -23,16 +25,24 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: bytes) -> bool:
+    def push(self, frame: Frame) -> bool:
         """Queue a frame; False when it would take a non-empty queue over its limit.
 
         An empty queue takes any frame, so a single event up to the payload limit always fits:
         only a client that has fallen behind is over the limit.
         """
-        size = len(frame)
-        if self._frames and self.queued_bytes + size > self.limit:
-            return False
-        self._frames.append(frame)
+        if type(frame) is tuple:  # (header, payload) of a large frame: both or neither
+            header, payload = frame
+            size = len(header) + len(payload)
+            if self._frames and self.queued_bytes + size > self.limit:
+                return False
+            self._frames.append(header)
+            self._frames.append(payload)
+        else:
+            size = len(frame)
+            if self._frames and self.queued_bytes + size > self.limit:
+                return False
+            self._frames.append(frame)
         self.queued_bytes += size
         return True
 
