@@ -38,6 +38,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> None:
 def ports_free(*ports: int) -> bool:
     for port in ports:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
             try:
                 s.bind(("0.0.0.0", port))
             except OSError:
