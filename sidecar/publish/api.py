@@ -44,7 +44,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         message = exc.reason
         if exc.status == 413:
             message = "request body too large for this app's payload limit"
-        return json_error(exc.status, message)
+        response = json_error(exc.status, message)
+        for name, value in exc.headers.items():  # Allow on a 405, for one
+            if name not in ("Content-Type", "Content-Length"):
+                response.headers[name] = value
+        return response
 
 
 class PublishApi:

@@ -94,9 +94,18 @@ class SidecarClient:
                 # once on a new one; a failure on a fresh connection is the caller's to see.
                 if not reused:
                     raise
-        decoded = json.loads(raw) if raw else {}
+            except BaseException:
+                self.close()  # a half-used connection would refuse every later request
+                raise
+        try:
+            decoded = json.loads(raw) if raw else {}
+        except ValueError:
+            decoded = None
         if response.status >= 300:
-            raise PublishError(response.status, decoded.get("error", raw.decode(errors="replace")))
+            message = decoded.get("error") if isinstance(decoded, dict) else None
+            raise PublishError(response.status, message or raw.decode(errors="replace")[:200])
+        if not isinstance(decoded, dict):
+            raise PublishError(response.status, "reply is not a JSON object")
         return decoded
 
     def close(self) -> None:

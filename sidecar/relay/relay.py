@@ -109,7 +109,8 @@ class Relay:
 
     async def wait_until_empty(self) -> None:
         if self.connections:
-            self._emptied = asyncio.Event()
+            if self._emptied is None or self._emptied.is_set():
+                self._emptied = asyncio.Event()
             await self._emptied.wait()
 
     # Frames from clients -------------------------------------------------------------------
