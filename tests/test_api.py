@@ -75,7 +75,7 @@ async def test_events_to_one_channel(make: Make) -> None:
     client, broker = await make()
     response = await client.post("/apps/1/events", json={"name": "e", "channel": "c", "data": "d"})
     assert await json_reply(response, 200) == {}
-    assert broker.publications == [Publication("1", ("c",), "e", "d", None)]
+    assert broker.publications == [Publication.of("1", ("c",), "e", "d", None)]
 
 
 async def test_events_to_several_channels_with_socket_id(make: Make) -> None:
@@ -83,7 +83,7 @@ async def test_events_to_several_channels_with_socket_id(make: Make) -> None:
     body = {"name": "e", "channels": ["a", "b"], "data": "d", "socket_id": "12.34"}
     response = await client.post("/apps/1/events", json=body)
     assert await json_reply(response, 200) == {}
-    assert broker.publications == [Publication("1", ("a", "b"), "e", "d", "12.34")]
+    assert broker.publications == [Publication.of("1", ("a", "b"), "e", "d", "12.34")]
 
 
 async def test_events_data_given_as_an_object_is_encoded(make: Make) -> None:
@@ -103,8 +103,8 @@ async def test_batch_events(make: Make) -> None:
     response = await client.post("/apps/1/batch_events", json={"batch": batch})
     assert await json_reply(response, 200) == {}
     assert broker.publications == [
-        Publication("1", ("a",), "one", "1", None),
-        Publication("1", ("b",), "two", "2", "1.2"),
+        Publication.of("1", ("a",), "one", "1", None),
+        Publication.of("1", ("b",), "two", "2", "1.2"),
     ]
 
 
@@ -247,7 +247,7 @@ async def test_signed_request_matching_the_protocol_vector_is_accepted(
     )
     response = await client.post(f"/apps/3/events?{query}", data=VECTOR_BODY)
     await json_reply(response, 200)
-    assert broker.publications == [Publication("3", ("project-3",), "foo", '{"some":"data"}')]
+    assert broker.publications == [Publication.of("3", ("project-3",), "foo", '{"some":"data"}')]
 
 
 async def test_a_bad_signature_is_401_json(make: Make) -> None:

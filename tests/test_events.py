@@ -38,7 +38,7 @@ def refused(parse, raw: bytes, app: AppConfig = APP) -> ApiError:  # type: ignor
 
 def test_single_channel_event() -> None:
     publication = parse_events(body(name="foo", channel="news", data='{"a":1}'), APP)
-    assert publication == Publication("3", ("news",), "foo", '{"a":1}', None)
+    assert publication == Publication.of("3", ("news",), "foo", '{"a":1}', None)
 
 
 def test_the_documented_pusher_body() -> None:
@@ -218,7 +218,7 @@ def test_batch_of_events() -> None:
         {"channel": "b", "name": "e2", "data": {"x": 2}, "socket_id": "1.2"},
     )
     first, second = parse_batch(raw, APP)
-    assert first == Publication("3", ("a",), "e1", "1", None)
+    assert first == Publication.of("3", ("a",), "e1", "1", None)
     assert second.channels == ("b",)
     assert json.loads(second.data) == {"x": 2}
     assert second.socket_id == "1.2"

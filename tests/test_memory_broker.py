@@ -12,7 +12,7 @@ from sidecar.broker.memory import MemoryBroker
 
 
 def pub(n: int, app_id: str = "1") -> Publication:
-    return Publication(app_id, ("news",), f"event-{n}", str(n))
+    return Publication.of(app_id, ("news",), f"event-{n}", str(n))
 
 
 async def started() -> tuple[MemoryBroker, list[Publication]]:

@@ -357,7 +357,7 @@ async def test_deliver_encodes_once_and_shares_the_frame(
         await subscribed(relay, client, "news")
     for client in clients:
         client.sink.writes.clear()
-    relay.deliver(Publication(APP.id, ("news",), "created", '{"id":1}'))
+    relay.deliver(Publication.of(APP.id, ("news",), "created", '{"id":1}'))
     await turns()
     frames = [client.sink.writes for client in clients]
     assert all(len(w) == 1 for w in frames)
@@ -377,7 +377,7 @@ async def test_deliver_reaches_only_the_channel_subscribers(
     await subscribed(relay, news, "news")
     await subscribed(relay, sports, "sports")
     await subscribed(relay, both, "news", "sports")
-    relay.deliver(Publication(APP.id, ("news", "sports"), "ev", "x"))
+    relay.deliver(Publication.of(APP.id, ("news", "sports"), "ev", "x"))
     await turns()
     assert [m["channel"] for m in news.new_messages()] == ["news"]
     assert [m["channel"] for m in sports.new_messages()] == ["sports"]
@@ -388,7 +388,7 @@ async def test_deliver_honours_socket_id_exclusion(relay: Relay, make_client: Ma
     sender, other = make_client(), make_client()
     await subscribed(relay, sender, "news")
     await subscribed(relay, other, "news")
-    relay.deliver(Publication(APP.id, ("news",), "ev", "x", socket_id=sender.conn.socket_id))
+    relay.deliver(Publication.of(APP.id, ("news",), "ev", "x", socket_id=sender.conn.socket_id))
     await turns()
     assert sender.new_messages() == []
     assert [m["event"] for m in other.new_messages()] == ["ev"]
@@ -398,7 +398,7 @@ async def test_deliver_honours_socket_id_exclusion(relay: Relay, make_client: Ma
 async def test_deliver_ignores_unknown_app_ids(relay: Relay, make_client: MakeClient) -> None:
     client = make_client()
     await subscribed(relay, client, "news")
-    relay.deliver(Publication("99", ("news",), "ev", "x"))
+    relay.deliver(Publication.of("99", ("news",), "ev", "x"))
     await turns()
     assert client.new_messages() == []
     assert relay.stats.publications == 0
@@ -408,7 +408,7 @@ async def test_deliver_does_not_cross_apps(relay: Relay, make_client: MakeClient
     one, two = make_client(APP.id), make_client(OTHER_APP.id)
     await subscribed(relay, one, "news")
     await subscribed(relay, two, "news")
-    relay.deliver(Publication(OTHER_APP.id, ("news",), "ev", "x"))
+    relay.deliver(Publication.of(OTHER_APP.id, ("news",), "ev", "x"))
     await turns()
     assert one.new_messages() == []
     assert [m["event"] for m in two.new_messages()] == ["ev"]
@@ -419,7 +419,7 @@ async def test_deliver_to_a_channel_nobody_holds_is_counted_but_sends_nothing(
 ) -> None:
     client = make_client()
     await subscribed(relay, client, "news")
-    relay.deliver(Publication(APP.id, ("empty",), "ev", "x"))
+    relay.deliver(Publication.of(APP.id, ("empty",), "ev", "x"))
     await turns()
     assert client.new_messages() == []
     assert relay.stats.publications == 1
@@ -443,7 +443,7 @@ async def test_forget_removes_every_trace_and_counts(relay: Relay, make_client: 
     assert relay.stats.slow_client_closes == 0
     relay.forget(client.conn)  # twice: counted once
     assert relay.stats.connections_closed == 1
-    relay.deliver(Publication(APP.id, ("news",), "ev", "x"))
+    relay.deliver(Publication.of(APP.id, ("news",), "ev", "x"))
     await turns()
     assert client.new_messages() == []
 

@@ -11,16 +11,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One event for one or more channels of one app, as accepted from a publisher."""
+    """One event for one or more channels of one app, as accepted from a publisher.
+
+    `data_json` is the event's data already encoded as a JSON string literal (quotes included),
+    which is how it sits inside every frame: encoded once where it was accepted, then carried
+    between processes and spliced into each channel's frame without being decoded again.
+    """
 
     app_id: str
     channels: tuple[str, ...]
     name: str
-    data: str
+    data_json: bytes
     socket_id: str | None = None  # the publisher's own connection, left out of the delivery
+
+    @classmethod
+    def of(
+        cls,
+        app_id: str,
+        channels: tuple[str, ...],
+        name: str,
+        data: str,
+        socket_id: str | None = None,
+    ) -> Publication:
+        return cls(app_id, channels, name, orjson.dumps(data), socket_id)
+
+    @property
+    def data(self) -> str:
+        """The data as the string subscribers receive (decodes: for tests and tools)."""
+        return orjson.loads(self.data_json)
 
 
 Deliver = Callable[[Publication], None]

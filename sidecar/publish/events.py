@@ -73,7 +73,7 @@ def _event(
         not isinstance(socket_id, str) or SOCKET_ID_RE.fullmatch(socket_id) is None
     ):
         raise ApiError(400, f"{field}socket_id: must look like 123.456")
-    return Publication(app.id, channels, name, data, socket_id)
+    return Publication.of(app.id, channels, name, data, socket_id)
 
 
 def parse_events(body: bytes, app: AppConfig) -> Publication:

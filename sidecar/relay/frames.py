@@ -26,8 +26,8 @@ def frame_header(opcode: int, length: int) -> bytes:
 # one concatenated copy: the copy would cost one more payload's worth of memory per broadcast.
 SPLIT_FRAME_AT = 64 * 1024
 
-# What a send queue holds: one bytes object, or (header, payload) for a large frame.
-Frame = bytes | tuple[bytes, bytes]
+# What a send queue takes: one bytes object, or the pieces of a large frame in order.
+Frame = bytes | tuple[bytes, ...]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -35,11 +35,17 @@ def text_frame(payload: bytes) -> bytes:
     return frame_header(OP_TEXT, len(payload)) + payload
 
 
-def broadcast_frame(payload: bytes) -> Frame:
-    """A text frame to be shared by many queues; large payloads are not copied."""
-    if len(payload) >= SPLIT_FRAME_AT:
-        return (frame_header(OP_TEXT, len(payload)), payload)
-    return frame_header(OP_TEXT, len(payload)) + payload
+def broadcast_frame(*parts: bytes) -> Frame:
+    """A text frame whose payload is `parts` joined, shared by many queues.
+
+    A large payload is not joined: the frame stays (header + first part, *other parts), so the
+    big part (an event's data) is referenced, never copied, however many channels carry it.
+    """
+    length = sum(map(len, parts))
+    header = frame_header(OP_TEXT, length)
+    if length < SPLIT_FRAME_AT:
+        return b"".join((header, *parts))
+    return (header + parts[0], *parts[1:])
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

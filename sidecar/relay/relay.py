@@ -39,6 +39,7 @@ from sidecar.relay.protocol import (
     encode_error,
     encode_event,
     encode_subscription_succeeded,
+    event_prefix,
     parse_client_frame,
 )
 
@@ -190,7 +191,7 @@ class Relay:
         for channel in pub.channels:
             subscribers = registry.subscribers(channel)
             if subscribers:
-                frame = broadcast_frame(encode_event(pub.name, pub.data, channel))
+                frame = broadcast_frame(event_prefix(pub.name, channel), pub.data_json, b"}")
                 self.fanout.broadcast(channel, frame, subscribers, pub.socket_id)
 
     # Liveness ------------------------------------------------------------------------------

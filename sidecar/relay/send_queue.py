@@ -31,13 +31,11 @@ class SendQueue:
         An empty queue takes any frame, so a single event up to the payload limit always fits:
         only a client that has fallen behind is over the limit.
         """
-        if type(frame) is tuple:  # (header, payload) of a large frame: both or neither
-            header, payload = frame
-            size = len(header) + len(payload)
+        if type(frame) is tuple:  # the pieces of a large frame: all or none
+            size = sum(map(len, frame))
             if self._frames and self.queued_bytes + size > self.limit:
                 return False
-            self._frames.append(header)
-            self._frames.append(payload)
+            self._frames.extend(frame)
         else:
             size = len(frame)
             if self._frames and self.queued_bytes + size > self.limit:
