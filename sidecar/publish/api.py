@@ -58,16 +58,37 @@ class PublishApi:
         self.apps = apps
         self.broker = broker
         self.signed = signed
+        self.max_body = client_max_size(apps)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/apps/{app_id}/events", self.events)
         app.router.add_post("/apps/{app_id}/batch_events", self.batch_events)
 
-    async def _app_and_body(self, request: web.Request) -> tuple[AppConfig, bytes]:
+    def _app(self, request: web.Request) -> AppConfig:
         app = self.apps.by_id(request.match_info["app_id"])
         if app is None:
             raise ApiError(404, f"no app with id {request.match_info['app_id'][:32]!r}")
-        body = await request.read()
+        return app
+
+    async def _body(self, request: web.Request, app: AppConfig) -> bytes:
+        """The request body, signature checked when signed.
+
+        Read here rather than with request.read(), which keeps the body on the request until
+        the reply is sent: the caller passes it straight to the parser, which drops it once
+        decoded, so a large event is not held three times over.
+        """
+        limit = self.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        del chunks
         if self.signed:
             try:
                 verify_request(
@@ -81,16 +102,17 @@ class PublishApi:
                 )
             except SignatureError as exc:
                 raise ApiError(401, str(exc)) from None
-        return app, body
+        return body
 
     async def events(self, request: web.Request) -> web.Response:
-        app, body = await self._app_and_body(request)
-        self.broker.publish(parse_events(body, app))
+        app = self._app(request)
+        self.broker.publish(parse_events(await self._body(request, app), app))
         return web.Response(body=EMPTY_OK, content_type="application/json")
 
     async def batch_events(self, request: web.Request) -> web.Response:
-        app, body = await self._app_and_body(request)
-        publications = parse_batch(body, app)  # all valid, or none published
+        app = self._app(request)
+        # all valid, or none published
+        publications = parse_batch(await self._body(request, app), app)
         for publication in publications:
             self.broker.publish(publication)
         return web.Response(body=EMPTY_OK, content_type="application/json")

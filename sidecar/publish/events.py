@@ -79,6 +79,7 @@ def _event(
 def parse_events(body: bytes, app: AppConfig) -> Publication:
     """`POST /apps/{id}/events`: {name, data, channel | channels, socket_id?}."""
     item = _decode_object(body)
+    del body  # when the caller passed a temporary, a large body is freed here
     if "channels" in item:
         channels = item["channels"]
         if not isinstance(channels, list) or not channels:
@@ -98,6 +99,7 @@ def parse_events(body: bytes, app: AppConfig) -> Publication:
 def parse_batch(body: bytes, app: AppConfig) -> list[Publication]:
     """`POST /apps/{id}/batch_events`: {batch: [{channel, name, data, socket_id?}, ...]}."""
     decoded = _decode_object(body)
+    del body  # when the caller passed a temporary, a large body is freed here
     batch = decoded.get("batch")
     if not isinstance(batch, list) or not batch:
         raise ApiError(400, "batch: required, a non-empty list of events")
