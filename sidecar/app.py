@@ -1,4 +1,10 @@
-"""Wiring: build the relay, broker and listeners from a Config, run them, stop them cleanly."""
+"""Wiring: what is prepared before any event loop, and the aiohttp applications built on it.
+
+`prepare()` does everything that can fail with a plain message and must happen once: apps and
+certificates made, the publish socket claimed, the TCP ports bound (so a taken port is reported
+before anything starts, and worker processes inherit listening sockets). `run_single()` serves
+it all from one process; sidecar/cluster.py splits it between a supervisor and workers.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,19 @@ import contextlib
 import logging
 import os
 import signal
-import ssl
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from sidecar.apps import AppRegistry, ensure_development_app
-from sidecar.broker import MemoryBroker
+from sidecar.broker import Broker, MemoryBroker
 from sidecar.config import Config
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed, server_context
-from sidecar.publish.api import PublishApi, client_max_size, json_error, json_errors
+from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
@@ -28,19 +35,21 @@ log = logging.getLogger("sidecar")
 
 # On SIGTERM clients get 4200 (reconnect at once) and this long to go before the process exits.
 SHUTDOWN_DEADLINE = 10.0
+LISTEN_BACKLOG = 4096
 
 
 @dataclass
-class Runtime:
-    """What `start()` built; `stop()` takes it down again."""
+class Prepared:
+    """Made once, before any loop: shared by the single process or by all workers."""
 
     config: Config
     apps: AppRegistry
-    relay: Relay
-    broker: MemoryBroker
-    cert_file: Path | None
     app_created: bool
-    runners: list[web.AppRunner] = field(default_factory=list)
+    cert: Path | None  # None: plaintext (tls.mode off)
+    key: Path | None
+    edge_sockets: list[socket.socket]  # one per worker (SO_REUSEPORT), or one
+    redirect_socket: socket.socket | None
+    admin_socket: socket.socket | None
 
 
 def resolve_apps(config: Config) -> tuple[AppRegistry, bool]:
@@ -50,24 +59,68 @@ def resolve_apps(config: Config) -> tuple[AppRegistry, bool]:
     return AppRegistry((app,)), created
 
 
-def tls_setup(config: Config) -> tuple[ssl.SSLContext | None, Path | None]:
+def certificate_files(config: Config) -> tuple[Path | None, Path | None]:
     if config.tls.mode == "off":
         return None, None
     if config.tls.mode == "files":
         assert config.tls.cert and config.tls.key
-        return server_context(config.tls.cert, config.tls.key), Path(config.tls.cert)
+        return Path(config.tls.cert), Path(config.tls.key)
     pair = ensure_self_signed(config.tls.dir)
     if pair.created:
         log.info("self-signed certificate created", extra={"cert": str(pair.cert)})
-    return server_context(pair.cert, pair.key), pair.cert
+    return pair.cert, pair.key
 
 
-def edge_application(runtime: Runtime) -> web.Application:
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def prepare(config: Config, workers: int) -> Prepared:
+    """Raise SocketInUse or OSError (with a message naming the address) when blocked."""
+    apps, created = resolve_apps(config)
+    cert, key = certificate_files(config)
+    if cert is not None and key is not None:
+        server_context(cert, key)  # fail here, plainly, on an unusable certificate
+    claim_socket_path(config.publish.socket)
+    reuse = workers > 1
+    edge = [bind_tcp(config.listen.host, config.listen.port, reuse_port=reuse)]
+    edge += [
+        bind_tcp(config.listen.host, config.listen.port, reuse_port=True)
+        for _ in range(workers - 1)
+    ]
+    redirect = None
+    if config.http.port is not None and cert is not None:
+        redirect = bind_tcp(config.listen.host, config.http.port)
+    admin = None
+    if config.admin.port is not None:
+        admin = bind_tcp(config.admin.host, config.admin.port)
+    return Prepared(config, apps, created, cert, key, edge, redirect, admin)
+
+
+# The applications ---------------------------------------------------------------------------
+
+
+def edge_application(
+    config: Config, apps: AppRegistry, relay: Relay, broker: Broker
+) -> web.Application:
     """The browser-facing port: WebSockets at /app/{key} and the signed HTTP API."""
-    app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(runtime.apps))
-    endpoint = WebSocketEndpoint(runtime.relay, OriginPolicy(runtime.config.allowed_origins))
+    api = PublishApi(apps, broker, signed=True)
+    app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
+    endpoint = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     app.router.add_get("/app/{key}", endpoint.handle)
-    PublishApi(runtime.apps, runtime.broker, signed=True).add_routes(app)
+    api.add_routes(app)
 
     async def elsewhere(request: web.Request) -> web.StreamResponse:
         # A WebSocket on a wrong path gets Pusher's 4005, so pusher-js says what is wrong.
@@ -79,10 +132,11 @@ def edge_application(runtime: Runtime) -> web.Application:
     return app
 
 
-def publish_application(runtime: Runtime) -> web.Application:
+def publish_application(apps: AppRegistry, broker: Broker) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
-    app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(runtime.apps))
-    PublishApi(runtime.apps, runtime.broker, signed=False).add_routes(app)
+    api = PublishApi(apps, broker, signed=False)
+    app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
+    api.add_routes(app)
     return app
 
 
@@ -99,94 +153,114 @@ def redirect_application(https_port: int) -> web.Application:
     return app
 
 
-def admin_application(runtime: Runtime) -> web.Application:
+def admin_application(health: Callable[[], dict[str, object]]) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "connections": len(runtime.relay.connections)})
+        return web.json_response({"status": "ok", **health()})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     return app
 
 
-async def _serve(runtime: Runtime, app: web.Application, site_factory) -> None:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    runtime.runners.append(runner)
-    await site_factory(runner).start()
+# Serving ------------------------------------------------------------------------------------
 
 
-async def start(config: Config) -> Runtime:
-    """Bring every listener up; raise OSError or SocketInUse when one cannot be had."""
-    apps, created = resolve_apps(config)
-    ssl_context, cert_file = tls_setup(config)
-    claim_socket_path(config.publish.socket)
-    relay = Relay(apps, config.limits)
-    broker = MemoryBroker()
-    await broker.start(relay.deliver)
+@dataclass
+class Sites:
+    """The aiohttp runners of one process, cleaned up in reverse order."""
+
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def serve(
+        self, app: web.Application, make_site: Callable[[web.AppRunner], web.BaseSite]
+    ) -> web.AppRunner:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self.runners.append(runner)
+        await make_site(runner).start()
+        return runner
+
+    async def cleanup(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+def start_relay(prepared: Prepared) -> Relay:
+    relay = Relay(prepared.apps, prepared.config.limits)
     relay.start()
-    runtime = Runtime(config, apps, relay, broker, cert_file, created)
-    try:
-        await _serve(
-            runtime,
-            edge_application(runtime),
-            lambda r: web.TCPSite(
-                r, config.listen.host, config.listen.port, ssl_context=ssl_context, backlog=4096
-            ),
-        )
-        await _serve(
-            runtime,
-            publish_application(runtime),
-            lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
-        )
-        os.chmod(config.publish.socket, config.publish.socket_mode)
-        if config.http.port is not None and ssl_context is not None:
-            await _serve(
-                runtime,
-                redirect_application(config.listen.port),
-                lambda r: web.TCPSite(r, config.listen.host, config.http.port),
-            )
-        if config.admin.port is not None:
-            await _serve(
-                runtime,
-                admin_application(runtime),
-                lambda r: web.TCPSite(r, config.admin.host, config.admin.port),
-            )
-    except BaseException:
-        await stop(runtime, deadline=0)
-        raise
-    return runtime
+    return relay
 
 
-async def stop(runtime: Runtime, deadline: float = SHUTDOWN_DEADLINE) -> None:
-    """Drain: accepted publications are delivered, clients get 4200, then listeners close."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(runtime.broker.close(), timeout=max(deadline, 0.1))
-    runtime.relay.close_all(CloseCode.RECONNECT)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(runtime.relay.wait_until_empty(), timeout=deadline)
-    runtime.relay.stop()
-    for runner in reversed(runtime.runners):
-        await runner.cleanup()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(runtime.config.publish.socket)
+async def serve_edge(
+    sites: Sites, prepared: Prepared, relay: Relay, broker: Broker, sock: socket.socket
+) -> None:
+    ssl_context = None
+    if prepared.cert is not None and prepared.key is not None:
+        ssl_context = server_context(prepared.cert, prepared.key)
+    app = edge_application(prepared.config, prepared.apps, relay, broker)
+    await sites.serve(app, lambda r: web.SockSite(r, sock, ssl_context=ssl_context))
 
 
-async def run_until_signal(config: Config, banner) -> None:
-    runtime = await start(config)
-    banner(runtime)
-    log.info(
-        "ready",
-        extra={
-            "listen": f"{config.listen.host}:{config.listen.port}",
-            "socket": config.publish.socket,
-            "tls": config.tls.mode,
-        },
+async def serve_publish_side(
+    sites: Sites, prepared: Prepared, broker: Broker, health: Callable[[], dict[str, object]]
+) -> None:
+    """The Unix socket, the plain-HTTP redirect and the admin listener."""
+    config = prepared.config
+    await sites.serve(
+        publish_application(prepared.apps, broker),
+        lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
     )
+    os.chmod(config.publish.socket, config.publish.socket_mode)
+    redirect, admin = prepared.redirect_socket, prepared.admin_socket
+    if redirect is not None:
+        await sites.serve(
+            redirect_application(config.listen.port), lambda r: web.SockSite(r, redirect)
+        )
+    if admin is not None:
+        await sites.serve(admin_application(health), lambda r: web.SockSite(r, admin))
+
+
+async def drain_relay(relay: Relay, broker: Broker, deadline: float) -> None:
+    """Accepted publications are delivered, then every client gets 4200 and time to go."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(broker.close(), timeout=max(deadline, 0.1))
+    relay.close_all(CloseCode.RECONNECT)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(relay.wait_until_empty(), timeout=deadline)
+    relay.stop()
+
+
+def remove_socket_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def wait_for_stop_signal() -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("stopping", extra={"connections": len(runtime.relay.connections)})
-    await stop(runtime)
+
+
+async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> None:
+    """Everything in one process, with the in-memory broker."""
+    broker = MemoryBroker()
+    relay = start_relay(prepared)
+    await broker.start(relay.deliver)
+    sites = Sites()
+    try:
+        await serve_edge(sites, prepared, relay, broker, prepared.edge_sockets[0])
+        await serve_publish_side(
+            sites, prepared, broker, lambda: {"connections": len(relay.connections), "workers": 1}
+        )
+        banner(prepared)
+        log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
+        await wait_for_stop_signal()
+        log.info("stopping", extra={"connections": len(relay.connections)})
+        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
+    finally:
+        await sites.cleanup()
+        remove_socket_file(prepared.config.publish.socket)
     log.info("stopped")

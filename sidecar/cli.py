@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar import config as config_module
 from sidecar.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from sidecar.app import Prepared
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -21,9 +24,9 @@ def _load(path: str | None) -> Config:
     return config_module.load(path)
 
 
-def banner(runtime) -> None:  # runtime: sidecar.app.Runtime
-    cfg = runtime.config
-    app = runtime.apps.apps[0]
+def banner(prepared: Prepared) -> None:
+    cfg = prepared.config
+    app = prepared.apps.apps[0]
     scheme = "ws" if cfg.tls.mode == "off" else "wss"
     host = "localhost" if cfg.listen.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.listen.host
     options = {
@@ -43,15 +46,14 @@ def banner(runtime) -> None:  # runtime: sidecar.app.Runtime
         "Connect with pusher-js:",
         f"  new Pusher({json.dumps(app.key)}, {json.dumps(options)})",
     ]
-    if runtime.cert_file is not None and cfg.tls.mode == "self-signed":
+    if prepared.cert is not None and cfg.tls.mode == "self-signed":
         lines += [
             "",
             "Trust the development certificate in your client:",
-            f"  {runtime.cert_file.resolve()}",
-            f"  (Node: NODE_EXTRA_CA_CERTS={runtime.cert_file}; a browser: import it as an "
-            "authority)",
+            f"  {prepared.cert.resolve()}",
+            f"  (Node: NODE_EXTRA_CA_CERTS={prepared.cert}; a browser: import it as an authority)",
         ]
-    if runtime.app_created:
+    if prepared.app_created:
         lines += [
             "",
             f"App id {app.id}, key {app.key}, secret {app.secret}",
@@ -70,6 +72,7 @@ def banner(runtime) -> None:  # runtime: sidecar.app.Runtime
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar import app as app_module
+    from sidecar import cluster
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
 
@@ -79,23 +82,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sidecar: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup(cfg.log.level)
+    workers = cluster.worker_count(cfg)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        runner = asyncio.run
-    try:
-        runner(app_module.run_until_signal(cfg, banner))
+        prepared = app_module.prepare(cfg, workers)
     except SocketInUse as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return EXIT_START
     except OSError as exc:
         print(f"sidecar: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_START
+    try:
+        if workers == 1:
+            cluster.run_loop(app_module.run_single(prepared, banner))
+        else:
+            supervisor = cluster.Supervisor(prepared, args.config, workers)
+            cluster.run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from sidecar import cluster
+
+    return cluster.worker_main(args.config, args.worker_id, args.listen_fd, args.broker_fd)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -182,6 +192,12 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--app", help="app id (default: the first app, or 1)")
     pub.add_argument("--socket-id", help="leave out this connection (the publisher's own)")
     pub.set_defaults(func=cmd_publish)
+    worker = sub.add_parser("_worker", help=argparse.SUPPRESS)  # started by the supervisor
+    worker.add_argument("--config")
+    worker.add_argument("--worker-id", type=int, required=True)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--broker-fd", type=int, required=True)
+    worker.set_defaults(func=cmd_worker)
     return p
 
 

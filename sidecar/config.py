@@ -111,6 +111,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    workers: int | str = "auto"  # "auto": one per core this process may run on
     source: str | None = None  # the file it came from, for messages
 
 
@@ -343,6 +344,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
             "admin",
             "limits",
             "log",
+            "workers",
         },
     )
     http = _mapping(raw.get("http"), "http")
@@ -356,7 +358,13 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         raise ConfigError(
             "upstream", "the reverse proxy is not available in this version; leave it null"
         )
+    workers = raw.get("workers", "auto")
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256
+    ):
+        raise ConfigError("workers", f"must be auto or a number from 1 to 256, got {workers!r}")
     config = Config(
+        workers=workers,
         listen=_listen(raw.get("listen")),
         http=HttpConfig(port=_port(http, "http", "port", 8080)),
         tls=_tls(raw.get("tls")),

@@ -1,0 +1,211 @@
+"""Every core: a supervisor process and one worker per core.
+
+The supervisor owns what exists once: the publish socket, the plain-HTTP redirect, the admin
+listener, and the hub of the pipe broker. Each worker is a fresh interpreter (`sidecar _worker`)
+that inherits its own SO_REUSEPORT listening socket on the TLS port, so the kernel spreads
+browser connections across workers, and one end of a pipe to the hub, so every worker receives
+every publication. A publish is acknowledged once the hub has written it to the pipes: the
+supervisor never fans out, so publishing stays fast however many subscribers there are.
+
+A worker that dies is started again (its listening socket stays open in the supervisor, so
+connections wait in the backlog meanwhile). SIGTERM: the supervisor stops taking publishes,
+flushes and closes the pipes; each worker delivers what it received, closes its clients with
+4200 and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sidecar import config as config_module
+from sidecar.app import (
+    SHUTDOWN_DEADLINE,
+    Prepared,
+    Sites,
+    drain_relay,
+    remove_socket_file,
+    serve_edge,
+    serve_publish_side,
+    start_relay,
+    wait_for_stop_signal,
+)
+from sidecar.broker.pipe import HubBroker, WorkerBroker
+from sidecar.config import Config
+
+log = logging.getLogger("sidecar.cluster")
+
+# A worker that keeps dying is restarted at most this often.
+RESPAWN_BACKOFF = (0.5, 1, 2, 5, 10)
+# A worker that lived this long before dying starts the back-off again from the beginning.
+STABLE_AFTER = 30.0
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: int
+    proc: asyncio.subprocess.Process
+    started: float
+    failures: int = 0
+    watcher: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    def __init__(self, prepared: Prepared, config_path: str | None, workers: int) -> None:
+        self.prepared = prepared
+        self.config_path = config_path
+        self.count = workers
+        self.hub = HubBroker()
+        self.handles: dict[int, WorkerHandle] = {}
+        self.stopping = False
+
+    async def spawn(self, worker_id: int, failures: int = 0) -> None:
+        hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen = self.prepared.edge_sockets[worker_id]
+        command = [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "_worker",
+            "--worker-id",
+            str(worker_id),
+            "--listen-fd",
+            str(listen.fileno()),
+            "--broker-fd",
+            str(worker_end.fileno()),
+        ]
+        if self.config_path is not None:
+            command += ["--config", self.config_path]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, pass_fds=(listen.fileno(), worker_end.fileno())
+            )
+        finally:
+            worker_end.close()
+        handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
+        self.handles[worker_id] = handle
+        await self.hub.attach(worker_id, hub_end)
+        handle.watcher = asyncio.ensure_future(self._watch(handle))
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """Start a worker that died again, with back-off, unless we are stopping."""
+        code = await handle.proc.wait()
+        if self.stopping:
+            return
+        self.hub.detach(handle.worker_id)
+        lived = time.monotonic() - handle.started
+        failures = 0 if lived > STABLE_AFTER else handle.failures + 1
+        delay = RESPAWN_BACKOFF[min(failures, len(RESPAWN_BACKOFF) - 1)]
+        log.error(
+            "worker exited; starting it again",
+            extra={"worker": handle.worker_id, "exit_code": code, "restart_in_s": delay},
+        )
+        await asyncio.sleep(delay)
+        if not self.stopping:
+            await self.spawn(handle.worker_id, failures)
+
+    def health(self) -> dict[str, object]:
+        alive = sum(1 for h in self.handles.values() if h.proc.returncode is None)
+        return {"workers": alive, "workers_configured": self.count}
+
+    async def run(self, banner: Callable[[Prepared], None]) -> None:
+        sites = Sites()
+        try:
+            for worker_id in range(self.count):
+                await self.spawn(worker_id)
+            await serve_publish_side(sites, self.prepared, self.hub, self.health)
+            banner(self.prepared)
+            log.info(
+                "ready",
+                extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
+            )
+            await wait_for_stop_signal()
+            log.info("stopping", extra={"workers": self.count})
+        finally:
+            self.stopping = True
+            await sites.cleanup()  # no new publishes
+            await self.hub.close()  # workers deliver what they have, then close their clients
+            await self._reap(SHUTDOWN_DEADLINE + 2)
+            remove_socket_file(self.prepared.config.publish.socket)
+        log.info("stopped")
+
+    async def _reap(self, deadline: float) -> None:
+        procs = [h.proc for h in self.handles.values() if h.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), deadline)
+        except TimeoutError:
+            for proc in procs:
+                if proc.returncode is None:
+                    log.error("worker did not stop in time; killed", extra={"pid": proc.pid})
+                    proc.kill()
+                    await proc.wait()
+        for handle in self.handles.values():
+            if handle.watcher is not None:
+                handle.watcher.cancel()
+
+
+# The worker process -------------------------------------------------------------------------
+
+
+async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: int) -> None:
+    from sidecar.app import certificate_files, resolve_apps
+
+    apps, _ = resolve_apps(config)
+    cert, key = certificate_files(config)
+    listen = socket.socket(fileno=listen_fd)
+    prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
+    broker = WorkerBroker(socket.socket(fileno=broker_fd))
+    relay = start_relay(prepared)
+    await broker.start(relay.deliver)
+    sites = Sites()
+    # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await serve_edge(sites, prepared, relay, broker, listen)
+        pipe_closed = asyncio.ensure_future(broker.close())
+        stopped = asyncio.ensure_future(stop.wait())
+        # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
+        await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
+    finally:
+        await sites.cleanup()
+    log.debug("worker stopped", extra={"worker": worker_id})
+
+
+def worker_main(config_path: str | None, worker_id: int, listen_fd: int, broker_fd: int) -> int:
+    from sidecar.observe.logging import setup
+
+    config = config_module.load(config_path) if config_path else Config()
+    setup(config.log.level)
+    run_loop(run_worker(config, worker_id, listen_fd, broker_fd))
+    return 0
+
+
+def run_loop(main: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        asyncio.run(main)  # type: ignore[arg-type]
+
+
+def worker_count(config: Config) -> int:
+    if config.workers == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return int(config.workers)
