@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -87,8 +88,21 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
     return sock
 
 
+def raise_open_file_limit() -> int:
+    """Every connection is a file descriptor: take the hard limit the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 def prepare(config: Config, workers: int) -> Prepared:
     """Raise SocketInUse or OSError (with a message naming the address) when blocked."""
+    raise_open_file_limit()  # inherited by the workers
     apps, created = resolve_apps(config)
     cert, key = certificate_files(config)
     if cert is not None and key is not None:
