@@ -169,3 +169,62 @@ def test_discard_unstarted_on_an_empty_queue_is_harmless() -> None:
     queue.discard_unstarted()
     assert queue.queued_bytes == 0
     assert queue.take(5) is None
+
+
+# Frames in pieces (header + JSON around a shared data literal) -------------------------------
+
+
+def drain(queue: SendQueue, budget: int) -> bytes:
+    out = []
+    while (piece := queue.take(budget)) is not None:
+        out.append(bytes(piece))
+    return b"".join(out)
+
+
+def test_a_frame_in_pieces_comes_out_whole_and_in_order() -> None:
+    queue = SendQueue(limit=1 << 30)
+    data = b"d" * 100_000
+    assert queue.push(b"a")
+    assert queue.push((b"HEAD", data, b"}"))
+    assert queue.push(b"b")
+    assert queue.queued_bytes == 1 + 4 + 100_000 + 1 + 1
+    assert drain(queue, 4096) == b"a" + b"HEAD" + data + b"}" + b"b"
+    assert queue.queued_bytes == 0
+
+
+def test_the_shared_piece_is_sliced_not_copied() -> None:
+    queue = SendQueue(limit=1 << 30)
+    data = b"d" * 10_000
+    queue.push((b"H", data, b"}"))
+    assert queue.take(1000) == b"H"
+    piece = queue.take(1000)
+    assert isinstance(piece, memoryview) and piece.obj is data
+
+
+def test_discard_keeps_every_remaining_piece_of_a_half_written_frame() -> None:
+    # Regression: only the piece in progress was kept, so the closing "}" was lost and the
+    # close frame followed a frame one byte short.
+    queue = SendQueue(limit=1 << 30)
+    data = b"d" * 10_000
+    queue.push((b"HEAD", data, b"}"))
+    queue.push(b"later")
+    assert bytes(queue.take(4)) == b"HEAD"
+    assert len(bytes(queue.take(100))) == 100
+    queue.discard_unstarted()
+    assert queue.queued_bytes == len(data) - 100 + 1
+    assert drain(queue, 4096) == data[100:] + b"}"
+
+
+def test_discard_drops_a_piece_frame_not_begun() -> None:
+    queue = SendQueue(limit=1 << 30)
+    queue.push((b"HEAD", b"x" * 10, b"}"))
+    queue.discard_unstarted()
+    assert queue.queued_bytes == 0
+    assert queue.take(100) is None
+
+
+def test_limit_counts_every_piece() -> None:
+    queue = SendQueue(limit=100)
+    assert queue.push(b"x" * 10)
+    assert not queue.push((b"H", b"y" * 90, b"}"))  # 92 more would make 102
+    assert queue.push((b"H", b"y" * 88, b"}"))
