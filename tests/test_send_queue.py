@@ -174,13 +174,6 @@ def test_discard_unstarted_on_an_empty_queue_is_harmless() -> None:
 # Frames in pieces (header + JSON around a shared data literal) -------------------------------
 
 
-def drain(queue: SendQueue, budget: int) -> bytes:
-    out = []
-    while (piece := queue.take(budget)) is not None:
-        out.append(bytes(piece))
-    return b"".join(out)
-
-
 def test_a_frame_in_pieces_comes_out_whole_and_in_order() -> None:
     queue = SendQueue(limit=1 << 30)
     data = b"d" * 100_000

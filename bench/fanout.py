@@ -1,0 +1,362 @@
+"""The fan-out benchmark: Sidecar and its peers side by side, one run, one load client.
+
+    bash bench/setup.sh                      # once: nchan, soketi, the C load client
+    .venv/bin/python bench/fanout.py --servers sidecar,naive,nchan,soketi \\
+        --subscribers 1000,5000 --tls off,on --runs 3
+
+For each server, subscriber count and TLS setting: the server is started pinned to CPU 0, the
+load client (bench/client/wsload, C) and this harness to CPU 1. Then:
+  connect   N subscribers on one channel; RSS of the server's process tree before and after
+  latency   events at a fixed rate (default 10/s), publish call to receipt on every subscriber
+  throughput  about --deliveries deliveries with 4 publishes in flight: deliveries/s, server CPU
+            seconds per delivery (from /proc), the client's own CPU per delivery, peak RSS
+Results are medians over runs with min-max, written as a Markdown table (and JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.servers import (
+    KINDS,
+    Publisher,
+    Server,
+    available,
+    cpu_seconds,
+    rss_bytes,
+)
+from sidecar.edge.tls import ensure_self_signed
+
+BENCH = Path(__file__).resolve().parent
+WSLOAD = BENCH / "client" / "wsload"
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+
+def marked(size: int) -> str:
+    """Event data of `size` bytes carrying the publish time for the client to measure."""
+    head = f"@@T{time.monotonic_ns()}@@"
+    return head + "x" * max(0, size - len(head))
+
+
+class LoadClient:
+    def __init__(self, server: Server, conns: int, channels: int = 1, subs_per_conn: int = 1):
+        if not WSLOAD.exists():
+            raise SystemExit("bench/client/wsload is missing: run bash bench/setup.sh")
+        cmd = [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            str(WSLOAD),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--conns",
+            str(conns),
+            "--channels",
+            str(channels),
+            "--subs-per-conn",
+            str(subs_per_conn),
+            "--prefix",
+            "ch",
+            *server.subscribe_args(),
+        ]
+        if server.tls:
+            cmd += ["--tls", "--sni", "localhost"]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+
+    def read(self, timeout: float = 300) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("wsload exited")
+        return json.loads(line)
+
+    def ready(self) -> dict[str, Any]:
+        report = self.read()
+        if report.get("event") != "ready":
+            raise RuntimeError(f"wsload: {report}")
+        return report
+
+    def command(self, text: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def stats(self) -> dict[str, Any]:
+        return self.command("stats")
+
+    def reset(self) -> None:
+        self.command("reset")
+
+    def wait_deliveries(self, expected: int, stall: float = 10.0) -> dict[str, Any]:
+        """Poll until `expected` deliveries arrived or nothing new came for `stall` seconds."""
+        last, last_change = -1, time.monotonic()
+        while True:
+            stats = self.stats()
+            if stats["deliveries"] >= expected:
+                return stats
+            if stats["deliveries"] != last:
+                last, last_change = stats["deliveries"], time.monotonic()
+            elif time.monotonic() - last_change > stall:
+                return stats
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
+@dataclass
+class Sample:
+    values: dict[str, float]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure_latency(
+    client: LoadClient, publisher: Publisher, conns: int, events: int, rate: float, size: int
+) -> dict[str, float]:
+    client.reset()
+    acks = []
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    for _ in range(events):
+        next_at += interval
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        publisher.publish("ch0", marked(size))
+        acks.append(time.perf_counter() - t0)
+    stats = client.wait_deliveries(events * conns)
+    lat = stats["lat_us"]
+    return {
+        "lat_p50_ms": lat["p50"] / 1000,
+        "lat_p95_ms": lat["p95"] / 1000,
+        "lat_p99_ms": lat["p99"] / 1000,
+        "lat_max_ms": lat["max"] / 1000,
+        "ack_p50_us": percentile(acks, 0.5) * 1e6,
+        "ack_p99_us": percentile(acks, 0.99) * 1e6,
+        "lost_latency": events * conns - stats["deliveries"],
+    }
+
+
+def measure_throughput(
+    client: LoadClient,
+    server: Server,
+    publishers: list[Publisher],
+    conns: int,
+    deliveries: int,
+    size: int,
+    channels: int = 1,
+) -> dict[str, float]:
+    events = max(4, deliveries // conns * channels)
+    client.reset()
+    before_client = client.stats()
+    pids = server.pids()
+    peak = rss_bytes(pids)
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_bytes(pids))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    cpu0 = cpu_seconds(pids)
+    t0 = time.perf_counter()
+
+    def run(index: int) -> None:
+        publisher = publishers[index]
+        for i in range(index, events, len(publishers)):
+            publisher.publish(f"ch{i % channels}", marked(size))
+
+    with ThreadPoolExecutor(len(publishers)) as pool:
+        list(pool.map(run, range(len(publishers))))
+    expected = events * conns // channels
+    stats = client.wait_deliveries(expected)
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(pids) - cpu0
+    sampling = False
+    sampler.join()
+    got = stats["deliveries"]
+    client_cpu = (stats["cpu_user_s"] + stats["cpu_sys_s"]) - (
+        before_client["cpu_user_s"] + before_client["cpu_sys_s"]
+    )
+    return {
+        "deliveries_per_s": got / elapsed,
+        "server_us_per_delivery": cpu / max(got, 1) * 1e6,
+        "client_us_per_delivery": client_cpu / max(got, 1) * 1e6,
+        "peak_rss_mb": peak / 2**20,
+        "lost_throughput": expected - got,
+        "closed": stats["closed"],
+    }
+
+
+def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Path) -> dict:
+    pair = ensure_self_signed(workdir / "certs")
+    server_cls = KINDS[kind]
+    extra = {"workers": args.workers} if kind == "sidecar" else {}
+    server = server_cls(
+        name=kind,
+        workdir=workdir / kind,
+        tls=tls,
+        cert=pair.cert,
+        key=pair.key,
+        cpus=args.server_cpus,
+        **extra,
+    )
+    server.start()
+    result: dict[str, float] = {}
+    client = None
+    publishers: list[Publisher] = []
+    try:
+        time.sleep(0.5)
+        rss_idle = rss_bytes(server.pids())
+        client = LoadClient(server, conns)
+        ready = client.ready()
+        time.sleep(1.0)
+        rss_connected = rss_bytes(server.pids())
+        result["connect_s"] = ready["connect_s"]
+        result["rss_after_connect_mb"] = rss_connected / 2**20
+        result["kb_per_conn"] = (rss_connected - rss_idle) / conns / 1024
+        publishers = [server.publisher() for _ in range(4)]
+        if args.latency_events:
+            result.update(
+                measure_latency(
+                    client, publishers[0], conns, args.latency_events, args.rate, args.size
+                )
+            )
+        if args.deliveries:
+            result.update(
+                measure_throughput(client, server, publishers, conns, args.deliveries, args.size)
+            )
+    finally:
+        for publisher in publishers:
+            publisher.close()
+        if client is not None:
+            client.close()
+        server.stop()
+    return result
+
+
+def table(results: dict[tuple[str, int, bool], list[dict]], metrics: list[str]) -> str:
+    header = "| server | N | TLS | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(metrics))]
+    for (kind, conns, tls), runs in results.items():
+        cells = []
+        for metric in metrics:
+            values = [r[metric] for r in runs if metric in r]
+            if not values:
+                cells.append("-")
+                continue
+            med = statistics.median(values)
+            fmt = ".0f" if abs(med) >= 100 else ".2f"
+            cell = f"{med:{fmt}}"
+            if len(values) > 1:
+                cell += f" ({min(values):{fmt}}-{max(values):{fmt}})"
+            cells.append(cell)
+        lines.append(f"| {kind} | {conns} | {'yes' if tls else 'no'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+METRICS = [
+    "server_us_per_delivery",
+    "deliveries_per_s",
+    "lat_p50_ms",
+    "lat_p99_ms",
+    "lat_max_ms",
+    "ack_p50_us",
+    "ack_p99_us",
+    "rss_after_connect_mb",
+    "kb_per_conn",
+    "peak_rss_mb",
+    "client_us_per_delivery",
+    "lost_latency",
+    "lost_throughput",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--servers", default="sidecar,naive,nchan,soketi")
+    parser.add_argument("--subscribers", default="1000,5000")
+    parser.add_argument("--tls", default="off", help="off, on, or off,on")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=100, help="event data bytes")
+    parser.add_argument("--rate", type=float, default=10, help="latency phase events/s")
+    parser.add_argument("--latency-events", type=int, default=100)
+    parser.add_argument("--deliveries", type=int, default=500_000)
+    parser.add_argument("--workers", type=int, default=1, help="sidecar worker processes")
+    parser.add_argument("--server-cpus", default=SERVER_CPU)
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+
+    kinds = [k for k in args.servers.split(",") if k]
+    for kind in kinds:
+        reason = available(kind)
+        if reason:
+            raise SystemExit(f"{kind}: {reason}")
+    tls_modes = [{"off": False, "on": True}[t] for t in args.tls.split(",")]
+    sizes = [int(n) for n in args.subscribers.split(",")]
+    results: dict[tuple[str, int, bool], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="sidecar-fanout-") as tmp:
+        for run in range(args.runs):
+            # Interleave servers within each run, so drift on the machine hits all alike.
+            for conns in sizes:
+                for tls in tls_modes:
+                    for kind in kinds:
+                        workdir = Path(tmp) / f"{kind}-{conns}-{tls}-{run}"
+                        result = one(args, kind, conns, tls, workdir)
+                        results.setdefault((kind, conns, tls), []).append(result)
+                        print(
+                            f"run {run + 1}: {kind} N={conns} tls={tls}: {json.dumps(result)}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    print(
+        f"\nFan-out, {args.size}-byte events, one channel; medians of {args.runs} runs (min-max)."
+        f"\nServer pinned to CPU {args.server_cpus}, client and harness to CPU {CLIENT_CPU}; "
+        f"latency at {args.rate:g} events/s; throughput with 4 publishes in flight.\n"
+    )
+    print(table(results, METRICS))
+    print(f"\ncommand: python bench/fanout.py {' '.join(sys.argv[1:])}")
+    if args.json:
+        serial = {f"{k}|{n}|{t}": v for (k, n, t), v in results.items()}
+        Path(args.json).write_text(json.dumps(serial, indent=1))
+
+
+if __name__ == "__main__":
+    main()

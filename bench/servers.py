@@ -1,0 +1,421 @@
+"""The servers the fan-out benchmark compares, each started the same way and measured the same way.
+
+Every server gets a WebSocket port (plaintext or TLS with the same certificate), a publish
+endpoint and a CPU to be pinned to. The load client subscribes through `subscribe_args()` and the
+harness publishes through `publisher()`; CPU and memory are read from /proc for the server's
+whole process tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+APP_ID, APP_KEY, APP_SECRET = "1", "bench-key", "bench-secret-0123456789"
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+SOKETI_DIR = BENCH / "peers" / "soketi"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening after {timeout}s")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (nginx workers, sidecar workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+@dataclass
+class Publisher:
+    """Publishes one event per call and returns when the server acknowledged it."""
+
+    make_connection: Any
+    build: Any  # (channel, data) -> (method, path, body bytes, headers)
+    conn: http.client.HTTPConnection | None = None
+
+    def publish(self, channel: str, data: str) -> None:
+        method, path, body, headers = self.build(channel, data)
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = self.make_connection()
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                response = self.conn.getresponse()
+                response.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        if response.status >= 300:
+            raise RuntimeError(f"publish refused: {response.status}")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def pusher_body(channel: str, data: str) -> bytes:
+    return json.dumps({"name": "bench", "channel": channel, "data": data}).encode()
+
+
+def signed_path(path: str, body: bytes) -> str:
+    params = {
+        "auth_key": APP_KEY,
+        "auth_timestamp": str(int(time.time())),
+        "auth_version": "1.0",
+        "body_md5": hashlib.md5(body).hexdigest(),
+    }
+    query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    signature = hmac.new(
+        APP_SECRET.encode(), f"POST\n{path}\n{query}".encode(), hashlib.sha256
+    ).hexdigest()
+    return f"{path}?{query}&auth_signature={signature}"
+
+
+@dataclass
+class Server:
+    """Base: a process tree started in `workdir`, pinned to `cpus`."""
+
+    name: str
+    workdir: Path
+    tls: bool
+    cert: Path
+    key: Path
+    cpus: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"{self.name}.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", self.cpus, *self.command()],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            start_new_session=True,
+        )
+        wait_port(self.port)
+        self.ready()
+
+    def ready(self) -> None:
+        """Wait for anything beyond the WebSocket port (a publish socket)."""
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return process_tree(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def subscribe_args(self) -> list[str]:
+        return ["--mode", "pusher", "--path", f"/app/{APP_KEY}?protocol=7"]
+
+    def publisher(self) -> Publisher:
+        raise NotImplementedError
+
+
+@dataclass
+class SidecarServer(Server):
+    workers: int = 1
+
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "publish.sock")
+
+    def command(self) -> list[str]:
+        config = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "http": {"port": None},
+            "admin": {"port": None},
+            "tls": {"mode": "files", "cert": str(self.cert), "key": str(self.key)}
+            if self.tls
+            else {"mode": "off", "dir": str(self.workdir / "certs")},
+            "publish": {"socket": self.socket},
+            "apps": [{"id": APP_ID, "key": APP_KEY, "secret": APP_SECRET}],
+            "log": {"level": "warning"},
+            "limits": {"send_queue_bytes": "64MiB"},
+        }
+        if self.workers != 1:
+            config["workers"] = self.workers
+        path = self.workdir / "sidecar.yaml"
+        path.write_text(yaml.safe_dump(config))
+        exe = Path(sys.executable).parent / "sidecar"
+        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
+        return [*base, "run", "--config", str(path)]
+
+    def ready(self) -> None:
+        wait_unix(self.socket)
+
+    def publisher(self) -> Publisher:
+        path = f"/apps/{APP_ID}/events"
+        headers = {"Content-Type": "application/json"}
+        return Publisher(
+            lambda: UnixHTTPConnection(self.socket),
+            lambda ch, data: ("POST", path, pusher_body(ch, data), headers),
+        )
+
+    def signed_publisher(self) -> Publisher:
+        return tcp_signed_publisher(self.port, self.tls)
+
+
+def tcp_signed_publisher(port: int, tls: bool) -> Publisher:
+    import ssl
+
+    def connect() -> http.client.HTTPConnection:
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def build(channel: str, data: str) -> tuple[str, str, bytes, dict[str, str]]:
+        body = pusher_body(channel, data)
+        path = signed_path(f"/apps/{APP_ID}/events", body)
+        return "POST", path, body, {"Content-Type": "application/json"}
+
+    return Publisher(connect, build)
+
+
+def wait_unix(path: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{path} not ready")
+
+
+@dataclass
+class NaiveServer(Server):
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "naive.sock")
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            str(BENCH / "peers" / "naive_relay.py"),
+            "--port",
+            str(self.port),
+            "--socket",
+            self.socket,
+        ]
+        if self.tls:
+            cmd += ["--cert", str(self.cert), "--key", str(self.key)]
+        return cmd
+
+    def ready(self) -> None:
+        wait_unix(self.socket)
+
+    def publisher(self) -> Publisher:
+        path = f"/apps/{APP_ID}/events"
+        headers = {"Content-Type": "application/json"}
+        return Publisher(
+            lambda: UnixHTTPConnection(self.socket),
+            lambda ch, data: ("POST", path, pusher_body(ch, data), headers),
+        )
+
+
+@dataclass
+class NchanServer(Server):
+    """nginx with nchan: one worker process, publishing over a Unix socket like the others."""
+
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "nchan.sock")
+
+    def command(self) -> list[str]:
+        listen = f"127.0.0.1:{self.port}" + (" ssl" if self.tls else "")
+        tls = (
+            f"ssl_certificate {self.cert}; ssl_certificate_key {self.key}; "
+            "ssl_protocols TLSv1.2 TLSv1.3;"
+            if self.tls
+            else ""
+        )
+        conf = f"""
+load_module {NCHAN_MODULE};
+daemon off;
+worker_processes 1;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 65536; }}
+http {{
+  access_log off;
+  client_max_body_size 64m;
+  client_body_buffer_size 64m;
+  nchan_max_reserved_memory 512M;
+  server {{
+    listen {listen};
+    listen unix:{self.socket};
+    {tls}
+    location ~ /sub/(\\w+)$ {{ nchan_subscriber websocket; nchan_channel_id $1; }}
+    location ~ /pub/(\\w+)$ {{
+      nchan_publisher; nchan_channel_id $1;
+      nchan_message_buffer_length 1; nchan_message_timeout 10s;
+    }}
+  }}
+}}
+"""
+        path = self.workdir / "nginx.conf"
+        path.write_text(conf)
+        return ["nginx", "-c", str(path), "-p", str(self.workdir), "-e", "stderr"]
+
+    def ready(self) -> None:
+        wait_unix(self.socket)
+
+    def subscribe_args(self) -> list[str]:
+        return ["--mode", "nchan", "--path-template", "/sub/%s"]
+
+    def publisher(self) -> Publisher:
+        return Publisher(
+            lambda: UnixHTTPConnection(self.socket),
+            lambda ch, data: ("POST", f"/pub/{ch}", data.encode(), {}),
+        )
+
+
+@dataclass
+class SoketiServer(Server):
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SOKETI_PORT=str(self.port),
+            SOKETI_HOST="127.0.0.1",
+            SOKETI_DEFAULT_APP_ID=APP_ID,
+            SOKETI_DEFAULT_APP_KEY=APP_KEY,
+            SOKETI_DEFAULT_APP_SECRET=APP_SECRET,
+            SOKETI_DEFAULT_APP_MAX_CONNS="-1",
+            SOKETI_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SEC="-1",
+            SOKETI_EVENT_MAX_SIZE_IN_KB=str(64 * 1024),
+            SOKETI_METRICS_ENABLED="false",
+            SOKETI_HTTP_ACCEPT_TRAFFIC_MEMORY_THRESHOLD="100",
+        )
+        if self.tls:
+            env.update(SOKETI_SSL_CERT=str(self.cert), SOKETI_SSL_KEY=str(self.key))
+        return env
+
+    def command(self) -> list[str]:
+        return ["node", str(SOKETI_DIR / "node_modules" / ".bin" / "soketi"), "start"]
+
+    def publisher(self) -> Publisher:
+        return tcp_signed_publisher(self.port, self.tls)
+
+
+def available(kind: str) -> str | None:
+    """None when the peer can run here, else why not."""
+    if kind == "nchan" and not (NCHAN_MODULE.exists() and shutil.which("nginx")):
+        return "nginx with libnginx-mod-nchan is not installed (bash bench/setup.sh)"
+    if kind == "soketi" and not (SOKETI_DIR / "node_modules" / "uWebSockets.js").exists():
+        return "soketi is not installed (bash bench/setup.sh)"
+    return None
+
+
+KINDS = {
+    "sidecar": SidecarServer,
+    "naive": NaiveServer,
+    "nchan": NchanServer,
+    "soketi": SoketiServer,
+}
