@@ -377,3 +377,30 @@ async def test_a_write_that_raises_connection_reset_marks_closed(make_conn: Make
     conn.send(b"b")  # the handler will clean up; nothing more is written meanwhile
     await turns()
     assert sink.writes == []
+
+
+# Direct writes ------------------------------------------------------------------------------
+
+
+async def test_write_now_writes_when_nothing_is_queued(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    frame = b"frame"
+    assert conn.write_now(frame)
+    assert sink.writes == [frame]
+    assert sink.writes[0] is frame
+
+
+async def test_write_now_refuses_behind_queued_frames_to_keep_order(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    conn.send(b"first")  # queued, marked for the next flush
+    assert not conn.write_now(b"second")
+    assert sink.writes == []
+
+
+async def test_write_now_refuses_on_a_paused_sink_and_after_close(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    sink.pause()
+    assert not conn.write_now(b"x")
+    sink.resume()
+    conn.close(CloseCode.RECONNECT)
+    assert not conn.write_now(b"x")

@@ -7,20 +7,38 @@ import asyncio
 import pytest
 
 from sidecar.relay import fanout
-from sidecar.relay.fanout import DELIVER_SLICE, FLUSH_SLICE, FanoutQueue, FlushScheduler
+from sidecar.relay.fanout import (
+    DELIVER_SLICE,
+    DIRECT_WRITE_COST,
+    FLUSH_SLICE,
+    FanoutQueue,
+    FlushScheduler,
+)
 
 
 class FakeConn:
-    """What FanoutQueue needs of a Connection: socket_id, subscriptions and send()."""
+    """What FanoutQueue needs of a Connection: socket_id, subscriptions, write_now(), send()."""
 
     def __init__(self, socket_id: str, *channels: str, log: list | None = None) -> None:
         self.socket_id = socket_id
         self.subscriptions = set(channels)
+        self.idle = True  # write_now() succeeds: nothing queued on this connection
         self.received: list[bytes] = []
+        self.ways: list[str] = []  # "direct" or "queued", per frame received
         self._log = log  # a shared (socket_id, frame) log, to see the order across connections
 
+    def write_now(self, frame: bytes) -> bool:
+        if not self.idle:
+            return False
+        self._receive(frame, "direct")
+        return True
+
     def send(self, frame: bytes) -> None:
+        self._receive(frame, "queued")
+
+    def _receive(self, frame: bytes, way: str) -> None:
         self.received.append(frame)
+        self.ways.append(way)
         if self._log is not None:
             self._log.append((self.socket_id, frame))
 
@@ -115,171 +133,132 @@ async def test_marks_made_during_a_slice_run_on_a_later_turn() -> None:
     assert flushed == [early, late]
 
 
-# FanoutQueue: small channels ----------------------------------------------------------------
+# FanoutQueue ---------------------------------------------------------------------------------
 
 
-async def test_small_channel_is_delivered_inline() -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
+def new_queue() -> FanoutQueue:
+    return FanoutQueue(asyncio.get_running_loop())
+
+
+async def test_a_broadcast_is_delivered_on_the_next_turn_never_inside_the_call() -> None:
+    queue = new_queue()
     conns = channel_of(3)
-    frame = b"event"
-    queue.broadcast("news", frame, subscribers(conns), None)
-    # Inline: no loop turn needed, nothing left pending.
-    assert all(c.received == [frame] for c in conns)
-    assert all(c.received[0] is frame for c in conns)  # shared, never copied
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    assert all(c.received == [] for c in conns)
+    await turn()
+    assert all(c.received == [b"f"] for c in conns)
     assert queue.delivered == 3
     assert len(queue) == 0
 
 
-async def test_channel_of_exactly_a_slice_is_still_inline() -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    conns = channel_of(DELIVER_SLICE)
-    queue.broadcast("news", b"e", subscribers(conns), None)
-    assert all(c.received == [b"e"] for c in conns)
-    assert queue.delivered == DELIVER_SLICE
-    assert len(queue) == 0
-
-
-async def test_inline_delivery_skips_the_excluded_socket() -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
+async def test_a_lone_broadcast_writes_directly_to_idle_connections() -> None:
+    queue = new_queue()
     conns = channel_of(3)
-    queue.broadcast("news", b"e", subscribers(conns), conns[1].socket_id)
-    assert [c.received for c in conns] == [[b"e"], [], [b"e"]]
+    conns[1].idle = False  # has frames queued: this one must queue behind them
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    assert [c.ways for c in conns] == [["direct"], ["queued"], ["direct"]]
+
+
+async def test_broadcasts_waiting_behind_each_other_are_queued_to_merge() -> None:
+    queue = new_queue()
+    conns = channel_of(2)
+    queue.broadcast("news", b"1", subscribers(conns), None)
+    queue.broadcast("news", b"2", subscribers(conns), None)
+    await turn()
+    # The first had company waiting: queued, so both leave in one write per connection.
+    assert all(c.ways[0] == "queued" for c in conns)
+    assert all(c.received == [b"1", b"2"] for c in conns)
+
+
+async def test_a_frame_in_pieces_is_always_queued() -> None:
+    queue = new_queue()
+    conns = channel_of(2)
+    queue.broadcast("news", (b"H", b"data", b"}"), subscribers(conns), None)
+    await turn()
+    assert all(c.ways == ["queued"] for c in conns)
+
+
+async def test_excluded_socket_is_skipped_and_not_counted() -> None:
+    queue = new_queue()
+    conns = channel_of(3)
+    queue.broadcast("news", b"f", subscribers(conns), conns[1].socket_id)
+    await turn()
+    assert [len(c.received) for c in conns] == [1, 0, 1]
     assert queue.delivered == 2
 
 
-async def test_inline_delivery_with_an_unknown_excluded_socket_reaches_everyone() -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
+async def test_an_unknown_excluded_socket_leaves_everyone_in() -> None:
+    queue = new_queue()
     conns = channel_of(3)
-    queue.broadcast("news", b"e", subscribers(conns), "999.999")
-    assert all(c.received == [b"e"] for c in conns)
+    queue.broadcast("news", b"f", subscribers(conns), "999.999")
+    await turn()
     assert queue.delivered == 3
 
 
-# FanoutQueue: big channels ------------------------------------------------------------------
-
-
-async def test_big_channel_is_delivered_in_slices_of_deliver_slice() -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    total = DELIVER_SLICE * 2 + 7
-    conns = channel_of(total)
-    queue.broadcast("news", b"big", subscribers(conns), None)
-    assert sum(len(c.received) for c in conns) == 0  # nothing inline
-    assert len(queue) == 1
-    seen = []
+async def test_direct_writes_are_sliced_by_their_cost() -> None:
+    queue = new_queue()
+    per_turn = DELIVER_SLICE // DIRECT_WRITE_COST
+    conns = channel_of(per_turn * 2 + 3)
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    counts = []
     for _ in range(3):
         await turn()
-        seen.append(sum(len(c.received) for c in conns))
-    assert seen == [DELIVER_SLICE, 2 * DELIVER_SLICE, total]
-    # The first slice went to the first subscribers, in channel order.
-    assert all(c.received == [b"big"] for c in conns)
-    assert queue.delivered == total
-    assert len(queue) == 0
+        counts.append(sum(len(c.received) for c in conns))
+    assert counts == [per_turn, per_turn * 2, per_turn * 2 + 3]
 
 
-async def test_sliced_delivery_counts_and_skips_the_excluded_socket(small_slices: int) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
+async def test_queued_sends_are_sliced_by_deliver_slice(small_slices: int) -> None:
+    queue = new_queue()
     conns = channel_of(10)
-    queue.broadcast("news", b"e", subscribers(conns), conns[5].socket_id)
+    for c in conns:
+        c.idle = False
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    counts = []
     for _ in range(3):
         await turn()
-    assert conns[5].received == []
-    assert all(c.received == [b"e"] for i, c in enumerate(conns) if i != 5)
-    assert queue.delivered == 9
+        counts.append(sum(len(c.received) for c in conns))
+    assert counts == [4, 8, 10]
 
 
-async def test_a_connection_that_unsubscribed_while_the_broadcast_waited_is_skipped(
-    small_slices: int,
-) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    conns = channel_of(10)
-    queue.broadcast("news", b"e", subscribers(conns), None)
-    await turn()  # the first 4 have it
-    conns[7].subscriptions.discard("news")  # leaves before its slice
-    conns[1].subscriptions.discard("news")  # already served: no effect
+async def test_a_connection_that_unsubscribed_while_waiting_is_skipped() -> None:
+    queue = new_queue()
+    conns = channel_of(3)
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    conns[2].subscriptions.discard("news")
     await turn()
+    assert [len(c.received) for c in conns] == [1, 1, 0]
+    assert queue.delivered == 2
+
+
+async def test_a_late_subscriber_does_not_get_an_earlier_broadcast() -> None:
+    queue = new_queue()
+    members = subscribers(channel_of(2))
+    queue.broadcast("news", b"f", members, None)
+    late = FakeConn("9.9", "news")
+    members[late] = None
     await turn()
-    assert conns[7].received == []
-    assert conns[1].received == [b"e"]
-    assert sum(len(c.received) for c in conns) == 9
-    assert queue.delivered == 9
-
-
-async def test_a_late_subscriber_does_not_get_an_earlier_sliced_broadcast(
-    small_slices: int,
-) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    conns = channel_of(6)
-    members = subscribers(conns)
-    queue.broadcast("news", b"e", members, None)
-    late = FakeConn("2.1", "news")
-    members[late] = None  # subscribes after the publish: the broadcast holds a snapshot
-    for _ in range(3):
-        await turn()
     assert late.received == []
-    assert queue.delivered == 6
 
 
-async def test_slice_budget_is_shared_by_consecutive_broadcasts(small_slices: int) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    big = channel_of(6, "big", "1")
-    small = channel_of(3, "small", "2")
-    queue.broadcast("big", b"B", subscribers(big), None)
-    queue.broadcast("small", b"S", subscribers(small), None)  # queued behind, not inline
-    assert len(queue) == 2
-    assert sum(len(c.received) for c in small) == 0
-    await turn()
-    assert (sum(len(c.received) for c in big), sum(len(c.received) for c in small)) == (4, 0)
-    await turn()
-    assert (sum(len(c.received) for c in big), sum(len(c.received) for c in small)) == (6, 2)
-    await turn()
-    assert (sum(len(c.received) for c in big), sum(len(c.received) for c in small)) == (6, 3)
-    assert queue.delivered == 9
-    assert len(queue) == 0
-
-
-async def test_order_is_kept_for_a_connection_in_a_sliced_and_a_small_channel(
-    small_slices: int,
-) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
+async def test_order_is_kept_across_channels_and_slices(small_slices: int) -> None:
     log: list[tuple[str, bytes]] = []
-    both = FakeConn("9.9", "big", "small", log=log)
-    big = [FakeConn(f"1.{i}", "big", log=log) for i in range(9)] + [both]  # last of 10
+    queue = new_queue()
+    both = FakeConn("1.0", "big", "small", log=log)
+    big = [both] + [FakeConn(f"2.{i}", "big", log=log) for i in range(9)]
     queue.broadcast("big", b"first", subscribers(big), None)
     queue.broadcast("small", b"second", subscribers([both]), None)
-    assert both.received == []  # the small broadcast did not overtake the big one
-    for _ in range(4):
+    for _ in range(10):
         await turn()
     assert both.received == [b"first", b"second"]
-    # Globally too: every "first" was handed out before any "second".
-    frames = [frame for _, frame in log]
-    assert frames == [b"first"] * 10 + [b"second"]
     assert queue.delivered == 11
 
 
-async def test_small_broadcast_is_inline_again_once_the_queue_has_drained(
-    small_slices: int,
-) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    queue.broadcast("big", b"B", subscribers(channel_of(6, "big")), None)
-    for _ in range(2):
-        await turn()
-    assert len(queue) == 0
-    small = channel_of(2, "small", "2")
-    queue.broadcast("small", b"S", subscribers(small), None)
-    assert all(c.received == [b"S"] for c in small)
-    assert queue.delivered == 8
-
-
-async def test_a_broadcast_after_the_queue_drained_is_scheduled_again(small_slices: int) -> None:
-    queue = FanoutQueue(asyncio.get_running_loop())
-    first = channel_of(5, "a", "1")
-    queue.broadcast("a", b"A", subscribers(first), None)
-    for _ in range(2):
-        await turn()
-    second = channel_of(5, "b", "2")
-    queue.broadcast("b", b"B", subscribers(second), None)
-    assert len(queue) == 1
-    for _ in range(2):
-        await turn()
-    assert all(c.received == [b"B"] for c in second)
-    assert queue.delivered == 10
+async def test_a_broadcast_after_the_queue_drained_is_scheduled_again() -> None:
+    queue = new_queue()
+    conns = channel_of(2)
+    queue.broadcast("news", b"1", subscribers(conns), None)
+    await turn()
+    queue.broadcast("news", b"2", subscribers(conns), None)
+    await turn()
+    assert all(c.received == [b"1", b"2"] for c in conns)

@@ -104,6 +104,23 @@ class Connection:
             self._marked = True
             self._scheduler.mark(self)
 
+    def write_now(self, frame: bytes) -> bool:
+        """Write a frame at once if nothing is queued ahead of it; False: send() it instead.
+
+        A connection with queued bytes is always marked for a flush or draining, so neither
+        flag set means the queue is empty and writing now keeps the order.
+        """
+        if self._marked or self._draining or self.state is not ConnectionState.OPEN:
+            return False
+        sink = self._sink
+        if sink.is_paused():
+            return False
+        try:
+            sink.write(frame)
+        except (ConnectionError, RuntimeError):
+            self.state = ConnectionState.CLOSED
+        return True
+
     def send_json(self, payload: bytes) -> None:
         """Queue one Pusher frame (JSON bytes) meant for this client alone."""
         self.send(text_frame(payload))
@@ -114,17 +131,16 @@ class Connection:
             return
         queue = self._queue
         sink = self._sink
-        while not sink.is_paused():
-            piece = queue.take(WRITE_BUDGET)
-            if piece is None:
-                break
-            try:
-                sink.write(piece)
-            except (ConnectionError, RuntimeError):
-                # The peer is gone; the WebSocket handler sees it and cleans up.
-                self.state = ConnectionState.CLOSED
-                return
-        if len(queue):
+        # The hot path of every delivery: locals, one pause check per write.
+        take, write, paused = queue.take, sink.write, sink.is_paused
+        try:
+            while not paused() and (piece := take(WRITE_BUDGET)) is not None:
+                write(piece)
+        except (ConnectionError, RuntimeError):
+            # The peer is gone; the WebSocket handler sees it and cleans up.
+            self.state = ConnectionState.CLOSED
+            return
+        if queue.queued_bytes:
             self._draining = True
             asyncio.get_running_loop().create_task(self._wait_and_flush())
         elif self.state is ConnectionState.CLOSING:

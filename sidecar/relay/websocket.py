@@ -32,18 +32,16 @@ CLOSE_TIMEOUT = 5.0
 class TransportSink:
     """A connection's view of its transport: write, back-pressure, drain."""
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_protocol", "_transport", "write")
 
     def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
         self._transport = transport
         self._protocol = protocol
         # Pause (and queue in our SendQueue, by reference) once the transport holds this much.
         transport.set_write_buffer_limits(high=WRITE_BUDGET, low=WRITE_BUDGET // 4)
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._transport.is_closing():
-            raise ConnectionResetError("transport closing")
-        self._transport.write(data)
+        # Called once per delivery: the transport's own method, no wrapper. A closed transport
+        # raises (uvloop) or drops the bytes (asyncio); either way the handler cleans up.
+        self.write = transport.write
 
     def is_paused(self) -> bool:
         return self._protocol.writing_paused
