@@ -56,10 +56,15 @@ class LoadClient:
     def __init__(self, server: Server, conns: int, channels: int = 1, subs_per_conn: int = 1):
         if not WSLOAD.exists():
             raise SystemExit("bench/client/wsload is missing: run bash bench/setup.sh")
+        # Niced: when the publisher (this harness, same CPU) wakes for an acknowledgement, it
+        # runs at once instead of waiting for the client to finish reading a broadcast.
         cmd = [
             "taskset",
             "-c",
             CLIENT_CPU,
+            "nice",
+            "-n",
+            "10",
             str(WSLOAD),
             "--host",
             "127.0.0.1",
@@ -141,9 +146,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_latency(
-    client: LoadClient, publisher: Publisher, conns: int, events: int, rate: float, size: int
+    client: LoadClient,
+    server: Server,
+    publisher: Publisher,
+    conns: int,
+    events: int,
+    rate: float,
+    size: int,
 ) -> dict[str, float]:
     client.reset()
+    pids = server.pids()
+    cpu0 = cpu_seconds(pids)
     acks = []
     interval = 1.0 / rate
     next_at = time.perf_counter()
@@ -156,8 +169,10 @@ def measure_latency(
         publisher.publish("ch0", marked(size))
         acks.append(time.perf_counter() - t0)
     stats = client.wait_deliveries(events * conns)
+    cpu = cpu_seconds(pids) - cpu0
     lat = stats["lat_us"]
     return {
+        "slow_server_us_per_delivery": cpu / max(stats["deliveries"], 1) * 1e6,
         "lat_p50_ms": lat["p50"] / 1000,
         "lat_p95_ms": lat["p95"] / 1000,
         "lat_p99_ms": lat["p99"] / 1000,
@@ -176,8 +191,11 @@ def measure_throughput(
     deliveries: int,
     size: int,
     channels: int = 1,
+    subs_per_conn: int = 1,
+    batch: int = 1,
 ) -> dict[str, float]:
-    events = max(4, deliveries // conns * channels)
+    per_event = conns * subs_per_conn // channels  # subscribers of each channel
+    events = max(4 * batch, deliveries // per_event // batch * batch)
     client.reset()
     before_client = client.stats()
     pids = server.pids()
@@ -197,12 +215,16 @@ def measure_throughput(
 
     def run(index: int) -> None:
         publisher = publishers[index]
-        for i in range(index, events, len(publishers)):
-            publisher.publish(f"ch{i % channels}", marked(size))
+        for first in range(index * batch, events, len(publishers) * batch):
+            if batch == 1:
+                publisher.publish(f"ch{first % channels}", marked(size))
+            else:
+                items = [(f"ch{i % channels}", marked(size)) for i in range(first, first + batch)]
+                publisher.publish_batch(items)
 
     with ThreadPoolExecutor(len(publishers)) as pool:
         list(pool.map(run, range(len(publishers))))
-    expected = events * conns // channels
+    expected = events * per_event
     stats = client.wait_deliveries(expected)
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pids) - cpu0
@@ -242,7 +264,7 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
     try:
         time.sleep(0.5)
         rss_idle = rss_bytes(server.pids())
-        client = LoadClient(server, conns)
+        client = LoadClient(server, conns, args.channels, args.subs_per_conn)
         ready = client.ready()
         time.sleep(1.0)
         rss_connected = rss_bytes(server.pids())
@@ -250,15 +272,25 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
         result["rss_after_connect_mb"] = rss_connected / 2**20
         result["kb_per_conn"] = (rss_connected - rss_idle) / conns / 1024
         publishers = [server.publisher() for _ in range(4)]
-        if args.latency_events:
+        if args.latency_events and args.channels == 1:
             result.update(
                 measure_latency(
-                    client, publishers[0], conns, args.latency_events, args.rate, args.size
+                    client, server, publishers[0], conns, args.latency_events, args.rate, args.size
                 )
             )
         if args.deliveries:
             result.update(
-                measure_throughput(client, server, publishers, conns, args.deliveries, args.size)
+                measure_throughput(
+                    client,
+                    server,
+                    publishers,
+                    conns,
+                    args.deliveries,
+                    args.size,
+                    args.channels,
+                    args.subs_per_conn,
+                    args.batch,
+                )
             )
     finally:
         for publisher in publishers:
@@ -291,6 +323,7 @@ def table(results: dict[tuple[str, int, bool], list[dict]], metrics: list[str]) 
 
 METRICS = [
     "server_us_per_delivery",
+    "slow_server_us_per_delivery",
     "deliveries_per_s",
     "lat_p50_ms",
     "lat_p99_ms",
@@ -319,6 +352,9 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=100)
     parser.add_argument("--deliveries", type=int, default=500_000)
     parser.add_argument("--workers", type=int, default=1, help="sidecar worker processes")
+    parser.add_argument("--channels", type=int, default=1, help="channels ch0..chK-1")
+    parser.add_argument("--subs-per-conn", type=int, default=1, help="channels per connection")
+    parser.add_argument("--batch", type=int, default=1, help="events per publish (batch_events)")
     parser.add_argument("--server-cpus", default=SERVER_CPU)
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
@@ -347,7 +383,8 @@ def main() -> None:
                             flush=True,
                         )
     print(
-        f"\nFan-out, {args.size}-byte events, one channel; medians of {args.runs} runs (min-max)."
+        f"\nFan-out, {args.size}-byte events, {args.channels} channel(s), {args.subs_per_conn} "
+        f"per connection, {args.batch} event(s) per publish; medians of {args.runs} runs (min-max)."
         f"\nServer pinned to CPU {args.server_cpus}, client and harness to CPU {CLIENT_CPU}; "
         f"latency at {args.rate:g} events/s; throughput with 4 publishes in flight.\n"
     )

@@ -113,10 +113,18 @@ class Publisher:
 
     make_connection: Any
     build: Any  # (channel, data) -> (method, path, body bytes, headers)
+    build_batch: Any = None  # [(channel, data), ...] -> the same, where the server has batches
     conn: http.client.HTTPConnection | None = None
 
     def publish(self, channel: str, data: str) -> None:
-        method, path, body, headers = self.build(channel, data)
+        self._send(*self.build(channel, data))
+
+    def publish_batch(self, items: list[tuple[str, str]]) -> None:
+        if self.build_batch is None:
+            raise RuntimeError("this server has no batch publishing")
+        self._send(*self.build_batch(items))
+
+    def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = self.make_connection()
@@ -136,6 +144,21 @@ class Publisher:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+def unix_pusher_publisher(socket_path: str) -> Publisher:
+    """The Pusher HTTP API over a Unix socket, unsigned (sidecar and the naive relay)."""
+    headers = {"Content-Type": "application/json"}
+
+    def build(channel: str, data: str) -> tuple[str, str, bytes, dict[str, str]]:
+        return "POST", f"/apps/{APP_ID}/events", pusher_body(channel, data), headers
+
+    def build_batch(items: list[tuple[str, str]]) -> tuple[str, str, bytes, dict[str, str]]:
+        batch = [{"name": "bench", "channel": ch, "data": data} for ch, data in items]
+        body = json.dumps({"batch": batch}).encode()
+        return "POST", f"/apps/{APP_ID}/batch_events", body, headers
+
+    return Publisher(lambda: UnixHTTPConnection(socket_path), build, build_batch)
 
 
 def pusher_body(channel: str, data: str) -> bytes:
@@ -246,12 +269,7 @@ class SidecarServer(Server):
         wait_unix(self.socket)
 
     def publisher(self) -> Publisher:
-        path = f"/apps/{APP_ID}/events"
-        headers = {"Content-Type": "application/json"}
-        return Publisher(
-            lambda: UnixHTTPConnection(self.socket),
-            lambda ch, data: ("POST", path, pusher_body(ch, data), headers),
-        )
+        return unix_pusher_publisher(self.socket)
 
     def signed_publisher(self) -> Publisher:
         return tcp_signed_publisher(self.port, self.tls)
@@ -311,12 +329,7 @@ class NaiveServer(Server):
         wait_unix(self.socket)
 
     def publisher(self) -> Publisher:
-        path = f"/apps/{APP_ID}/events"
-        headers = {"Content-Type": "application/json"}
-        return Publisher(
-            lambda: UnixHTTPConnection(self.socket),
-            lambda ch, data: ("POST", path, pusher_body(ch, data), headers),
-        )
+        return unix_pusher_publisher(self.socket)
 
 
 @dataclass
