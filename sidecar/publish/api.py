@@ -28,8 +28,18 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal is JSON with a message, aiohttp's own (404, 405, 413) included."""
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Every refusal is JSON with a message, aiohttp's own (404, 405, 413) included.
+
+    Not a coroutine itself: a WebSocket upgrade gets its handler's coroutine back untouched, so
+    a connection that lives for hours does not also keep this middleware's frame alive.
+    """
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

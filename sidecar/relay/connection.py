@@ -122,8 +122,11 @@ class Connection:
         return True
 
     def send_json(self, payload: bytes) -> None:
-        """Queue one Pusher frame (JSON bytes) meant for this client alone."""
-        self.send(text_frame(payload))
+        """Send one Pusher frame (JSON bytes) meant for this client alone: at once when
+        nothing is queued (no queue to allocate for a reply), else after what is."""
+        frame = text_frame(payload)
+        if not self.write_now(frame):
+            self.send(frame)
 
     def flush(self) -> None:
         self._marked = False
