@@ -269,6 +269,7 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
         time.sleep(1.0)
         rss_connected = rss_bytes(server.pids())
         result["connect_s"] = ready["connect_s"]
+        result["connects_per_s"] = conns / max(ready["connect_s"], 1e-3)
         result["rss_after_connect_mb"] = rss_connected / 2**20
         result["kb_per_conn"] = (rss_connected - rss_idle) / conns / 1024
         publishers = [server.publisher() for _ in range(4)]
@@ -322,6 +323,7 @@ def table(results: dict[tuple[str, int, bool], list[dict]], metrics: list[str]) 
 
 
 METRICS = [
+    "connects_per_s",
     "server_us_per_delivery",
     "slow_server_us_per_delivery",
     "deliveries_per_s",

@@ -257,8 +257,7 @@ class SidecarServer(Server):
             "log": {"level": "warning"},
             "limits": {"send_queue_bytes": "64MiB"},
         }
-        if self.workers != 1:
-            config["workers"] = self.workers
+        config["workers"] = self.workers  # explicit: "auto" would follow the taskset
         path = self.workdir / "sidecar.yaml"
         path.write_text(yaml.safe_dump(config))
         exe = Path(sys.executable).parent / "sidecar"
