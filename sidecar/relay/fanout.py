@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 # Work per loop turn handing broadcasts to subscribers, in queue appends (~0.3 µs each); a
 # direct socket write (~8 µs, mostly the kernel's) counts as DIRECT_WRITE_COST of them. Either
 # way a slice holds the loop for well under a millisecond.
-DELIVER_SLICE = 1024
+DELIVER_SLICE = 512
 DIRECT_WRITE_COST = 16
 # Connections written per loop turn: a TLS write costs ~5-15 µs (encryption and a system call).
-FLUSH_SLICE = 64
+# A publish that arrives meanwhile waits for about one delivery and one flush slice.
+FLUSH_SLICE = 32
 
 
 class FlushScheduler:
