@@ -18,6 +18,12 @@ EXIT_CONFIG = 2
 EXIT_START = 1
 
 
+def fail(message: str, status: int) -> int:
+    """One line on stderr, the exit status back: how every command reports a refusal."""
+    print(f"sidecar: {message}", file=sys.stderr)
+    return status
+
+
 def _load(path: str | None) -> Config:
     if path is None:
         return Config()
@@ -79,18 +85,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
-        print(f"sidecar: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(f"config error: {exc}", EXIT_CONFIG)
     setup(cfg.log.level)
     workers = cluster.worker_count(cfg)
     try:
         prepared = app_module.prepare(cfg, workers)
     except SocketInUse as exc:
-        print(f"sidecar: {exc}", file=sys.stderr)
-        return EXIT_START
+        return fail(str(exc), EXIT_START)
     except OSError as exc:
-        print(f"sidecar: cannot start: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_START
+        return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
     try:
         if workers == 1:
             cluster.run_loop(app_module.run_single(prepared, banner))
@@ -112,8 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = config_module.load(args.file)
     except ConfigError as exc:
-        print(f"sidecar: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(f"config error: {exc}", EXIT_CONFIG)
     apps = "generated on first run" if cfg.apps is None else f"{len(cfg.apps)} app(s)"
     print(
         f"{args.file}: ok (tls {cfg.tls.mode}, listen {cfg.listen.host}:{cfg.listen.port}, {apps})"
@@ -151,11 +153,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 config_module.load(args.config).publish.socket if args.config else "./sidecar.sock"
             )
     except ConfigError as exc:
-        print(f"sidecar: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(f"config error: {exc}", EXIT_CONFIG)
     except OSError as exc:
-        print(f"sidecar: cannot read data: {exc}", file=sys.stderr)
-        return EXIT_START
+        return fail(f"cannot read data: {exc}", EXIT_START)
     try:
         with SidecarClient(socket_path, app_id=app_id) as client:
             channels = args.channel.split(",")
@@ -166,11 +166,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 socket_id=args.socket_id,
             )
     except PublishError as exc:
-        print(f"sidecar: publish refused: {exc}", file=sys.stderr)
-        return EXIT_START
+        return fail(f"publish refused: {exc}", EXIT_START)
     except OSError as exc:
-        print(f"sidecar: cannot reach {socket_path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_START
+        return fail(f"cannot reach {socket_path}: {exc.strerror or exc}", EXIT_START)
     return 0
 
 
