@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
-from bench.servers import SidecarServer, unix_pusher_publisher, wait_unix
+from bench.servers import SidecarServer, paced, unix_pusher_publisher, wait_unix
 from sidecar.edge.tls import ensure_self_signed
 
 
@@ -55,14 +55,7 @@ def publish_at_rate(socket_path: str, publishes: int, rate: float, size: int) ->
     for _ in range(20):  # warm the connection and the server's code paths
         publisher.publish("warmup", marked(size))
     latencies = []
-    interval = 1.0 / rate if rate > 0 else 0.0
-    next_at = time.perf_counter()
-    for _ in range(publishes):
-        if interval:
-            next_at += interval
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+    for _ in paced(publishes, rate):
         t0 = time.perf_counter()
         publisher.publish("ch0", marked(size))
         latencies.append(time.perf_counter() - t0)

@@ -15,14 +15,13 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
-from bench.servers import KINDS, available, rss_bytes
+from bench.servers import KINDS, PeakRss, available
 from sidecar.edge.tls import ensure_self_signed
 
 MiB = 1024 * 1024
@@ -51,29 +50,16 @@ def one(kind: str, workers: int, args: argparse.Namespace, workdir: Path) -> dic
         client.wait_deliveries(args.subscribers)
         client.reset()
         time.sleep(0.5)
-        pids = server.pids()
-        before = rss_bytes(pids)
-        peak = before
-        sampling = True
-
-        def sample() -> None:
-            nonlocal peak
-            while sampling:
-                peak = max(peak, rss_bytes(pids))
-                time.sleep(0.002)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        t0 = time.perf_counter()
-        publisher.publish("ch0", payload)
-        stats = client.wait_deliveries(args.subscribers, stall=20)
-        elapsed = time.perf_counter() - t0
-        sampling = False
-        sampler.join()
+        with PeakRss(server.pids()) as rss:
+            t0 = time.perf_counter()
+            publisher.publish("ch0", payload)
+            stats = client.wait_deliveries(args.subscribers, stall=20)
+            elapsed = time.perf_counter() - t0
         publisher.close()
+        growth = rss.peak - rss.before
         return {
-            "growth_payloads": (peak - before) / args.size,
-            "growth_mib": (peak - before) / MiB,
+            "growth_payloads": growth / args.size,
+            "growth_mib": growth / MiB,
             "seconds": elapsed,
             "delivered": stats["deliveries"],
         }

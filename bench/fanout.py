@@ -22,10 +22,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import (
     KINDS,
+    PeakRss,
     Publisher,
     Server,
     available,
     cpu_seconds,
+    paced,
     rss_bytes,
 )
 from sidecar.edge.tls import ensure_self_signed
@@ -135,11 +135,6 @@ class LoadClient:
                 self.proc.kill()
 
 
-@dataclass
-class Sample:
-    values: dict[str, float]
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -158,13 +153,7 @@ def measure_latency(
     pids = server.pids()
     cpu0 = cpu_seconds(pids)
     acks = []
-    interval = 1.0 / rate
-    next_at = time.perf_counter()
-    for _ in range(events):
-        next_at += interval
-        delay = next_at - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    for _ in paced(events, rate):
         t0 = time.perf_counter()
         publisher.publish("ch0", marked(size))
         acks.append(time.perf_counter() - t0)
@@ -199,17 +188,7 @@ def measure_throughput(
     client.reset()
     before_client = client.stats()
     pids = server.pids()
-    peak = rss_bytes(pids)
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, rss_bytes(pids))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    sampler = PeakRss(pids, interval=0.05).__enter__()
     cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
 
@@ -228,8 +207,7 @@ def measure_throughput(
     stats = client.wait_deliveries(expected)
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pids) - cpu0
-    sampling = False
-    sampler.join()
+    sampler.__exit__()
     got = stats["deliveries"]
     client_cpu = (stats["cpu_user_s"] + stats["cpu_sys_s"]) - (
         before_client["cpu_user_s"] + before_client["cpu_sys_s"]
@@ -238,7 +216,7 @@ def measure_throughput(
         "deliveries_per_s": got / elapsed,
         "server_us_per_delivery": cpu / max(got, 1) * 1e6,
         "client_us_per_delivery": client_cpu / max(got, 1) * 1e6,
-        "peak_rss_mb": peak / 2**20,
+        "peak_rss_mb": sampler.peak / 2**20,
         "lost_throughput": expected - got,
         "closed": stats["closed"],
     }

@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,46 @@ def rss_bytes(pids: list[int]) -> int:
         except OSError:
             pass
     return total
+
+
+class PeakRss:
+    """Samples the RSS of a process tree in a thread while the `with` block runs."""
+
+    def __init__(self, pids: list[int], interval: float = 0.002) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.before = rss_bytes(pids)
+        self.peak = self.before
+        self._running = False
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, rss_bytes(self.pids))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._running = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.pids))
+
+
+def paced(count: int, rate: float) -> Iterator[int]:
+    """Yield 0..count-1, each at its slot of a fixed rate (0: as fast as the caller goes)."""
+    interval = 1.0 / rate if rate > 0 else 0.0
+    next_at = time.perf_counter()
+    for i in range(count):
+        if interval:
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        yield i
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
