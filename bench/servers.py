@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.publish.client import UnixHTTPConnection
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 APP_ID, APP_KEY, APP_SECRET = "1", "bench-key", "bench-secret-0123456789"
@@ -137,18 +139,6 @@ def paced(count: int, rate: float) -> Iterator[int]:
         yield i
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path)
-        self.sock = sock
-
-
 @dataclass
 class Publisher:
     """Publishes one event per call and returns when the server acknowledged it."""
@@ -200,7 +190,7 @@ def unix_pusher_publisher(socket_path: str) -> Publisher:
         body = json.dumps({"batch": batch}).encode()
         return "POST", f"/apps/{APP_ID}/batch_events", body, headers
 
-    return Publisher(lambda: UnixHTTPConnection(socket_path), build, build_batch)
+    return Publisher(lambda: UnixHTTPConnection(socket_path, 30), build, build_batch)
 
 
 def pusher_body(channel: str, data: str) -> bytes:
@@ -426,7 +416,7 @@ http {{
 
     def publisher(self) -> Publisher:
         return Publisher(
-            lambda: UnixHTTPConnection(self.socket),
+            lambda: UnixHTTPConnection(self.socket, 30),
             lambda ch, data: ("POST", f"/pub/{ch}", data.encode(), {}),
         )
 

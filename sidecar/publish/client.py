@@ -26,7 +26,9 @@ class PublishError(Exception):
         self.message = message
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (also used by bench/)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -52,7 +54,7 @@ class SidecarClient:
         self.socket_path = socket_path
         self.app_id = str(app_id)
         self.timeout = timeout
-        self._conn: _UnixHTTPConnection | None = None
+        self._conn: UnixHTTPConnection | None = None
 
     def trigger(
         self,
@@ -82,7 +84,7 @@ class SidecarClient:
         while True:
             reused = self._conn is not None
             if self._conn is None:
-                self._conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+                self._conn = UnixHTTPConnection(self.socket_path, self.timeout)
             try:
                 self._conn.request("POST", path, body=payload, headers=headers)
                 response = self._conn.getresponse()
