@@ -79,3 +79,25 @@ async def test_a_lost_worker_is_dropped_from_the_hub() -> None:
         await asyncio.sleep(0.01)
     assert hub.workers == 0
     hub.publish(Publication.of("1", ("a",), "e", "x"))  # nobody to send to: no error
+
+
+async def test_the_hub_writes_to_the_pipes_after_the_current_turn_in_one_batch() -> None:
+    hub = HubBroker()
+    hub_end, worker_end = socket.socketpair()
+    await hub.attach(0, hub_end)
+    worker_end.setblocking(False)
+    hub.publish(Publication.of("1", ("a",), "one", "1"))
+    hub.publish(Publication.of("1", ("a",), "two", "2"))
+    # Nothing written yet: the publisher's reply goes out before any worker is woken.
+    try:
+        early = worker_end.recv(65536)
+    except BlockingIOError:
+        early = b""
+    assert early == b""
+    await asyncio.sleep(0.01)
+    got: list[Publication] = []
+    stream = PublicationStream(lambda h, d: got.append(decode_publication(h, d)))
+    stream.data_received(worker_end.recv(65536))
+    assert [p.name for p in got] == ["one", "two"]
+    await hub.close()
+    worker_end.close()
