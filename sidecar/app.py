@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -86,6 +87,18 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
+
+
+# Full (generation 2) collections walk every live object: with 10,000 connections, 300-400 ms
+# with the loop stopped. Python's default runs one each time the long-lived objects grow by a
+# quarter, so a reconnect storm of 10,000 clients paid 8 of them (12 ms growing to 400 ms) and
+# connected in 4.4 s; with generation 2 ten times rarer, one (337 ms) and 2.7 s. The young
+# generations, where short-lived cycles die, keep their defaults.
+GC_THRESHOLDS = (700, 10, 100)
+
+
+def tune_garbage_collector() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def raise_open_file_limit() -> int:
@@ -260,6 +273,7 @@ async def wait_for_stop_signal() -> None:
 
 async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> None:
     """Everything in one process, with the in-memory broker."""
+    tune_garbage_collector()
     broker = MemoryBroker()
     relay = start_relay(prepared)
     await broker.start(relay.deliver)

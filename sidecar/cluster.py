@@ -159,8 +159,9 @@ class Supervisor:
 
 
 async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: int) -> None:
-    from sidecar.app import certificate_files, resolve_apps
+    from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
 
+    tune_garbage_collector()
     apps, _ = resolve_apps(config)
     cert, key = certificate_files(config)
     listen = socket.socket(fileno=listen_fd)
