@@ -12,7 +12,6 @@ a worker never decodes event data, it only splices it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
 from collections.abc import Callable
@@ -21,8 +20,6 @@ from typing import cast
 import orjson
 
 from sidecar.broker.base import Deliver, Publication
-
-log = logging.getLogger("sidecar.broker")
 
 _HEADER = struct.Struct("!II")
 

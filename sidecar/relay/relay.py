@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,8 +41,6 @@ from sidecar.relay.protocol import (
     event_prefix,
     parse_client_frame,
 )
-
-log = logging.getLogger("sidecar.relay")
 
 # How often liveness is checked across all connections; pings go out at most this late.
 HEARTBEAT_SWEEP_INTERVAL = 1.0
