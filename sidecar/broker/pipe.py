@@ -111,13 +111,12 @@ class HubBroker:
     def __init__(self) -> None:
         self._workers: dict[int, PublicationStream] = {}
         self._pending: list[bytes] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, deliver: Deliver) -> None:
         """The hub holds no subscribers; delivery happens in the workers."""
 
     async def attach(self, worker_id: int, sock: socket.socket) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
 
         def forward(head: bytes, data_json: bytes) -> None:
             self._broadcast((head, data_json))
@@ -139,8 +138,8 @@ class HubBroker:
         self._broadcast(encode_publication(publication))
 
     def _broadcast(self, frame: tuple[bytes, bytes]) -> None:
-        if not self._pending and self._loop is not None:
-            self._loop.call_soon(self._write_pending)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._write_pending)
         self._pending.extend(frame)
 
     def _write_pending(self) -> None:
