@@ -25,6 +25,7 @@ from aiohttp import web
 from sidecar.apps import AppRegistry, ensure_development_app
 from sidecar.broker import Broker, MemoryBroker
 from sidecar.config import Config
+from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed, server_context
 from sidecar.publish.api import PublishApi, json_error, json_errors
@@ -139,20 +140,15 @@ def prepare(config: Config, workers: int) -> Prepared:
 # The applications ---------------------------------------------------------------------------
 
 
-def edge_application(
-    config: Config, apps: AppRegistry, relay: Relay, broker: Broker
-) -> web.Application:
-    """The browser-facing port: WebSockets at /app/{key} and the signed HTTP API."""
+def edge_application(apps: AppRegistry, broker: Broker) -> web.Application:
+    """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here)."""
     api = PublishApi(apps, broker, signed=True)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
-    endpoint = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
-    app.router.add_get("/app/{key}", endpoint.handle)
     api.add_routes(app)
 
     async def elsewhere(request: web.Request) -> web.StreamResponse:
-        # A WebSocket on a wrong path gets Pusher's 4005, so pusher-js says what is wrong.
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await endpoint.handle(request)
+            return json_error(400, "open each WebSocket on a new connection, not after a request")
         return json_error(404, f"nothing at {request.path[:100]}")
 
     app.router.add_route("*", "/{tail:.*}", elsewhere)
@@ -225,8 +221,12 @@ async def serve_edge(
     ssl_context = None
     if prepared.cert is not None and prepared.key is not None:
         ssl_context = server_context(prepared.cert, prepared.key)
-    app = edge_application(prepared.config, prepared.apps, relay, broker)
-    await sites.serve(app, lambda r: web.SockSite(r, sock, ssl_context=ssl_context))
+    app = edge_application(prepared.apps, broker)
+    websockets = WebSocketEndpoint(relay, OriginPolicy(prepared.config.allowed_origins))
+    await sites.serve(
+        app,
+        lambda r: EdgeSite(r, sock, websockets, ssl_context=ssl_context, backlog=LISTEN_BACKLOG),
+    )
 
 
 async def serve_publish_side(

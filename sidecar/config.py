@@ -201,6 +201,8 @@ def _listen(raw: Any) -> ListenConfig:
 def _tls(raw: Any) -> TlsConfig:
     raw = _mapping(raw, "tls")
     _only(raw, "tls", {"mode", "dir", "cert", "key", "acme"})
+    if raw.get("mode") is False:
+        raw = {**raw, "mode": "off"}  # YAML 1.1 reads an unquoted `off` as false
     mode = _choice(raw, "tls", "mode", "self-signed", ("self-signed", "files", "acme", "off"))
     if mode == "acme":
         raise ConfigError("tls.mode", "acme is not available in this version; use files")

@@ -247,6 +247,12 @@ def test_secret_is_not_in_the_repr() -> None:
 # TLS files ----------------------------------------------------------------------------------
 
 
+def test_tls_mode_off_unquoted_in_yaml_means_off(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("tls: {mode: off}\n")
+    assert load(str(path)).tls.mode == "off"
+
+
 def test_tls_files_needs_cert_and_key() -> None:
     error = assert_names({"tls": {"mode": "files"}}, "tls.cert")
     assert "required" in error.problem

@@ -1,138 +1,250 @@
-"""The WebSocket edge of the relay: aiohttp's upgrade and reader, the relay's own writer.
+"""The WebSocket edge of the relay: the upgrade, and one small protocol object per connection.
 
-aiohttp completes the upgrade, parses incoming frames and enforces the inbound size limit.
-Outgoing data frames bypass aiohttp's writer: they are prebuilt bytes shared by every
-subscriber, written straight to the transport by the connection's send queue. Pongs for
-WebSocket pings go through the same queue, so a control frame never lands inside a large data
-frame that is still being written.
+A connection costs what it holds for its lifetime, and there are tens of thousands of them: so
+after the upgrade a socket is served by `PusherSocket` alone (a frame reader, the relay's
+`Connection`, the transport), not by an HTTP server's request, response, reader and handler
+task. The same object is the connection's sink: data frames are prebuilt bytes shared by every
+subscriber, written straight to the transport by the connection's send queue; pongs and the
+close frame go through that queue too, so a control frame never lands inside a large data frame
+that is still being written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
 
-from aiohttp import WSMsgType, web
-
+from sidecar.apps import AppConfig
 from sidecar.edge.origin import OriginPolicy
 from sidecar.relay.connection import WRITE_BUDGET, Connection
-from sidecar.relay.frames import pong_frame
+from sidecar.relay.frames import close_frame, pong_frame, text_frame
+from sidecar.relay.handshake import (
+    HandshakeError,
+    RequestHead,
+    accept_response,
+    check_upgrade,
+    http_response,
+)
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode, check_handshake, encode_error
 from sidecar.relay.relay import Relay
+from sidecar.relay.wsframes import FrameError, FrameReader, Opcode, parse_close
 
 log = logging.getLogger("sidecar.connections")
 
 # How long a close handshake may take before the socket is simply dropped.
 CLOSE_TIMEOUT = 5.0
-
-
-class TransportSink:
-    """A connection's view of its transport: write, back-pressure, drain."""
-
-    __slots__ = ("_protocol", "_transport", "write")
-
-    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        # Pause (and queue in our SendQueue, by reference) once the transport holds this much.
-        transport.set_write_buffer_limits(high=WRITE_BUDGET, low=WRITE_BUDGET // 4)
-        # Called once per delivery: the transport's own method, no wrapper. A closed transport
-        # raises (uvloop) or drops the bytes (asyncio); either way the handler cleans up.
-        self.write = transport.write
-
-    def is_paused(self) -> bool:
-        return self._protocol.writing_paused
-
-    async def wait_drained(self) -> None:
-        # aiohttp's protocol receives pause_writing/resume_writing from the transport; its
-        # drain helper is the one place that turns them into something awaitable.
-        await self._protocol._drain_helper()
-
-    def abort(self) -> None:
-        self._transport.abort()
+APP_PATH = "/app/"
+NO_STATUS = 1005
 
 
 class WebSocketEndpoint:
-    """`GET /app/{key}`: one Pusher connection per WebSocket."""
+    """`GET /app/{key}` upgrades: one Pusher connection per WebSocket."""
 
     def __init__(self, relay: Relay, origins: OriginPolicy) -> None:
         self.relay = relay
         self.origins = origins
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not self.origins.allows(request.headers.get("Origin")):
+    def upgrade(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
+        """Answer the upgrade request `head` and take the connection over."""
+        if not self.origins.allows(head.header("origin")):
             # Refused before the upgrade: a browser reports it and pusher-js does not loop.
-            raise web.HTTPForbidden(
-                text='{"error": "Origin not allowed"}', content_type="application/json"
-            )
-        limits = self.relay.limits
-        ws = web.WebSocketResponse(
-            autoping=False,
-            max_msg_size=limits.max_client_message_bytes,
-            timeout=CLOSE_TIMEOUT,
-            compress=False,
-        )
-        await ws.prepare(request)
-        key = request.match_info.get("key")
-        app = self.relay.apps.by_key(key) if key is not None else None
-        if key is None:
-            code = CloseCode.PATH_NOT_FOUND
+            refuse_http(transport, http_response(403, {"error": "Origin not allowed"}))
+            return
+        try:
+            key = check_upgrade(head)
+        except HandshakeError as exc:
+            refuse_http(transport, exc.response())
+            return
+        transport.write(accept_response(key))
+        socket = PusherSocket(self.relay, transport)
+        transport.set_protocol(socket)
+        app, code = self._resolve(head)
+        if app is None:
+            socket.refuse(code or CloseCode.APP_NOT_FOUND)
         else:
-            code = check_handshake(key, app is not None, request.query.get("protocol"))
-        if code is not None or app is None:
-            code = code or CloseCode.APP_NOT_FOUND
-            reason = CLOSE_REASONS.get(code, "")
-            await ws.send_str(encode_error(reason, int(code)).decode())
-            await ws.close(code=code, message=reason.encode())
-            return ws
-        transport = request.transport
-        assert transport is not None
-        assert self.relay.scheduler is not None
-        closing: list[asyncio.Task[bool]] = []
+            socket.open(app)
+        if rest:
+            socket.data_received(rest)
 
-        def close_ready(code: int, reason: str) -> None:
-            closing.append(asyncio.ensure_future(ws.close(code=code, message=reason.encode())))
+    def _resolve(self, head: RequestHead) -> tuple[AppConfig | None, CloseCode | None]:
+        key = head.path[len(APP_PATH) :] if head.path.startswith(APP_PATH) else ""
+        if not key or "/" in key:
+            return None, CloseCode.PATH_NOT_FOUND
+        app = self.relay.apps.by_key(key)
+        code = check_handshake(key, app is not None, head.query.get("protocol"))
+        return (app, None) if code is None else (None, code)
 
-        conn = Connection(
-            socket_id=self.relay.new_socket_id(),
+
+def refuse_http(transport: asyncio.Transport, response: bytes) -> None:
+    transport.write(response)
+    transport.close()
+
+
+class PusherSocket(asyncio.Protocol):
+    """One upgraded connection: frames in to the relay, and the sink its Connection writes to."""
+
+    __slots__ = (
+        "_close_received",
+        "_close_sent",
+        "_close_timer",
+        "_drained",
+        "_failed",
+        "_paused",
+        "_reader",
+        "_relay",
+        "_transport",
+        "conn",
+        "write",
+    )
+
+    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
+        self._relay = relay
+        self._transport = transport
+        self._reader = FrameReader(relay.limits.max_client_message_bytes)
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._close_sent = False
+        self._close_received = False
+        self._failed = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.conn: Connection | None = None
+        # Called once per delivery: the transport's own method, no wrapper. A closed transport
+        # raises (uvloop) or drops the bytes (asyncio); the connection treats both as gone.
+        self.write = transport.write
+
+    def open(self, app: AppConfig) -> None:
+        relay = self._relay
+        limits = relay.limits
+        assert relay.scheduler is not None, "Relay.start() first"
+        # Pause (and queue in our SendQueue, by reference) once the transport holds this much.
+        self._transport.set_write_buffer_limits(high=WRITE_BUDGET, low=WRITE_BUDGET // 4)
+        self.conn = Connection(
+            socket_id=relay.new_socket_id(),
             app_id=app.id,
-            sink=TransportSink(transport, request.protocol),
-            scheduler=self.relay.scheduler,
+            sink=self,
+            scheduler=relay.scheduler,
             heartbeat=Heartbeat(
                 time.monotonic(), limits.activity_timeout, limits.pong_timeout, limits.idle_timeout
             ),
             queue_limit=limits.send_queue_bytes,
-            close_ready=close_ready,
+            close_ready=self.send_close,
         )
-        self.relay.open(conn)
+        relay.open(self.conn)
+
+    def refuse(self, code: int) -> None:
+        """The handshake named no usable app: say why in Pusher's terms, then close."""
+        reason = CLOSE_REASONS.get(code, "")
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.write(text_frame(encode_error(reason, code)))
+        self.send_close(code, reason)
+
+    # FrameSink -----------------------------------------------------------------------------
+
+    def is_paused(self) -> bool:
+        return self._paused
+
+    async def wait_drained(self) -> None:
+        if not self._paused:
+            return
+        if self._transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def send_close(self, code: int, reason: str) -> None:
+        """Write the close frame (after everything queued) and end the connection."""
+        if self._close_sent:
+            return
+        self._close_sent = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.write(close_frame(code, reason))
+        if self._close_received or self._failed:
+            self._transport.close()
+        else:
+            # The client answers with its own close frame; one that does not is cut off.
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
+
+    # asyncio.Protocol ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed or self._close_received:
+            return
         try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    self.relay.on_text(conn, msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    self.relay.on_binary(conn)
-                elif msg.type is WSMsgType.PING:
-                    conn.heartbeat.on_activity(time.monotonic())
-                    conn.send(pong_frame(msg.data))
-                elif msg.type is WSMsgType.PONG:
-                    conn.heartbeat.on_activity(time.monotonic())
-                elif msg.type is WSMsgType.ERROR:
-                    break
-            if closing:
-                await asyncio.gather(*closing, return_exceptions=True)
-        finally:
-            self.relay.forget(conn)
-            code = conn.close_code or ws.close_code
-            log.info(
-                "connection closed",
-                extra={
-                    "socket_id": conn.socket_id,
-                    "app_id": conn.app_id,
-                    "close_code": code,
-                    "duration_s": round(time.monotonic() - conn.opened_at, 3),
-                },
-            )
-        return ws
+            messages = self._reader.feed(data)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        conn = self.conn
+        for opcode, payload in messages:
+            if opcode is Opcode.CLOSE:
+                self._on_close(payload)  # type: ignore[arg-type]
+                return
+            if conn is None or self._close_sent:
+                continue
+            if opcode is Opcode.TEXT:
+                self._relay.on_text(conn, payload)  # type: ignore[arg-type]
+            elif opcode is Opcode.BINARY:
+                self._relay.on_binary(conn)
+            else:
+                conn.heartbeat.on_activity(time.monotonic())
+                if opcode is Opcode.PING:
+                    conn.send(pong_frame(payload))  # type: ignore[arg-type]
+
+    def _on_close(self, payload: bytes) -> None:
+        try:
+            code = parse_close(payload)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        self._close_received = True
+        if self._close_sent:
+            self._transport.close()
+            return
+        echo = CloseCode.NORMAL if code == NO_STATUS else code
+        if self.conn is not None:
+            self.conn.close(echo, "")
+        else:
+            self.send_close(echo, "")
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A framing error: nothing more is read; the close frame goes out, then the socket."""
+        self._failed = True
+        if self.conn is not None:
+            self.conn.close(code, reason)
+        else:
+            self.send_close(code, reason)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("connection lost"))
+        conn = self.conn
+        if conn is None:
+            return
+        self._relay.forget(conn)
+        log.info(
+            "connection closed",
+            extra={
+                "socket_id": conn.socket_id,
+                "app_id": conn.app_id,
+                "close_code": conn.close_code or 1006,
+                "duration_s": round(time.monotonic() - conn.opened_at, 3),
+            },
+        )

@@ -1,0 +1,112 @@
+"""The browser-facing port: each connection's first request decides who serves it.
+
+A WebSocket upgrade is answered here and the socket is handed to the relay's own small
+protocol object; anything else (the signed HTTP API, errors) goes to aiohttp with the bytes
+already read. aiohttp then owns that connection for good, so an upgrade sent later on a
+keep-alive HTTP connection is refused there with a clear message (browsers and pusher-js open
+a new connection for each WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from ssl import SSLContext
+from typing import cast
+
+from aiohttp import web
+
+from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, http_response, read_head
+from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
+
+# A client has this long to send its first request head (after TLS, which has its own limit).
+HEAD_TIMEOUT = 15.0
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """Reads a connection's first request head, then steps aside for whoever serves it."""
+
+    __slots__ = ("_buffer", "_http", "_timer", "_transport", "_websockets")
+
+    def __init__(self, http: Callable[[], asyncio.Protocol], websockets: WebSocketEndpoint) -> None:
+        self._http = http
+        self._websockets = websockets
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(HEAD_END)
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                self._hand_to_http()
+            return
+        head = read_head(self._buffer[:end])
+        if head is None or not head.is_websocket_upgrade:
+            self._hand_to_http()
+            return
+        rest = self._buffer[end + len(HEAD_END) :]
+        self._websockets.upgrade(self._step_aside(), head, rest)
+
+    def _step_aside(self) -> asyncio.Transport:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport, self._transport = self._transport, None
+        self._buffer = b""
+        assert transport is not None
+        return transport
+
+    def _hand_to_http(self) -> None:
+        buffer = self._buffer
+        transport = self._step_aside()
+        protocol = self._http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(buffer)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            refuse_http(self._transport, http_response(408, {"error": "request head too slow"}))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class EdgeSite(web.SockSite):
+    """aiohttp's socket site, with `EdgeProtocol` in front of aiohttp's request handler."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        websockets: WebSocketEndpoint,
+        *,
+        ssl_context: SSLContext | None,
+        backlog: int,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
+        self._websockets = websockets
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        http = self._runner.server
+        assert http is not None
+        websockets = self._websockets
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: EdgeProtocol(http, websockets),
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+        )

@@ -1,0 +1,123 @@
+"""The HTTP request that opens a WebSocket (RFC 6455 section 4), read and answered without I/O.
+
+The edge reads a request head, asks `read_head()` what it is and, for a WebSocket upgrade,
+answers with `accept_response()` or one of the refusals below. Anything that is not an upgrade
+it hands on to the HTTP server untouched, so this parser only needs to recognise upgrades and
+may give up (None) on anything unusual.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+# Request heads longer than this are not upgrades we answer: the HTTP server refuses them.
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_END = b"\r\n\r\n"
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    @property
+    def is_websocket_upgrade(self) -> bool:
+        upgrade = self.headers.get("upgrade", "").lower()
+        connection = self.headers.get("connection", "").lower()
+        return (
+            self.method == "GET"
+            and "websocket" in upgrade
+            and "upgrade" in (token.strip() for token in connection.split(","))
+        )
+
+
+def read_head(raw: bytes) -> RequestHead | None:
+    """The request line and headers of `raw` (everything before the blank line), or None."""
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    method, target, _version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            return None
+        key = name.lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    url = urlsplit(target)
+    query = {name: values[-1] for name, values in parse_qs(url.query).items()}
+    return RequestHead(method, url.path, query, headers)
+
+
+class HandshakeError(Exception):
+    """The upgrade is refused before it happens: an HTTP error response."""
+
+    def __init__(self, status: int, message: str, extra_headers: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra_headers = extra_headers
+
+    def response(self) -> bytes:
+        return http_response(self.status, {"error": self.message}, self.extra_headers)
+
+
+def check_upgrade(head: RequestHead) -> str:
+    """The Sec-WebSocket-Key of a valid upgrade request; HandshakeError when it is not one."""
+    version = head.header("sec-websocket-version")
+    if version != "13":
+        raise HandshakeError(
+            426, "unsupported WebSocket version: 13 only", "Sec-WebSocket-Version: 13\r\n"
+        )
+    key = head.header("sec-websocket-key") or ""
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise HandshakeError(400, "Sec-WebSocket-Key missing or not 16 bytes in base64")
+    return key
+
+
+def accept_response(key: str) -> bytes:
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 426: "Upgrade Required"}
+
+
+def http_response(status: int, body: dict[str, str], extra_headers: str = "") -> bytes:
+    """A complete JSON response that ends the connection."""
+    payload = orjson.dumps(body)
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        f"{extra_headers}"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + payload

@@ -1,0 +1,153 @@
+"""WebSocket frames from clients (RFC 6455 section 5), parsed without I/O.
+
+Bytes in, whole messages out: `FrameReader.feed()` takes whatever the transport delivered and
+returns the messages and control frames it completed. Everything a client can get wrong raises
+`FrameError` with the close code the RFC prescribes, before a byte of an oversized payload is
+buffered. Clients send little (subscriptions, pings, client events), so the reader is small:
+no extensions, no buffering but the unfinished tail.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+HEADER_MIN = 2
+MASK_LENGTH = 4
+CONTROL_PAYLOAD_MAX = 125
+
+
+class Opcode(IntEnum):
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class FrameError(Exception):
+    """The client broke the framing rules; the connection ends with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
+
+# A message: its opcode and payload, text already decoded.
+Message = tuple[Opcode, bytes | str]
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the repeated 4-byte mask, as one big-integer operation (no per-byte loop)."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def parse_close(payload: bytes) -> int:
+    """The code of a close frame's payload: 1005 when it carries none (RFC 6455 7.1.5)."""
+    if not payload:
+        return 1005
+    if len(payload) == 1:
+        raise FrameError(PROTOCOL_ERROR, "close frame with a one-byte payload")
+    return int.from_bytes(payload[:2], "big")
+
+
+class FrameReader:
+    """Frames of one client connection: masked, unextended, bounded by `max_message` bytes."""
+
+    __slots__ = ("_buffer", "_fragments", "_fragments_opcode", "_fragments_size", "max_message")
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self._buffer = b""
+        self._fragments: list[bytes] = []
+        self._fragments_opcode: Opcode | None = None
+        self._fragments_size = 0
+
+    def feed(self, data: bytes) -> list[Message]:
+        buffer = self._buffer + data if self._buffer else data
+        messages: list[Message] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= HEADER_MIN:
+            first, second = buffer[offset], buffer[offset + 1]
+            length = second & 0x7F
+            position = offset + 2
+            if length == 126:
+                if end - position < 2:
+                    break
+                length = int.from_bytes(buffer[position : position + 2], "big")
+                position += 2
+            elif length == 127:
+                if end - position < 8:
+                    break
+                length = int.from_bytes(buffer[position : position + 8], "big")
+                position += 8
+            self._check_header(first, second, length)
+            if end - position < MASK_LENGTH + length:
+                break
+            mask = buffer[position : position + MASK_LENGTH]
+            position += MASK_LENGTH
+            payload = unmask(buffer[position : position + length], mask)
+            offset = position + length
+            message = self._complete(first, payload)
+            if message is not None:
+                messages.append(message)
+        self._buffer = buffer[offset:] if offset < end else b""
+        return messages
+
+    def _check_header(self, first: int, second: int, length: int) -> None:
+        if first & 0x70:
+            raise FrameError(PROTOCOL_ERROR, "reserved bits set: no extension was negotiated")
+        if not second & 0x80:
+            raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
+        opcode = first & 0x0F
+        if opcode >= Opcode.CLOSE:
+            if opcode not in (Opcode.CLOSE, Opcode.PING, Opcode.PONG):
+                raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            if not first & 0x80 or length > CONTROL_PAYLOAD_MAX:
+                raise FrameError(PROTOCOL_ERROR, "control frames must be whole and short")
+            return
+        if opcode not in (Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY):
+            raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if self._fragments_size + length > self.max_message:
+            raise FrameError(MESSAGE_TOO_BIG, f"message over {self.max_message} bytes")
+
+    def _complete(self, first: int, payload: bytes) -> Message | None:
+        opcode = Opcode(first & 0x0F)
+        final = bool(first & 0x80)
+        if opcode >= Opcode.CLOSE:
+            return opcode, payload
+        if opcode is Opcode.CONTINUATION:
+            if self._fragments_opcode is None:
+                raise FrameError(PROTOCOL_ERROR, "continuation without a message to continue")
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if not final:
+                return None
+            opcode = self._fragments_opcode
+            payload = b"".join(self._fragments)
+            self._fragments_opcode = None
+            self._fragments = []
+            self._fragments_size = 0
+        elif self._fragments_opcode is not None:
+            raise FrameError(PROTOCOL_ERROR, "new message before the last one was finished")
+        elif not final:
+            self._fragments_opcode = opcode
+            self._fragments = [payload]
+            self._fragments_size = len(payload)
+            return None
+        if opcode is Opcode.TEXT:
+            try:
+                return opcode, payload.decode()
+            except UnicodeDecodeError:
+                raise FrameError(INVALID_DATA, "text message is not valid UTF-8") from None
+        return opcode, payload
