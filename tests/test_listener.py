@@ -252,11 +252,6 @@ async def test_head_of_exactly_the_limit_without_a_blank_line_still_waits() -> N
     edge.protocol.connection_lost(None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MAX_HEAD_BYTES is only enforced while the blank line is missing: an upgrade head "
-    "over the limit is answered when it arrives in one read, refused when it arrives in pieces",
-)
 async def test_over_long_upgrade_head_in_one_read_is_handed_to_http() -> None:
     filler = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 100) + b"\r\n"
     request = UPGRADE[:-2] + filler + b"\r\n"

@@ -571,12 +571,6 @@ async def closing_client(endpoint: WebSocketEndpoint, refused: bool) -> Client:
     return client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a framing error after the server's close frame was sent does not close the "
-    "transport (send_close returns early once _close_sent): the socket stays open until "
-    "CLOSE_TIMEOUT aborts it, though _fail says the socket goes after the close frame",
-)
 @pytest.mark.parametrize("refused", [True, False], ids=["refused", "server-closing"])
 async def test_framing_error_after_the_close_was_sent_closes_at_once(
     endpoint: WebSocketEndpoint, refused: bool

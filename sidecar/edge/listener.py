@@ -44,9 +44,11 @@ class EdgeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         end = self._buffer.find(HEAD_END)
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                self._hand_to_http()
+        if end < 0 and len(self._buffer) <= MAX_HEAD_BYTES:
+            return
+        if end < 0 or end > MAX_HEAD_BYTES:
+            # However the network split it, a head this long is aiohttp's to refuse.
+            self._hand_to_http()
             return
         head = read_head(self._buffer[:end])
         if head is None or not head.is_websocket_upgrade:

@@ -216,7 +216,9 @@ class PusherSocket(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         """A framing error: nothing more is read; the close frame goes out, then the socket."""
         self._failed = True
-        if self.conn is not None:
+        if self._close_sent:
+            self._transport.close()
+        elif self.conn is not None:
             self.conn.close(code, reason)
         else:
             self.send_close(code, reason)

@@ -51,13 +51,26 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
+def allowed_on_the_wire(code: int) -> bool:
+    """RFC 6455 7.4: the defined codes an endpoint may send, and 3000-4999 for applications;
+    1005, 1006 and 1015 only ever describe a closure locally."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def parse_close(payload: bytes) -> int:
     """The code of a close frame's payload: 1005 when it carries none (RFC 6455 7.1.5)."""
     if not payload:
         return 1005
     if len(payload) == 1:
         raise FrameError(PROTOCOL_ERROR, "close frame with a one-byte payload")
-    return int.from_bytes(payload[:2], "big")
+    code = int.from_bytes(payload[:2], "big")
+    if not allowed_on_the_wire(code):
+        raise FrameError(PROTOCOL_ERROR, f"close code {code} may not be sent")
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "close reason is not valid UTF-8") from None
+    return code
 
 
 class FrameReader:
@@ -91,6 +104,8 @@ class FrameReader:
                     break
                 length = int.from_bytes(buffer[position : position + 8], "big")
                 position += 8
+            if length >> 63:
+                raise FrameError(PROTOCOL_ERROR, "frame length with the most significant bit set")
             self._check_header(first, second, length)
             if end - position < MASK_LENGTH + length:
                 break
