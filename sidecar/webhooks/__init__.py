@@ -7,5 +7,6 @@ asyncio/aiohttp side that posts what the core hands out.
 """
 
 from sidecar.webhooks.queue import WebhookCounters, WebhookQueue
+from sidecar.webhooks.sender import Webhooks
 
-__all__ = ["WebhookCounters", "WebhookQueue"]
+__all__ = ["WebhookCounters", "WebhookQueue", "Webhooks"]
