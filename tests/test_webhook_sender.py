@@ -98,8 +98,11 @@ def hook(url: str, *kinds: str) -> WebhookConfig:
     return WebhookConfig(url, frozenset(kinds or WEBHOOK_KINDS))
 
 
+Start = Callable[..., Awaitable[Webhooks]]
+
+
 @pytest.fixture
-async def started() -> AsyncIterator[Callable[..., Awaitable[Webhooks]]]:
+async def started() -> AsyncIterator[Start]:
     made: list[Webhooks] = []
 
     async def start(*apps: AppConfig, settings: WebhookSettings = FAST) -> Webhooks:
@@ -132,7 +135,9 @@ def vacated(channel: str) -> dict[str, str]:
 # Shape and signature ------------------------------------------------------------------------
 
 
-async def test_signed_so_the_pusher_library_validates_it(receiver: Receiver, started) -> None:
+async def test_signed_so_the_pusher_library_validates_it(
+    receiver: Receiver, started: Start
+) -> None:
     hooks = await started(app_with(hook(receiver.url())))
     event = {
         "name": "client_event",
@@ -160,7 +165,9 @@ async def test_signed_so_the_pusher_library_validates_it(receiver: Receiver, sta
     assert hooks.counters.sent_batches == 1
 
 
-async def test_events_emitted_together_arrive_in_one_batch(receiver: Receiver, started) -> None:
+async def test_events_emitted_together_arrive_in_one_batch(
+    receiver: Receiver, started: Start
+) -> None:
     hooks = await started(app_with(hook(receiver.url())))
     for i in range(5):
         hooks.emit(APP_ID, occupied(f"c{i}"))
@@ -169,7 +176,7 @@ async def test_events_emitted_together_arrive_in_one_batch(receiver: Receiver, s
     assert receiver.events() == [occupied(f"c{i}") for i in range(5)]
 
 
-async def test_big_bursts_are_split_at_the_batch_size(receiver: Receiver, started) -> None:
+async def test_big_bursts_are_split_at_the_batch_size(receiver: Receiver, started: Start) -> None:
 
     hooks = await started(
         app_with(hook(receiver.url())), settings=replace(FAST, batch_max_events=2)
@@ -184,7 +191,7 @@ async def test_big_bursts_are_split_at_the_batch_size(receiver: Receiver, starte
 # Filtering and holding ----------------------------------------------------------------------
 
 
-async def test_each_webhook_gets_only_its_kinds(receiver: Receiver, started) -> None:
+async def test_each_webhook_gets_only_its_kinds(receiver: Receiver, started: Start) -> None:
     hooks = await started(
         app_with(
             hook(receiver.url("/occupancy"), "channel_occupied", "channel_vacated"),
@@ -207,7 +214,7 @@ async def test_each_webhook_gets_only_its_kinds(receiver: Receiver, started) -> 
 
 
 async def test_vacate_then_reoccupy_within_the_delay_fires_nothing(
-    receiver: Receiver, started
+    receiver: Receiver, started: Start
 ) -> None:
     hooks = await started(app_with(hook(receiver.url())))
     hooks.emit(APP_ID, occupied("c"))
@@ -237,7 +244,7 @@ async def test_close_sends_held_events_at_once(receiver: Receiver) -> None:
 
 
 async def test_a_failing_endpoint_gets_each_event_once_in_order(
-    receiver: Receiver, started
+    receiver: Receiver, started: Start
 ) -> None:
     receiver.answer = lambda n: 503 if n < 3 else 200
     hooks = await started(app_with(hook(receiver.url())))
@@ -259,7 +266,7 @@ async def test_a_failing_endpoint_gets_each_event_once_in_order(
     assert hooks.counters.dropped_events == 0
 
 
-async def test_a_redirect_is_not_success(receiver: Receiver, started) -> None:
+async def test_a_redirect_is_not_success(receiver: Receiver, started: Start) -> None:
     receiver.answer = lambda n: 302 if n == 0 else 204
     hooks = await started(app_with(hook(receiver.url())))
     hooks.emit(APP_ID, occupied("c"))
@@ -268,7 +275,7 @@ async def test_a_redirect_is_not_success(receiver: Receiver, started) -> None:
     assert hooks.counters.failed_attempts == 1
 
 
-async def test_given_up_after_the_horizon(receiver: Receiver, started) -> None:
+async def test_given_up_after_the_horizon(receiver: Receiver, started: Start) -> None:
 
     receiver.answer = lambda n: 500
     settings = replace(FAST, retry_horizon=0.2, retry_initial_delay=0.05, retry_max_delay=0.05)
@@ -281,7 +288,9 @@ async def test_given_up_after_the_horizon(receiver: Receiver, started) -> None:
     assert hooks.queued == 0
 
 
-async def test_a_down_endpoint_costs_only_counters(started, caplog) -> None:
+async def test_a_down_endpoint_costs_only_counters(
+    started: Start, caplog: pytest.LogCaptureFixture
+) -> None:
 
     caplog.set_level(logging.DEBUG, logger="sidecar.webhooks")
     down = f"http://127.0.0.1:{free_port()}/hooks"  # nothing listens there
@@ -312,7 +321,7 @@ async def test_a_down_endpoint_costs_only_counters(started, caplog) -> None:
     assert "X-Pusher-Signature" not in text
 
 
-async def test_an_endpoint_that_never_answers(receiver: Receiver, started) -> None:
+async def test_an_endpoint_that_never_answers(receiver: Receiver, started: Start) -> None:
 
     receiver.answer = lambda n: None
     hooks = await started(app_with(hook(receiver.url())), settings=replace(FAST, timeout=0.2))
@@ -333,7 +342,7 @@ async def test_an_endpoint_that_never_answers(receiver: Receiver, started) -> No
 
 
 async def test_unknown_apps_and_apps_without_webhooks_are_ignored(
-    receiver: Receiver, started
+    receiver: Receiver, started: Start
 ) -> None:
     plain = AppConfig(id="4", key="k4", secret="secret-four")
     hooks = await started(app_with(hook(receiver.url())), plain)
@@ -364,3 +373,15 @@ async def test_close_without_start_counts_what_is_left() -> None:
     hooks.emit(APP_ID, occupied("c"))
     await hooks.close(timeout=1)
     assert hooks.counters.dropped_at_close == 1
+    await hooks.start()  # too late: stays closed, starts nothing
+    hooks.emit(APP_ID, occupied("d"))
+    assert hooks.queued == 0
+
+
+async def test_odd_events_are_ignored_not_raised(receiver: Receiver, started: Start) -> None:
+    hooks = await started(app_with(hook(receiver.url())))
+    hooks.emit(APP_ID, {})
+    hooks.emit(APP_ID, {"name": 5})
+    hooks.emit(APP_ID, {"name": "channel_occupied"})  # no channel: passed on as given
+    await until(lambda: receiver.ok())
+    assert receiver.events() == [{"name": "channel_occupied"}]

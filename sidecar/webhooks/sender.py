@@ -110,7 +110,7 @@ class Webhooks:
             self._wake.set()
 
     async def start(self) -> None:
-        if self._worker is not None or not self._apps:
+        if self._worker is not None or self._closing or not self._apps:
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
