@@ -103,10 +103,6 @@ class WebhookQueue:
         self._relevant = wanted | paired
 
     @property
-    def urls(self) -> list[str]:
-        return [t.url for t in self._targets]
-
-    @property
     def queued(self) -> int:
         """Events not yet delivered or dropped: held, batched, or being tried."""
         return len(self._holds) + sum(t.queued for t in self._targets)
@@ -116,7 +112,8 @@ class WebhookQueue:
         return sum(t.in_flight for t in self._targets)
 
     def add(self, event: Event, now: float) -> None:
-        if event.get("name") not in self._relevant:
+        name = event.get("name")
+        if not isinstance(name, str) or name not in self._relevant:
             return
         for passed in self._holds.add(event, now):
             self._route(passed, now)
