@@ -8,9 +8,12 @@ import pytest
 
 from sidecar.config import (
     DEFAULT_MAX_PAYLOAD,
+    WEBHOOK_KINDS,
     Config,
     ConfigError,
     MiB,
+    WebhookConfig,
+    WebhookSettings,
     from_mapping,
     load,
 )
@@ -52,6 +55,9 @@ def test_defaults_from_an_empty_mapping(raw: object) -> None:
     assert config.limits.idle_timeout == 0
     assert config.limits.send_queue_bytes == 16 * MiB
     assert config.log.level == "info"
+    assert config.webhooks == WebhookSettings()
+    assert config.webhooks.vacate_delay == 3.0
+    assert config.webhooks.retry_horizon == 300.0
 
 
 def test_source_is_recorded() -> None:
@@ -242,6 +248,112 @@ def test_duplicate_app_id_message_names_the_id() -> None:
 def test_secret_is_not_in_the_repr() -> None:
     config = from_mapping({"apps": [APP]})
     assert "a-long-secret" not in repr(config)
+
+
+# Webhooks -----------------------------------------------------------------------------------
+
+
+def test_app_webhooks() -> None:
+    hooks = [
+        {"url": "https://app.example.com/pusher/webhooks", "events": ["channel_occupied"]},
+        {"url": "http://127.0.0.1:3000/hooks", "events": [*WEBHOOK_KINDS, "client_event"]},
+    ]
+    config = from_mapping({"apps": [{**APP, "webhooks": hooks}]})
+    assert config.apps is not None
+    assert config.apps[0].webhooks == (
+        WebhookConfig("https://app.example.com/pusher/webhooks", frozenset({"channel_occupied"})),
+        WebhookConfig("http://127.0.0.1:3000/hooks", frozenset(WEBHOOK_KINDS)),
+    )
+
+
+def test_an_app_without_webhooks_has_none() -> None:
+    config = from_mapping({"apps": [APP]})
+    assert config.apps is not None
+    assert config.apps[0].webhooks == ()
+
+
+GOOD_HOOK = {"url": "https://example.com/hooks", "events": ["channel_vacated"]}
+
+
+@pytest.mark.parametrize(
+    ("hooks", "key", "problem"),
+    [
+        ("https://example.com", "apps[0].webhooks", "must be a list"),
+        (["https://example.com"], "apps[0].webhooks[0]", "mapping"),
+        ([{"events": ["channel_vacated"]}], "apps[0].webhooks[0].url", "required"),
+        ([{**GOOD_HOOK, "url": "ftp://example.com/x"}], "apps[0].webhooks[0].url", "http"),
+        ([{**GOOD_HOOK, "url": "example.com/hooks"}], "apps[0].webhooks[0].url", "http"),
+        ([{**GOOD_HOOK, "url": "https://"}], "apps[0].webhooks[0].url", "host"),
+        ([{**GOOD_HOOK, "url": "http://h:99999/"}], "apps[0].webhooks[0].url", "http"),
+        ([{**GOOD_HOOK, "url": 5}], "apps[0].webhooks[0].url", "required"),
+        ([{"url": "https://example.com"}], "apps[0].webhooks[0].events", "non-empty list"),
+        ([{**GOOD_HOOK, "events": []}], "apps[0].webhooks[0].events", "non-empty list"),
+        ([{**GOOD_HOOK, "events": "client_event"}], "apps[0].webhooks[0].events", "list"),
+        (
+            [GOOD_HOOK, {**GOOD_HOOK, "events": ["channel_vacated", "foo"]}],
+            "apps[0].webhooks[1].events",
+            "unknown kind 'foo'",
+        ),
+        ([{**GOOD_HOOK, "secret": "x"}], "apps[0].webhooks[0].secret", "unknown key"),
+    ],
+)
+def test_bad_webhooks(hooks: object, key: str, problem: str) -> None:
+    error = assert_names({"apps": [{**APP, "webhooks": hooks}]}, key)
+    assert problem in error.problem
+
+
+def test_a_bad_webhook_url_is_not_echoed() -> None:
+    # A URL may carry credentials: the message names the key, not the value.
+    url = "ftp://user:hunter2@example.com/"
+    error = assert_names(
+        {"apps": [{**APP, "webhooks": [{**GOOD_HOOK, "url": url}]}]}, "apps[0].webhooks[0].url"
+    )
+    assert "hunter2" not in str(error)
+
+
+def test_webhook_settings() -> None:
+    raw = {
+        "batch_window": 0.05,
+        "batch_max_events": 5,
+        "vacate_delay": 0,
+        "retry_horizon": 60,
+        "retry_initial_delay": 0.5,
+        "retry_max_delay": 10,
+        "timeout": 2,
+        "queue_limit": 100,
+    }
+    settings = from_mapping({"webhooks": raw}).webhooks
+    assert settings == WebhookSettings(
+        batch_window=0.05,
+        batch_max_events=5,
+        vacate_delay=0.0,
+        retry_horizon=60.0,
+        retry_initial_delay=0.5,
+        retry_max_delay=10.0,
+        timeout=2.0,
+        queue_limit=100,
+    )
+    assert isinstance(settings.retry_horizon, float)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"batch_window": -1}, "webhooks.batch_window"),
+        ({"batch_window": "250ms"}, "webhooks.batch_window"),
+        ({"batch_max_events": 0}, "webhooks.batch_max_events"),
+        ({"vacate_delay": True}, "webhooks.vacate_delay"),
+        ({"retry_horizon": None}, "webhooks.retry_horizon"),
+        ({"retry_initial_delay": 0}, "webhooks.retry_initial_delay"),
+        ({"retry_initial_delay": 5, "retry_max_delay": 1}, "webhooks.retry_max_delay"),
+        ({"timeout": 0}, "webhooks.timeout"),
+        ({"queue_limit": 1.5}, "webhooks.queue_limit"),
+        ({"url": "https://example.com"}, "webhooks.url"),
+        ("fast", "webhooks"),
+    ],
+)
+def test_bad_webhook_settings(raw: object, key: str) -> None:
+    assert_names({"webhooks": raw}, key)
 
 
 # TLS files ----------------------------------------------------------------------------------
