@@ -29,6 +29,7 @@ from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed, server_context
 from sidecar.publish.api import PublishApi, json_error, json_errors
+from sidecar.publish.fastpath import FastPublishSite
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
@@ -155,9 +156,8 @@ def edge_application(apps: AppRegistry, broker: Broker) -> web.Application:
     return app
 
 
-def publish_application(apps: AppRegistry, broker: Broker) -> web.Application:
+def publish_application(api: PublishApi) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
-    api = PublishApi(apps, broker, signed=False)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
     api.add_routes(app)
     return app
@@ -234,9 +234,10 @@ async def serve_publish_side(
 ) -> None:
     """The Unix socket, the plain-HTTP redirect and the admin listener."""
     config = prepared.config
+    api = PublishApi(prepared.apps, broker, signed=False)
     await sites.serve(
-        publish_application(prepared.apps, broker),
-        lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
+        publish_application(api),
+        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
     redirect, admin = prepared.redirect_socket, prepared.admin_socket

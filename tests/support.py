@@ -139,6 +139,19 @@ class SidecarProcess:
                 lines.append(json.loads(line))
         return lines
 
+    async def wait_for_log(self, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The log lines matching `predicate`, once there is at least one (or after `timeout`).
+
+        A line about a socket is written when the server sees the socket gone, which can be
+        a moment after the client does.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [entry for entry in self.log_lines() if predicate(entry)]
+            if lines or time.monotonic() > deadline:
+                return lines
+            await asyncio.sleep(0.05)
+
     def ws_url(self, key: str | None = None, query: str = "protocol=7") -> str:
         return f"wss://localhost:{self.port}/app/{key or self.app['key']}?{query}"
 

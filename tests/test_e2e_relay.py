@@ -265,11 +265,9 @@ async def test_slow_client_closed_4100_others_get_everything(
     # The close frame with 4100 (0x1004) ends what the slow client gets.
     assert b"\x88" in tail and b"\x10\x04" in tail
     writer.close()
-    lines = [
-        entry
-        for entry in sidecar.log_lines()
-        if entry.get("msg") == "connection closed" and entry.get("close_code") == 4100
-    ]
+    lines = await sidecar.wait_for_log(
+        lambda entry: entry.get("msg") == "connection closed" and entry.get("close_code") == 4100
+    )
     assert len(lines) == 1
 
 

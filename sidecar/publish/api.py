@@ -75,10 +75,22 @@ class PublishApi:
         app.router.add_post("/apps/{app_id}/batch_events", self.batch_events)
 
     def _app(self, request: web.Request) -> AppConfig:
-        app = self.apps.by_id(request.match_info["app_id"])
+        return self.app_by_id(request.match_info["app_id"])
+
+    def app_by_id(self, app_id: str) -> AppConfig:
+        app = self.apps.by_id(app_id)
         if app is None:
-            raise ApiError(404, f"no app with id {request.match_info['app_id'][:32]!r}")
+            raise ApiError(404, f"no app with id {app_id[:32]!r}")
         return app
+
+    def accept(self, kind: str, app: AppConfig, body: bytes) -> None:
+        """Validate a publish body (`events` or `batch_events`) and hand it to the broker."""
+        if kind == "events":
+            self.broker.publish(parse_events(body, app))
+            return
+        # all valid, or none published
+        for publication in parse_batch(body, app):
+            self.broker.publish(publication)
 
     async def _body(self, request: web.Request, app: AppConfig) -> bytes:
         """The request body, signature checked when signed.
@@ -116,15 +128,12 @@ class PublishApi:
 
     async def events(self, request: web.Request) -> web.Response:
         app = self._app(request)
-        self.broker.publish(parse_events(await self._body(request, app), app))
+        self.accept("events", app, await self._body(request, app))
         return web.Response(body=EMPTY_OK, content_type="application/json")
 
     async def batch_events(self, request: web.Request) -> web.Response:
         app = self._app(request)
-        # all valid, or none published
-        publications = parse_batch(await self._body(request, app), app)
-        for publication in publications:
-            self.broker.publish(publication)
+        self.accept("batch_events", app, await self._body(request, app))
         return web.Response(body=EMPTY_OK, content_type="application/json")
 
 

@@ -26,6 +26,7 @@ WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class RequestHead:
     method: str
     path: str
+    version: str
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
 
@@ -53,7 +54,7 @@ def read_head(raw: bytes) -> RequestHead | None:
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return None
-    method, target, _version = parts
+    method, target, version = parts
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -64,7 +65,7 @@ def read_head(raw: bytes) -> RequestHead | None:
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     url = urlsplit(target)
     query = {name: values[-1] for name, values in parse_qs(url.query).items()}
-    return RequestHead(method, url.path, query, headers)
+    return RequestHead(method, url.path, version, query, headers)
 
 
 class HandshakeError(Exception):

@@ -1,0 +1,147 @@
+"""Publishing on the Unix socket without a task per request.
+
+The app's publishes are the one request that must be answered in microseconds while the loop
+is busy fanning out: through aiohttp a request costs two loop turns (the parser schedules a
+handler task, the task writes the reply), and under load every turn is long. Here a plain
+`POST /apps/{id}/events` or `/batch_events` with a Content-Length is read, handed to the
+broker and answered inside the same `data_received` call. Anything else (another path, a
+chunked body, `Expect`, a body over the limit) is handed on to aiohttp with the bytes already
+read, and aiohttp serves that connection from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import cast
+
+import orjson
+from aiohttp import web
+
+from sidecar.publish.api import PublishApi
+from sidecar.publish.events import ApiError
+from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_head
+
+log = logging.getLogger("sidecar.api")
+
+PUBLISH_PATH = re.compile(r"/apps/([^/]+)/(events|batch_events)")
+OK_KEEP_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
+
+
+def response(status: int, body: bytes, *, close: bool) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{connection}\r\n"
+    )
+    return head.encode() + body
+
+
+def wants_close(head: RequestHead) -> bool:
+    connection = head.headers.get("connection", "").lower()
+    if head.version == "HTTP/1.0":
+        return "keep-alive" not in connection
+    return "close" in connection
+
+
+class FastPublishProtocol(asyncio.Protocol):
+    """Serves publish requests itself; steps aside to aiohttp for anything else."""
+
+    __slots__ = ("_api", "_buffer", "_http", "_transport")
+
+    def __init__(self, api: PublishApi, http: Callable[[], asyncio.Protocol]) -> None:
+        assert not api.signed, "the Unix socket's API: trusted, never signed"
+        self._api = api
+        self._http = http
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        while self._transport is not None and self._buffer:
+            if not self._serve_one():
+                return
+
+    def _serve_one(self) -> bool:
+        """Answer the request at the head of the buffer; False when more bytes are needed."""
+        buffer = self._buffer
+        end = buffer.find(HEAD_END)
+        if end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                self._hand_to_http()
+            return False
+        head = read_head(buffer[:end])
+        route = PUBLISH_PATH.fullmatch(head.path) if head is not None else None
+        length = self._content_length(head) if head is not None and route else None
+        if head is None or route is None or length is None or end > MAX_HEAD_BYTES:
+            self._hand_to_http()
+            return False
+        start = end + len(HEAD_END)
+        if len(buffer) < start + length:
+            return False
+        body = buffer[start : start + length]
+        self._buffer = buffer[start + length :]
+        del buffer
+        close = wants_close(head)
+        assert self._transport is not None
+        self._transport.write(self._publish(route[1], route[2], body, head.path, close))
+        if close:
+            self._transport.close()
+            self._transport = None
+        return True
+
+    def _content_length(self, head: RequestHead) -> int | None:
+        """The body length when this path can take the request, else None (aiohttp decides)."""
+        if head.method != "POST" or "transfer-encoding" in head.headers:
+            return None
+        if "expect" in head.headers:
+            return None
+        value = head.headers.get("content-length", "")
+        if not value.isdigit() or int(value) > self._api.max_body:
+            return None
+        return int(value)
+
+    def _publish(self, app_id: str, kind: str, body: bytes, path: str, close: bool) -> bytes:
+        try:
+            app = self._api.app_by_id(app_id)
+            self._api.accept(kind, app, body)
+        except ApiError as exc:
+            log.info(
+                "api request refused",
+                extra={"path": path[:200], "status": exc.status, "reason": exc.message},
+            )
+            return response(exc.status, orjson.dumps({"error": exc.message}), close=close)
+        return response(200, b"{}", close=True) if close else OK_KEEP_ALIVE
+
+    def _hand_to_http(self) -> None:
+        transport, self._transport = self._transport, None
+        buffer, self._buffer = self._buffer, b""
+        assert transport is not None
+        protocol = self._http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(buffer)
+
+
+class FastPublishSite(web.UnixSite):
+    """aiohttp's Unix site with `FastPublishProtocol` in front of its request handler."""
+
+    def __init__(self, runner: web.BaseRunner, path: str, api: PublishApi, backlog: int) -> None:
+        super().__init__(runner, path, backlog=backlog)
+        self._api = api
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        http = self._runner.server
+        assert http is not None
+        api = self._api
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: FastPublishProtocol(api, http), self._path, backlog=self._backlog
+        )
