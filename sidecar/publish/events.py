@@ -62,7 +62,10 @@ def _event(
     data = item["data"]
     if not isinstance(data, str):
         # Pusher's libraries send a JSON string; a JSON value is taken as that value, encoded.
-        data = orjson.dumps(data).decode()
+        try:
+            data = orjson.dumps(data).decode()
+        except orjson.JSONEncodeError:  # parsed, but nested deeper than it can be encoded
+            raise ApiError(400, f"{field}data: nested too deeply") from None
     limit = app.max_payload_bytes
     # A str of n characters is n to 4n bytes of UTF-8: only measure when it could matter.
     if len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit):

@@ -26,7 +26,10 @@ from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_
 
 log = logging.getLogger("sidecar.api")
 
-PUBLISH_PATH = re.compile(r"/apps/([^/]+)/(events|batch_events)")
+# No percent-escapes: a path that needs decoding is aiohttp's, so both paths agree on it.
+PUBLISH_PATH = re.compile(r"/apps/([^/%]+)/(events|batch_events)")
+# Longer Content-Length values are no body this path could take (and int() refuses 4300+).
+MAX_LENGTH_DIGITS = 18
 OK_KEEP_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
 
@@ -103,7 +106,9 @@ class FastPublishProtocol(asyncio.Protocol):
         if "expect" in head.headers:
             return None
         value = head.headers.get("content-length", "")
-        if not value.isdigit() or int(value) > self._api.max_body:
+        if not (value.isascii() and value.isdigit()) or len(value) > MAX_LENGTH_DIGITS:
+            return None
+        if int(value) > self._api.max_body:
             return None
         return int(value)
 
@@ -118,6 +123,15 @@ class FastPublishProtocol(asyncio.Protocol):
             )
             return response(exc.status, orjson.dumps({"error": exc.message}), close=close)
         return response(200, b"{}", close=True) if close else OK_KEEP_ALIVE
+
+    # A publisher that pipelines without reading its replies is not read from either.
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def _hand_to_http(self) -> None:
         transport, self._transport = self._transport, None
