@@ -92,5 +92,5 @@ def test_check_pair_names_the_key_that_does_not_match() -> None:
 
 def test_check_pair_refuses_a_key_that_is_not_pem() -> None:
     made = make_certificate("a.test")
-    with pytest.raises(CertificateError, match="a.key: not a PEM private key"):
+    with pytest.raises(CertificateError, match=r"a\.key: not a PEM private key"):
         check_pair(made.cert_pem, b"-----BEGIN PRIVATE KEY-----\nxx\n", "a.crt", "a.key")
