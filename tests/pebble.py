@@ -119,6 +119,7 @@ class Pebble:
     http_port: int
     validity: int = 3600  # seconds a certificate it issues lives
     nonce_reject_percent: int = 0
+    eab: dict[str, str] | None = None  # kid -> base64url MAC key: accounts must be bound
     listen_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     dns_port: int = field(default_factory=free_port)
@@ -139,7 +140,8 @@ class Pebble:
                         "httpPort": self.http_port,
                         "tlsPort": free_port(),
                         "ocspResponderURL": "",
-                        "externalAccountBindingRequired": False,
+                        "externalAccountBindingRequired": self.eab is not None,
+                        "externalAccountMACKeys": self.eab or {},
                         "certificateValidityPeriod": self.validity,
                     }
                 }

@@ -160,7 +160,7 @@ class AcmeService:
         assert tls.acme is not None
         self.settings = tls.acme
         self.files = AcmeFiles.for_config(tls)
-        self.challenges = challenges or ChallengeStore()
+        self.challenges = challenges if challenges is not None else ChallengeStore()
         self.client = AcmeClient(self.settings, self.files.folder, self.challenges)
         self.current: CertificateInfo | None = None
         self.failures = 0
@@ -201,6 +201,7 @@ class AcmeService:
             self.failures += 1
             extra: dict[str, object] = {
                 "reason": exc.reason,
+                "bad_nonces_retried": self.client.bad_nonces,
                 "domains": list(self.settings.domains),
                 "retry_in_s": round(self.backoff(peek=True), 1),
             }
@@ -218,6 +219,7 @@ class AcmeService:
                 "not_after": info.not_after.isoformat(),
                 "next_renewal": info.renewal_time(self.settings.renew_at).isoformat(),
                 "took_s": round(asyncio.get_running_loop().time() - started, 3),
+                "bad_nonces_retried": self.client.bad_nonces,
             },
         )
         for callback in self.on_new_certificate:

@@ -146,6 +146,7 @@ class AcmeClient:
         self.challenges = challenges
         self.account_key_path = folder / "account.key"
         self.account_path = folder / "account.json"
+        self.bad_nonces = 0  # nonces the CA refused during the last order (each one retried)
 
     def order(self, key_pem: bytes, domains: tuple[str, ...]) -> str:
         """The full chain PEM for `domains` and the private key `key_pem`; AcmeFailure if not."""
@@ -158,17 +159,18 @@ class AcmeClient:
 
     def _order(self, key_pem: bytes, domains: tuple[str, ...]) -> str:
         deadline = time.monotonic() + ORDER_DEADLINE
+        self.bad_nonces = 0
         acme, net = self._connect()
         self._account(acme, net)
         csr = crypto_util.make_csr(key_pem, list(domains))
         try:
-            order = _retry_nonce(acme.new_order, csr)
+            order = self._step(acme.new_order, csr)
         except messages.Error as exc:
             if exc.code != "accountDoesNotExist":
                 raise
             log.warning("the CA does not know our account; registering again")
             self._register(acme, net)
-            order = _retry_nonce(acme.new_order, csr)
+            order = self._step(acme.new_order, csr)
         tokens = []
         try:
             pending = []
@@ -180,7 +182,7 @@ class AcmeClient:
                 token = challb.chall.encode("token")
                 self.challenges.add(token, validation)
                 tokens.append(token)
-                _retry_nonce(acme.answer_challenge, challb, response)
+                self._step(acme.answer_challenge, challb, response)
                 pending.append(authzr)
             failed = [a for a in (self._settle(acme, a, deadline) for a in pending) if a]
             if failed:
@@ -189,6 +191,17 @@ class AcmeClient:
             for token in tokens:
                 self.challenges.remove(token)
         return self._finalize(acme, order, deadline)
+
+    def _step(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One request to the CA, sent again when the CA refuses its nonce."""
+        for attempt in range(BAD_NONCE_TRIES):
+            try:
+                return step(*args, **kwargs)
+            except messages.Error as exc:
+                if exc.code != "badNonce" or attempt == BAD_NONCE_TRIES - 1:
+                    raise
+                self.bad_nonces += 1
+        raise AssertionError("unreachable")
 
     def _connect(self) -> tuple[client.ClientV2, client.ClientNetwork]:
         key = jose.JWKEC(key=serialization.load_pem_private_key(self._account_key(), None))
@@ -249,7 +262,7 @@ class AcmeClient:
             )
         registration = messages.NewRegistration.from_data(**fields)
         try:
-            regr = _retry_nonce(acme.new_account, registration)
+            regr = self._step(acme.new_account, registration)
         except errors.ConflictError as exc:
             # The CA already has an account for this key (account.json was lost): use it.
             regr = messages.RegistrationResource(uri=str(exc), body=messages.Registration())
@@ -265,7 +278,7 @@ class AcmeClient:
         """Poll one authorization until decided: None when valid, itself when it failed."""
         delay = POLL_FIRST
         while True:
-            authzr, _ = _retry_nonce(acme.poll, authzr)
+            authzr, _ = self._step(acme.poll, authzr)
             status = authzr.body.status
             if status == messages.STATUS_VALID:
                 return None
@@ -283,7 +296,7 @@ class AcmeClient:
         delay = POLL_FIRST
         while True:
             try:
-                order = _retry_nonce(acme.begin_finalization, order)
+                order = self._step(acme.begin_finalization, order)
                 break
             except messages.Error as exc:
                 # The order turns `ready` a moment after its last authorization is valid.
@@ -295,7 +308,7 @@ class AcmeClient:
         while True:
             body = order.body
             if body.status == messages.STATUS_VALID and body.certificate is not None:
-                response = _retry_nonce(
+                response = self._step(
                     acme.net.post, body.certificate, None, new_nonce_url=new_nonce
                 )
                 return response.text
@@ -307,7 +320,7 @@ class AcmeClient:
                 raise errors.TimeoutError()
             time.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
-            response = _retry_nonce(acme.net.post, order.uri, None, new_nonce_url=new_nonce)
+            response = self._step(acme.net.post, order.uri, None, new_nonce_url=new_nonce)
             order = order.update(body=messages.Order.from_json(response.json()))
 
 
@@ -317,17 +330,6 @@ def _http01(authzr: messages.AuthorizationResource) -> messages.ChallengeBody:
             return challb
     name = authzr.body.identifier.value
     raise AcmeFailure(f"{name}: the CA offers no HTTP-01 challenge for it")
-
-
-def _retry_nonce(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    for attempt in range(BAD_NONCE_TRIES):
-        try:
-            return step(*args, **kwargs)
-        except messages.Error as exc:
-            if exc.code != "badNonce" or attempt == BAD_NONCE_TRIES - 1:
-                raise
-            log.debug("badNonce; trying the step again", extra={"attempt": attempt + 1})
-    raise AssertionError("unreachable")
 
 
 def atomic_write(path: Path, data: bytes, private: bool = False) -> None:
