@@ -32,9 +32,13 @@ def make_certificate(
     *names: str,
     days: float = 30,
     not_before: datetime.datetime | None = None,
-    issuer: str = "Test Issuer",
+    issuer: str | None = None,
 ) -> Made:
-    """A self-signed certificate for `names` (DNS names or IP addresses), its key in PEM."""
+    """A self-signed certificate for `names` (DNS names or IP addresses), its key in PEM.
+
+    With `issuer` the issuer name differs from the subject, so nothing can verify it: for
+    tests that only read what it says.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     alt: list[x509.GeneralName] = []
@@ -47,7 +51,7 @@ def make_certificate(
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or names[0])]))
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(start)

@@ -72,9 +72,9 @@ class ChallengeStore:
         with self._lock:
             return self._answers.get(token)
 
-    def __len__(self) -> int:
+    def tokens(self) -> list[str]:
         with self._lock:
-            return len(self._answers)
+            return list(self._answers)
 
 
 # Describing failures ------------------------------------------------------------------------
