@@ -27,7 +27,7 @@ from sidecar.broker import Broker, MemoryBroker
 from sidecar.config import CertFiles, Config
 from sidecar.edge.acme import AcmeFiles, AcmeService, answer_challenges, start_acme
 from sidecar.edge.acme_client import ChallengeStore
-from sidecar.edge.certificates import CertificateManager
+from sidecar.edge.certificates import CertificateManager, check_certificates
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.origin import OriginPolicy
@@ -138,7 +138,7 @@ def prepare(config: Config, workers: int) -> Prepared:
     if cert is not None and config.tls.mode != "acme":
         # Fail here, plainly (CertificateError), on an unusable certificate. ACME's is checked,
         # and ordered if need be, once the plain-HTTP port can answer the CA.
-        CertificateManager(served_certificates(config)).load()
+        check_certificates(served_certificates(config))
     claim_socket_path(config.publish.socket)
     reuse = workers > 1
     edge = [bind_tcp(config.listen.host, config.listen.port, reuse_port=reuse)]

@@ -62,6 +62,16 @@ def read_pair(files: CertFiles) -> tuple[bytes, bytes, CertificateInfo]:
     return cert_pem, key_pem, info
 
 
+def check_certificates(files: Sequence[CertFiles]) -> None:
+    """Raise CertificateError (naming the file) unless every pair would load; serves nothing."""
+    for pair in files:
+        cert_pem, key_pem, _ = read_pair(pair)
+        try:
+            load_pem_pair(policy_context(), cert_pem, key_pem)
+        except ssl.SSLError as exc:
+            raise CertificateError(f"{pair.cert}: OpenSSL refuses it: {exc}") from None
+
+
 @dataclass
 class _Slot:
     """One certificate: its files, its context, what was last loaded into it."""
