@@ -248,7 +248,8 @@ def _eab(raw: Any) -> EabConfig | None:
     if hmac_key is None:
         raise ConfigError("tls.acme.eab.hmac_key", "is required (the MAC key the CA gave you)")
     try:
-        base64.urlsafe_b64decode(hmac_key + "=" * (-len(hmac_key) % 4))
+        padded = hmac_key.rstrip("=") + "=" * (-len(hmac_key.rstrip("=")) % 4)
+        base64.b64decode(padded, altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         # The value itself is a secret: never echo it.
         raise ConfigError(
