@@ -25,12 +25,11 @@ class Entry:
 
 
 def _when(moment: datetime.datetime, now: datetime.datetime) -> str:
-    delta = moment - now
-    seconds = delta.total_seconds()
+    seconds = (moment - now).total_seconds()
     if abs(seconds) < 2 * 86400:
         span = f"{abs(seconds) / 3600:.1f} hours"
     else:
-        span = f"{abs(delta.days)} days"
+        span = f"{round(abs(seconds) / 86400)} days"
     relative = f"in {span}" if seconds >= 0 else f"{span} ago"
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
 
