@@ -35,6 +35,8 @@ def banner(prepared: Prepared) -> None:
     app = prepared.apps.apps[0]
     scheme = "ws" if cfg.tls.mode == "off" else "wss"
     host = "localhost" if cfg.listen.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.listen.host
+    if cfg.tls.acme is not None:
+        host = cfg.tls.acme.domains[0]  # the name the certificate is for
     options = {
         "wsHost": host,
         "wsPort": cfg.listen.port,
