@@ -197,10 +197,12 @@ class AcmeService:
         try:
             # The library blocks (requests, time.sleep): never on the event loop.
             info = await in_daemon_thread(self._order_and_store)
-        except AcmeFailure as exc:
+        except (AcmeFailure, OSError) as exc:
+            # OSError: the certificate folder cannot be written (permissions, a full disk).
+            reason = exc.reason if isinstance(exc, AcmeFailure) else f"cannot store: {exc}"
             self.failures += 1
             extra: dict[str, object] = {
-                "reason": exc.reason,
+                "reason": reason,
                 "bad_nonces_retried": self.client.bad_nonces,
                 "domains": list(self.settings.domains),
                 "retry_in_s": round(self.backoff(peek=True), 1),
@@ -263,7 +265,13 @@ class AcmeService:
                 await asyncio.sleep(min((due - now).total_seconds(), MAX_SLEEP))
                 continue
             log.info("certificate due for renewal", extra={"domains": list(self.settings.domains)})
-            if not await self.renew():
+            try:
+                renewed = await self.renew()
+            except Exception:  # a bug must not end renewals for the life of the process
+                log.exception("certificate renewal crashed; trying again later")
+                self.failures += 1
+                renewed = False
+            if not renewed:
                 await asyncio.sleep(self.backoff())
 
     async def stop(self) -> None:
