@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from sidecar.app import edge_middlewares
+from sidecar.config import from_mapping
 from sidecar.config_tls import HstsConfig
 from sidecar.edge.hsts import HEADER, hsts_middleware
 
@@ -39,3 +41,8 @@ async def test_plain_http_never_does() -> None:
     request = make_mocked_request("GET", "/")
     response = await MIDDLEWARE(request, ok)
     assert HEADER not in response.headers
+
+
+def test_the_edge_has_no_hsts_unless_configured() -> None:
+    assert edge_middlewares(from_mapping({})) == []
+    assert len(edge_middlewares(from_mapping({"tls": {"hsts": True}}))) == 1
