@@ -351,6 +351,11 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     await broker.start(relay.deliver)
     sites = Sites()
     stopping = stop_signal()
+    # SIGHUP reloads certificates once they are served (CertificateManager takes the signal
+    # over then); until then, and with tls off, it must not end the process as by default.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload")
+    )
     acme: AcmeService | None = None
     certificates: CertificateManager | None = None
     try:

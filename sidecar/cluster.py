@@ -127,6 +127,7 @@ class Supervisor:
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
         acme = None
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
@@ -152,7 +153,6 @@ class Supervisor:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
         await serve_publish_side(sites, self.prepared, self.hub, self.health)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
         banner(self.prepared)
         log.info(
             "ready",

@@ -284,3 +284,23 @@ async def test_tls_off_believes_forwarded_proto_from_a_trusted_proxy(
         async with session.get(url, headers={"X-Forwarded-For": "203.0.113.9"}) as response:
             assert response.status == 404
             assert "Strict-Transport-Security" not in response.headers
+        # No certificates to reload: SIGHUP is harmless, as everywhere.
+        assert sidecar.proc is not None
+        os.kill(sidecar.proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        async with session.get(url) as response:
+            assert response.status == 404
+        assert sidecar.proc.poll() is None
+
+
+@pytest.mark.parametrize("mode", ["off", "self-signed"])
+async def test_sighup_is_harmless_to_a_single_process(
+    start_sidecar: Callable[..., SidecarProcess], mode: str
+) -> None:
+    sidecar = start_sidecar(workers=1, tls={"mode": mode})
+    assert sidecar.proc is not None
+    os.kill(sidecar.proc.pid, signal.SIGHUP)
+    await asyncio.sleep(0.3)
+    assert sidecar.proc.poll() is None
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5):
+        pass
