@@ -24,10 +24,15 @@ from aiohttp import web
 
 from sidecar.apps import AppRegistry, ensure_development_app
 from sidecar.broker import Broker, MemoryBroker
-from sidecar.config import Config
+from sidecar.config import CertFiles, Config
+from sidecar.edge.acme import AcmeFiles, AcmeService, answer_challenges, start_acme
+from sidecar.edge.acme_client import ChallengeStore
+from sidecar.edge.certificates import CertificateManager, check_certificates
+from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
+from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
-from sidecar.edge.tls import ensure_self_signed, server_context
+from sidecar.edge.tls import ensure_self_signed
 from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.fastpath import FastPublishSite
 from sidecar.publish.unix import claim_socket_path
@@ -64,15 +69,26 @@ def resolve_apps(config: Config) -> tuple[AppRegistry, bool]:
 
 
 def certificate_files(config: Config) -> tuple[Path | None, Path | None]:
-    if config.tls.mode == "off":
+    """The default certificate's files (None with tls off); made first when self-signed."""
+    files = served_certificates(config)
+    if not files:
         return None, None
-    if config.tls.mode == "files":
-        assert config.tls.cert and config.tls.key
-        return Path(config.tls.cert), Path(config.tls.key)
-    pair = ensure_self_signed(config.tls.dir)
+    return Path(files[0].cert), Path(files[0].key)
+
+
+def served_certificates(config: Config) -> tuple[CertFiles, ...]:
+    """Every certificate the TLS port serves, the default first (none with tls off)."""
+    tls = config.tls
+    if tls.mode == "off":
+        return ()
+    if tls.mode == "files":
+        return tls.files()
+    if tls.mode == "acme":
+        return (AcmeFiles.for_config(tls).cert_files(),)
+    pair = ensure_self_signed(tls.dir)
     if pair.created:
         log.info("self-signed certificate created", extra={"cert": str(pair.cert)})
-    return pair.cert, pair.key
+    return (CertFiles(str(pair.cert), str(pair.key)),)
 
 
 def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -120,8 +136,10 @@ def prepare(config: Config, workers: int) -> Prepared:
     raise_open_file_limit()  # inherited by the workers
     apps, created = resolve_apps(config)
     cert, key = certificate_files(config)
-    if cert is not None and key is not None:
-        server_context(cert, key)  # fail here, plainly, on an unusable certificate
+    if cert is not None and config.tls.mode != "acme":
+        # Fail here, plainly (CertificateError), on an unusable certificate. ACME's is checked,
+        # and ordered if need be, once the plain-HTTP port can answer the CA.
+        check_certificates(served_certificates(config))
     claim_socket_path(config.publish.socket)
     reuse = workers > 1
     edge = [bind_tcp(config.listen.host, config.listen.port, reuse_port=reuse)]
@@ -141,10 +159,12 @@ def prepare(config: Config, workers: int) -> Prepared:
 # The applications ---------------------------------------------------------------------------
 
 
-def edge_application(apps: AppRegistry, broker: Broker) -> web.Application:
+def edge_application(config: Config, apps: AppRegistry, broker: Broker) -> web.Application:
     """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here)."""
     api = PublishApi(apps, broker, signed=True)
-    app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
+    app = web.Application(
+        middlewares=[*edge_middlewares(config), json_errors], client_max_size=api.max_body
+    )
     api.add_routes(app)
 
     async def elsewhere(request: web.Request) -> web.StreamResponse:
@@ -156,6 +176,16 @@ def edge_application(apps: AppRegistry, broker: Broker) -> web.Application:
     return app
 
 
+def edge_middlewares(config: Config) -> list[Callable[..., object]]:
+    """Trusted X-Forwarded-* first (they decide whether the request is HTTPS), then HSTS."""
+    middlewares: list[Callable[..., object]] = []
+    if config.listen.trusted_proxies:
+        middlewares.append(forwarded_middleware(TrustedProxies(config.listen.trusted_proxies)))
+    if config.tls.hsts is not None:
+        middlewares.append(hsts_middleware(config.tls.hsts))
+    return middlewares
+
+
 def publish_application(api: PublishApi) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
@@ -163,7 +193,11 @@ def publish_application(api: PublishApi) -> web.Application:
     return app
 
 
-def redirect_application(https_port: int) -> web.Application:
+def redirect_application(
+    https_port: int, challenges: ChallengeStore | None = None
+) -> web.Application:
+    """The plain-HTTP port: ACME's HTTP-01 challenges answered, everything else to https."""
+
     async def redirect(request: web.Request) -> web.StreamResponse:
         host = request.url.host or "localhost"
         if ":" in host:
@@ -172,6 +206,8 @@ def redirect_application(https_port: int) -> web.Application:
         raise web.HTTPPermanentRedirect(f"https://{host}{port}{request.path_qs}")
 
     app = web.Application()
+    if challenges is not None:
+        answer_challenges(app, challenges)
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app
 
@@ -215,24 +251,43 @@ def start_relay(prepared: Prepared) -> Relay:
     return relay
 
 
+def start_certificates(config: Config) -> CertificateManager | None:
+    """The TLS port's certificates, loaded and watched (files, SIGHUP); None with tls off."""
+    files = served_certificates(config)
+    if not files:
+        return None
+    manager = CertificateManager(files, reload_interval=config.tls.reload_interval)
+    manager.load()
+    manager.start()
+    return manager
+
+
 async def serve_edge(
     sites: Sites, prepared: Prepared, relay: Relay, broker: Broker, sock: socket.socket
-) -> None:
-    ssl_context = None
-    if prepared.cert is not None and prepared.key is not None:
-        ssl_context = server_context(prepared.cert, prepared.key)
-    app = edge_application(prepared.apps, broker)
-    websockets = WebSocketEndpoint(relay, OriginPolicy(prepared.config.allowed_origins))
+) -> CertificateManager | None:
+    config = prepared.config
+    certificates = start_certificates(config)
+    ssl_context = certificates.context if certificates is not None else None
+    app = edge_application(config, prepared.apps, broker)
+    websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     await sites.serve(
         app,
-        lambda r: EdgeSite(r, sock, websockets, ssl_context=ssl_context, backlog=LISTEN_BACKLOG),
+        lambda r: EdgeSite(
+            r,
+            sock,
+            websockets,
+            ssl_context=ssl_context,
+            handshake_timeout=config.tls.handshake_timeout,
+            backlog=LISTEN_BACKLOG,
+        ),
     )
+    return certificates
 
 
 async def serve_publish_side(
     sites: Sites, prepared: Prepared, broker: Broker, health: Callable[[], dict[str, object]]
 ) -> None:
-    """The Unix socket, the plain-HTTP redirect and the admin listener."""
+    """The Unix socket and the admin listener."""
     config = prepared.config
     api = PublishApi(prepared.apps, broker, signed=False)
     await sites.serve(
@@ -240,13 +295,30 @@ async def serve_publish_side(
         lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
-    redirect, admin = prepared.redirect_socket, prepared.admin_socket
-    if redirect is not None:
-        await sites.serve(
-            redirect_application(config.listen.port), lambda r: web.SockSite(r, redirect)
-        )
+    admin = prepared.admin_socket
     if admin is not None:
         await sites.serve(admin_application(health), lambda r: web.SockSite(r, admin))
+
+
+async def serve_plain_http(sites: Sites, prepared: Prepared) -> ChallengeStore | None:
+    """The redirect to https, with ACME's challenges answered when tls.mode is acme."""
+    sock = prepared.redirect_socket
+    challenges = ChallengeStore() if prepared.config.tls.mode == "acme" else None
+    if sock is not None:
+        app = redirect_application(prepared.config.listen.port, challenges)
+        await sites.serve(app, lambda r: web.SockSite(r, sock))
+    return challenges
+
+
+async def obtain_certificate(
+    sites: Sites, prepared: Prepared, stopping: asyncio.Event
+) -> tuple[bool, AcmeService | None]:
+    """Serve the plain-HTTP port; with ACME, wait for a usable certificate (False: stopped)."""
+    challenges = await serve_plain_http(sites, prepared)
+    if challenges is None:
+        return True, None
+    acme = await start_acme(prepared.config.tls, challenges, stopping)
+    return acme is not None, acme
 
 
 async def drain_relay(relay: Relay, broker: Broker, deadline: float) -> None:
@@ -264,12 +336,13 @@ def remove_socket_file(path: str) -> None:
         os.unlink(path)
 
 
-async def wait_for_stop_signal() -> None:
+def stop_signal() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
+    return stopping
 
 
 async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> None:
@@ -279,17 +352,39 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     relay = start_relay(prepared)
     await broker.start(relay.deliver)
     sites = Sites()
+    stopping = stop_signal()
+    # SIGHUP reloads certificates once they are served (CertificateManager takes the signal
+    # over then); until then, and with tls off, it must not end the process as by default.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload")
+    )
+    acme: AcmeService | None = None
+    certificates: CertificateManager | None = None
     try:
-        await serve_edge(sites, prepared, relay, broker, prepared.edge_sockets[0])
-        await serve_publish_side(
-            sites, prepared, broker, lambda: {"connections": len(relay.connections), "workers": 1}
-        )
-        banner(prepared)
-        log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
-        await wait_for_stop_signal()
+        ready, acme = await obtain_certificate(sites, prepared, stopping)
+        if ready:
+            certificates = await serve_edge(
+                sites, prepared, relay, broker, prepared.edge_sockets[0]
+            )
+            if acme is not None and certificates is not None:
+                reload = certificates.reload
+                acme.on_new_certificate.append(lambda: reload(force=True))
+            await serve_publish_side(
+                sites,
+                prepared,
+                broker,
+                lambda: {"connections": len(relay.connections), "workers": 1},
+            )
+            banner(prepared)
+            log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
+            await stopping.wait()
         log.info("stopping", extra={"connections": len(relay.connections)})
         await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
     finally:
+        if acme is not None:
+            await acme.stop()
+        if certificates is not None:
+            await certificates.stop()
         await sites.cleanup()
         remove_socket_file(prepared.config.publish.socket)
     log.info("stopped")

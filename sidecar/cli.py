@@ -35,6 +35,8 @@ def banner(prepared: Prepared) -> None:
     app = prepared.apps.apps[0]
     scheme = "ws" if cfg.tls.mode == "off" else "wss"
     host = "localhost" if cfg.listen.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.listen.host
+    if cfg.tls.acme is not None:
+        host = cfg.tls.acme.domains[0]  # the name the certificate is for
     options = {
         "wsHost": host,
         "wsPort": cfg.listen.port,
@@ -79,6 +81,7 @@ def banner(prepared: Prepared) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar import app as app_module
     from sidecar import cluster
+    from sidecar.edge.certinfo import CertificateError
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
 
@@ -92,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepared = app_module.prepare(cfg, workers)
     except SocketInUse as exc:
         return fail(str(exc), EXIT_START)
+    except CertificateError as exc:
+        return fail(f"cannot start: {exc}", EXIT_START)
     except OSError as exc:
         return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
     try:
@@ -121,6 +126,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.file}: ok (tls {cfg.tls.mode}, listen {cfg.listen.host}:{cfg.listen.port}, {apps})"
     )
     return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from sidecar.edge.inventory import report
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        return fail(f"config error: {exc}", EXIT_CONFIG)
+    text, ok = report(cfg)
+    print(text)
+    return 0 if ok else EXIT_START
 
 
 def _read_data(arg: str) -> str:
@@ -181,6 +198,11 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
+    certs = sub.add_parser(
+        "certs", help="show each certificate's names, issuer, expiry and next renewal"
+    )
+    certs.add_argument("--config", "-c", help="YAML configuration file")
+    certs.set_defaults(func=cmd_certs)
     pub = sub.add_parser("publish", help="publish an event over the Unix socket")
     pub.add_argument("channel", help="channel name, or several separated by commas")
     pub.add_argument("event", help="event name")

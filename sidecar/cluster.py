@@ -32,11 +32,12 @@ from sidecar.app import (
     Prepared,
     Sites,
     drain_relay,
+    obtain_certificate,
     remove_socket_file,
     serve_edge,
     serve_publish_side,
     start_relay,
-    wait_for_stop_signal,
+    stop_signal,
 )
 from sidecar.broker.pipe import HubBroker, WorkerBroker
 from sidecar.config import Config
@@ -112,30 +113,53 @@ class Supervisor:
         if not self.stopping:
             await self.spawn(handle.worker_id, failures)
 
+    def reload_workers(self) -> None:
+        """SIGHUP to every worker: each reloads its certificates now (not at its next check)."""
+        for handle in self.handles.values():
+            if handle.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.proc.send_signal(signal.SIGHUP)
+
     def health(self) -> dict[str, object]:
         alive = sum(1 for h in self.handles.values() if h.proc.returncode is None)
         return {"workers": alive, "workers_configured": self.count}
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
+        stopping = stop_signal()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
+        acme = None
         try:
-            for worker_id in range(self.count):
-                await self.spawn(worker_id)
-            await serve_publish_side(sites, self.prepared, self.hub, self.health)
-            banner(self.prepared)
-            log.info(
-                "ready",
-                extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
-            )
-            await wait_for_stop_signal()
-            log.info("stopping", extra={"workers": self.count})
+            # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
+            # certificate; workers start once it is on disk and follow its renewals.
+            ready, acme = await obtain_certificate(sites, self.prepared, stopping)
+            if acme is not None:
+                acme.on_new_certificate.append(self.reload_workers)
+            if ready:
+                await self._serve(sites, banner, stopping)
         finally:
             self.stopping = True
+            if acme is not None:
+                await acme.stop()
             await sites.cleanup()  # no new publishes
             await self.hub.close()  # workers deliver what they have, then close their clients
             await self._reap(SHUTDOWN_DEADLINE + 2)
             remove_socket_file(self.prepared.config.publish.socket)
         log.info("stopped")
+
+    async def _serve(
+        self, sites: Sites, banner: Callable[[Prepared], None], stopping: asyncio.Event
+    ) -> None:
+        for worker_id in range(self.count):
+            await self.spawn(worker_id)
+        await serve_publish_side(sites, self.prepared, self.hub, self.health)
+        banner(self.prepared)
+        log.info(
+            "ready",
+            extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
+        )
+        await stopping.wait()
+        log.info("stopping", extra={"workers": self.count})
 
     async def _reap(self, deadline: float) -> None:
         procs = [h.proc for h in self.handles.values() if h.proc.returncode is None]
@@ -175,8 +199,9 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    certificates = None
     try:
-        await serve_edge(sites, prepared, relay, broker, listen)
+        certificates = await serve_edge(sites, prepared, relay, broker, listen)
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
@@ -184,6 +209,8 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
         stopped.cancel()
         await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
     finally:
+        if certificates is not None:
+            await certificates.stop()
         await sites.cleanup()
     log.debug("worker stopped", extra={"worker": worker_id})
 
@@ -191,6 +218,8 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
 def worker_main(config_path: str | None, worker_id: int, listen_fd: int, broker_fd: int) -> int:
     from sidecar.observe.logging import setup
 
+    # A SIGHUP (certificate reload) may come before the loop's handler is in place.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = config_module.load(config_path) if config_path else Config()
     setup(config.log.level)
     run_loop(run_worker(config, worker_id, listen_fd, broker_fd))

@@ -6,8 +6,8 @@ A bad file stops the start with one line that names the key and what is wrong wi
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +15,31 @@ from typing import Any
 
 import yaml
 
+from sidecar.config_tls import AcmeConfig, CertFiles, EabConfig, HstsConfig, TlsConfig, parse_tls
+from sidecar.config_values import ConfigError, MiB
+from sidecar.config_values import choice as _choice
+from sidecar.config_values import integer as _int
+from sidecar.config_values import mapping as _mapping
+from sidecar.config_values import number as _seconds
+from sidecar.config_values import only as _only
+from sidecar.config_values import port as _port
+from sidecar.config_values import size as _bytes
+from sidecar.config_values import string as _str
+from sidecar.config_values import string_list as _str_list
 from sidecar.edge.origin import LOCAL_ORIGINS, parse_origin_pattern
 
-MiB = 1024 * 1024
+__all__ = [
+    "AcmeConfig",
+    "CertFiles",
+    "Config",
+    "ConfigError",
+    "EabConfig",
+    "HstsConfig",
+    "TlsConfig",
+    "from_mapping",
+    "load",
+]
+
 # Hosted Pusher stops at 10 KB; the reason to run a relay beside the app is to send far more.
 DEFAULT_MAX_PAYLOAD = 8 * MiB
 # A client falling this far behind is closed with 4100. It must hold at least one largest event
@@ -37,15 +59,6 @@ WEBHOOK_KINDS = (
     "client_event",
     "cache_miss",
 )
-
-
-class ConfigError(ValueError):
-    """A bad configuration: `key` is the dotted path, the message what is wrong."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -70,19 +83,13 @@ class AppConfig:
 class ListenConfig:
     host: str = "0.0.0.0"
     port: int = 8443
+    # Peers whose X-Forwarded-For/-Proto are believed (a terminator in front, tls.mode off).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
 class HttpConfig:
     port: int | None = 8080
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    mode: str = "self-signed"  # self-signed | files | acme | off
-    dir: str = "./certs"  # generated certificates and the generated app secret live here
-    cert: str | None = None
-    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class LogConfig:
 class Config:
     listen: ListenConfig = ListenConfig()
     http: HttpConfig = HttpConfig()
-    tls: TlsConfig = TlsConfig()
+    tls: TlsConfig = field(default_factory=TlsConfig)
     publish: PublishConfig = PublishConfig()
     apps: tuple[AppConfig, ...] | None = None  # None: generate one on first run, kept in tls.dir
     allowed_origins: tuple[str, ...] = LOCAL_ORIGINS
@@ -159,119 +166,31 @@ class Config:
     source: str | None = None  # the file it came from, for messages
 
 
-# Reading values -----------------------------------------------------------------------------
-
-
-def _mapping(raw: Any, key: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(key, f"must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def _only(raw: dict[str, Any], key: str, allowed: set[str]) -> None:
-    for name in raw:
-        if name not in allowed:
-            known = ", ".join(sorted(allowed))
-            where = f"{key}.{name}" if key else str(name)
-            raise ConfigError(where, f"unknown key (known here: {known})")
-
-
-def _int(raw: dict[str, Any], key: str, name: str, default: int, lo: int, hi: int) -> int:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{key}.{name}", f"must be an integer from {lo} to {hi}, got {value!r}")
-    return value
-
-
-def _seconds(
-    raw: dict[str, Any], key: str, name: str, default: float, lo: float, hi: float
-) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ConfigError(
-            f"{key}.{name}", f"must be a number of seconds from {lo:g} to {hi:g}, got {value!r}"
-        )
-    return float(value)
-
-
-def _port(raw: dict[str, Any], key: str, name: str, default: int | None) -> int | None:
-    if name in raw and raw[name] is None:
-        return None
-    return _int(raw, key, name, default, 1, 65535) if default is not None or name in raw else None
-
-
-def _str(raw: dict[str, Any], key: str, name: str, default: str | None) -> str | None:
-    value = raw.get(name, default)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _choice(raw: dict[str, Any], key: str, name: str, default: str, choices: tuple[str, ...]):
-    value = raw.get(name, default)
-    if value not in choices:
-        raise ConfigError(f"{key}.{name}", f"must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _bytes(raw: dict[str, Any], key: str, name: str, default: int) -> int:
-    """A size: an integer of bytes, or a string like '8MiB', '512KiB', '10MB'."""
-    value = raw.get(name, default)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*", value)
-        if m is None:
-            raise ConfigError(f"{key}.{name}", f"must be a size like 8MiB, got {value!r}")
-        unit = {
-            None: 1,
-            "B": 1,
-            "KB": 1000,
-            "KiB": 1024,
-            "MB": 1000**2,
-            "MiB": MiB,
-            "GB": 1000**3,
-            "GiB": 1024**3,
-        }
-        value = int(m.group(1)) * unit[m.group(2)]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{key}.{name}", f"must be a positive size, got {value!r}")
-    return value
-
-
 # Sections -----------------------------------------------------------------------------------
 
 
 def _listen(raw: Any) -> ListenConfig:
     raw = _mapping(raw, "listen")
-    _only(raw, "listen", {"host", "port"})
+    _only(raw, "listen", {"host", "port", "trusted_proxies"})
     return ListenConfig(
         host=_str(raw, "listen", "host", "0.0.0.0") or "0.0.0.0",
         port=_int(raw, "listen", "port", 8443, 1, 65535),
+        trusted_proxies=_networks(raw, "listen", "trusted_proxies"),
     )
 
 
-def _tls(raw: Any) -> TlsConfig:
-    raw = _mapping(raw, "tls")
-    _only(raw, "tls", {"mode", "dir", "cert", "key", "acme"})
-    if raw.get("mode") is False:
-        raw = {**raw, "mode": "off"}  # YAML 1.1 reads an unquoted `off` as false
-    mode = _choice(raw, "tls", "mode", "self-signed", ("self-signed", "files", "acme", "off"))
-    if mode == "acme":
-        raise ConfigError("tls.mode", "acme is not available in this version; use files")
-    cert = _str(raw, "tls", "cert", None)
-    key = _str(raw, "tls", "key", None)
-    if mode == "files":
-        for name, path in (("cert", cert), ("key", key)):
-            if path is None:
-                raise ConfigError(f"tls.{name}", "is required when tls.mode is files")
-            if not os.path.isfile(path):
-                raise ConfigError(f"tls.{name}", f"no such file: {path}")
-    return TlsConfig(
-        mode=mode, dir=_str(raw, "tls", "dir", "./certs") or "./certs", cert=cert, key=key
-    )
+def _networks(
+    raw: dict[str, Any], key: str, name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for i, value in enumerate(_str_list(raw, key, name)):
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{key}.{name}[{i}]", f"must be an address or a CIDR like 10.0.0.0/8, got {value!r}"
+            ) from None
+    return tuple(networks)
 
 
 def _publish(raw: Any) -> PublishConfig:
@@ -491,7 +410,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         workers=workers,
         listen=_listen(raw.get("listen")),
         http=HttpConfig(port=_port(http, "http", "port", 8080)),
-        tls=_tls(raw.get("tls")),
+        tls=parse_tls(raw.get("tls")),
         publish=_publish(raw.get("publish")),
         apps=_apps(raw.get("apps")),
         allowed_origins=_origins(raw.get("cors")),
@@ -507,6 +426,10 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         ),
         source=source,
     )
+    if config.tls.mode == "acme" and config.http.port is None:
+        raise ConfigError(
+            "http.port", "is needed by tls.mode acme: HTTP-01 challenges arrive there"
+        )
     ports = [
         ("listen.port", config.listen.port),
         ("http.port", config.http.port),

@@ -11,15 +11,18 @@ from tests.support import PusherJs, SidecarProcess, base_config
 
 @pytest.fixture
 def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
-    """Start real `sidecar run` processes; each is stopped at the end of the test."""
+    """Start real `sidecar run` processes; each is stopped at the end of the test.
+
+    `wait=False` returns as soon as the process is started (SidecarProcess.wait_ready later).
+    """
     started: list[SidecarProcess] = []
 
-    def start(workdir: Path | None = None, **config: Any) -> SidecarProcess:
+    def start(workdir: Path | None = None, *, wait: bool = True, **config: Any) -> SidecarProcess:
         folder = workdir or tmp_path / f"sidecar{len(started)}"
         folder.mkdir(parents=True, exist_ok=True)
         process = SidecarProcess(folder, base_config(folder, **config))
         started.append(process)
-        return process.start()
+        return process.start() if wait else process.launch()
 
     yield start
     for process in started:

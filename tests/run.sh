@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages in .venv, pusher-js from npm, Node.js if
-# missing) and runs the whole suite. Arguments go to pytest: bash tests/run.sh -k relay -x
+# Installs everything the tests need (Python packages in .venv, pusher-js from npm, Node.js and
+# the pebble ACME test CA if missing) and runs the whole suite. Arguments go to pytest:
+# bash tests/run.sh -k relay -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "tests/run.sh: installing Node.js and npm (apt)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+
+if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
+  echo "tests/run.sh: installing pebble, the ACME test CA (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -89,6 +89,10 @@ class SidecarProcess:
         return self.workdir / "sidecar.yaml"
 
     def start(self, timeout: float = 15.0) -> SidecarProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> SidecarProcess:
+        """Start the process without waiting for it to be ready."""
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.proc = subprocess.Popen(
             [*sidecar_command(), "run", "--config", str(self.config_path)],
@@ -96,6 +100,10 @@ class SidecarProcess:
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
         )
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> SidecarProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

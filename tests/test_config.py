@@ -157,7 +157,7 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"admin": {"port": -1}}, "admin.port"),
         ({"admin": {"host": 127}}, "admin.host"),
         ({"tls": {"mode": "letsencrypt"}}, "tls.mode"),
-        ({"tls": {"mode": "acme"}}, "tls.mode"),
+        ({"tls": {"mode": "acme"}}, "tls.acme"),
         ({"tls": {"dir": ""}}, "tls.dir"),
         ({"publish": {"socket": ""}}, "publish.socket"),
         ({"broker": {"kind": "kafka"}}, "broker.kind"),

@@ -95,20 +95,28 @@ class EdgeSite(web.SockSite):
         websockets: WebSocketEndpoint,
         *,
         ssl_context: SSLContext | None,
+        handshake_timeout: float,
         backlog: int,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
         self._websockets = websockets
+        self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         http = self._runner.server
         assert http is not None
         websockets = self._websockets
+        # aiohttp's own sites do not pass a handshake deadline on; the loop's default is 60 s,
+        # during which a client that connects and says nothing holds a socket.
+        extra = {}
+        if self._ssl_context is not None:
+            extra["ssl_handshake_timeout"] = self._handshake_timeout
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: EdgeProtocol(http, websockets),
             sock=self._sock,
             ssl=self._ssl_context,
             backlog=self._backlog,
+            **extra,
         )
