@@ -31,12 +31,9 @@ from sidecar.broker.changes import (
     Reset,
     TerminateUser,
 )
+from sidecar.config import DEFAULT_MAX_PRESENCE_MEMBERS
 
 log = logging.getLogger("sidecar.channels")
-
-# Hosted Pusher's limit on members of one presence channel; every member costs each subscriber
-# a member_added event and a line in every subscription_succeeded.
-DEFAULT_MAX_PRESENCE_MEMBERS = 100
 
 
 # Transitions --------------------------------------------------------------------------------
