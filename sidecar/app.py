@@ -29,6 +29,7 @@ from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed, server_context
 from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.unix import claim_socket_path
+from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
 from sidecar.relay.websocket import WebSocketEndpoint
@@ -143,7 +144,7 @@ def edge_application(
     config: Config, apps: AppRegistry, relay: Relay, broker: Broker
 ) -> web.Application:
     """The browser-facing port: WebSockets at /app/{key} and the signed HTTP API."""
-    api = PublishApi(apps, broker, signed=True)
+    api = PublishApi(apps, broker, relay.state, signed=True)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
     endpoint = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     app.router.add_get("/app/{key}", endpoint.handle)
@@ -159,9 +160,9 @@ def edge_application(
     return app
 
 
-def publish_application(apps: AppRegistry, broker: Broker) -> web.Application:
+def publish_application(apps: AppRegistry, broker: Broker, state: ChannelState) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
-    api = PublishApi(apps, broker, signed=False)
+    api = PublishApi(apps, broker, state, signed=False)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
     api.add_routes(app)
     return app
@@ -213,8 +214,9 @@ class Sites:
         self.runners.clear()
 
 
-def start_relay(prepared: Prepared) -> Relay:
-    relay = Relay(prepared.apps, prepared.config.limits)
+def start_relay(prepared: Prepared, broker: Broker) -> Relay:
+    """A started relay; the caller starts `broker` with relay.deliver and relay.on_changes."""
+    relay = Relay(prepared.apps, prepared.config.limits, broker)
     relay.start()
     return relay
 
@@ -230,12 +232,16 @@ async def serve_edge(
 
 
 async def serve_publish_side(
-    sites: Sites, prepared: Prepared, broker: Broker, health: Callable[[], dict[str, object]]
+    sites: Sites,
+    prepared: Prepared,
+    broker: Broker,
+    state: ChannelState,
+    health: Callable[[], dict[str, object]],
 ) -> None:
     """The Unix socket, the plain-HTTP redirect and the admin listener."""
     config = prepared.config
     await sites.serve(
-        publish_application(prepared.apps, broker),
+        publish_application(prepared.apps, broker, state),
         lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
@@ -275,13 +281,18 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     """Everything in one process, with the in-memory broker."""
     tune_garbage_collector()
     broker = MemoryBroker()
-    relay = start_relay(prepared)
-    await broker.start(relay.deliver)
+    relay = start_relay(prepared, broker)
+    # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
+    await broker.start(relay.deliver, relay.on_changes, relay.notify)
     sites = Sites()
     try:
         await serve_edge(sites, prepared, relay, broker, prepared.edge_sockets[0])
         await serve_publish_side(
-            sites, prepared, broker, lambda: {"connections": len(relay.connections), "workers": 1}
+            sites,
+            prepared,
+            broker,
+            relay.state,
+            lambda: {"connections": len(relay.connections), "workers": 1},
         )
         banner(prepared)
         log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
