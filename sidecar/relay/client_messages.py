@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Container
+from typing import Any
 
 import orjson
 
+from sidecar.broker.base import Publication
 from sidecar.config import AppConfig
 from sidecar.relay.auth import SignatureError, user_string, verify_auth
 from sidecar.relay.protocol import ClientEvent, ErrorCode, ProtocolError, Signin
+from sidecar.relay.session import RateLimiter, Session
 from sidecar.relay.subscriptions import MAX_USER_ID_LENGTH, Kind, channel_kind
 
 # A signed-in user gets the channel `#server-to-user-{id}`: the id must fit in a channel name.
@@ -35,6 +38,40 @@ def check_client_event(app: AppConfig, event: ClientEvent, subscriptions: Contai
         raise ProtocolError("client events are not enabled for this app (apps[].client_events)")
     if channel not in subscriptions:
         raise ProtocolError(f"not subscribed to {channel!r}")
+
+
+def accept_client_event(
+    app: AppConfig,
+    socket_id: str,
+    event: ClientEvent,
+    subscriptions: Container[str],
+    session: Session,
+    per_second: int,
+    now: float,
+) -> tuple[Publication, dict[str, Any]]:
+    """The publication a client event becomes (the sender left out of its delivery) and its
+    client_event webhook, or ProtocolError: refused, or 4301 over the connection's rate."""
+    check_client_event(app, event, subscriptions)
+    if session.limiter is None:
+        session.limiter = RateLimiter(per_second, now)
+    if not session.limiter.allow(now):
+        raise ProtocolError(
+            f"client event refused: over the limit of {per_second} per second",
+            ErrorCode.CLIENT_EVENT_RATE_LIMITED,
+        )
+    channel = event.channel
+    user_id = session.members.get(channel)  # presence channels say who sent it
+    publication = Publication.of(app.id, (channel,), event.event, event.data, socket_id, user_id)
+    report: dict[str, Any] = {
+        "name": "client_event",
+        "channel": channel,
+        "event": event.event,
+        "data": event.data,
+        "socket_id": socket_id,
+    }
+    if user_id is not None:
+        report["user_id"] = user_id
+    return publication, report
 
 
 def check_signin(app: AppConfig, socket_id: str, signin: Signin) -> str:

@@ -34,7 +34,7 @@ from sidecar.relay.channel_state import (
     Transition,
 )
 from sidecar.relay.channels import ChannelRegistry
-from sidecar.relay.client_messages import check_client_event, check_signin
+from sidecar.relay.client_messages import accept_client_event, check_signin
 from sidecar.relay.connection import Connection, ConnectionState
 from sidecar.relay.fanout import FanoutQueue, FlushScheduler
 from sidecar.relay.frames import broadcast_frame, text_frame
@@ -64,7 +64,7 @@ from sidecar.relay.protocol import (
     event_prefix,
     parse_client_frame,
 )
-from sidecar.relay.session import RateLimiter, Session
+from sidecar.relay.session import Session, SignedInUsers
 from sidecar.relay.subscriptions import (
     CACHE_PREFIXES,
     SubscriptionRefused,
@@ -99,7 +99,7 @@ class Relay:
         self.cache = LastEventCache(limits.cache_ttl, limits.cache_max_bytes)
         # What only some connections use (sign-in, presence, client events), made on demand.
         self.sessions: dict[str, Session] = {}
-        self.users: dict[tuple[str, str], set[Connection]] = {}  # (app_id, user_id) signed in
+        self.users: SignedInUsers[Connection] = SignedInUsers()
         # app_id -> the local events ("client_event", "cache_miss") passed to broker.report()
         # for webhooks; empty: none are, at no cost.
         self.report_events: dict[str, frozenset[str]] = {}
@@ -158,7 +158,7 @@ class Relay:
             for channel in session.pending:
                 self._announce(MemberLeave(conn.app_id, channel, conn.socket_id))
             if session.user_id is not None:
-                self._forget_user(conn, session.user_id)
+                self.users.discard(conn.app_id, session.user_id, conn)
         if conn.close_code == CloseCode.OVER_CAPACITY:
             self.stats.slow_client_closes += 1
         if not self.connections and self._emptied is not None:
@@ -308,60 +308,33 @@ class Relay:
     # Client events and sign-in -------------------------------------------------------------
 
     def _client_event(self, conn: Connection, event: ClientEvent) -> None:
-        session = self.sessions.get(conn.socket_id)
-        check_client_event(self._app(conn), event, conn.subscriptions)
-        if session is None:
-            session = self._session(conn)
-        now = time.monotonic()
-        if session.limiter is None:
-            session.limiter = RateLimiter(self.limits.client_events_per_second, now)
-        if not session.limiter.allow(now):
-            raise ProtocolError(
-                f"client event refused: over the limit of "
-                f"{self.limits.client_events_per_second} per second",
-                ErrorCode.CLIENT_EVENT_RATE_LIMITED,
-            )
-        channel = event.channel
-        user_id = session.members.get(channel)
-        self.broker.publish(
-            Publication.of(
-                conn.app_id, (channel,), event.event, event.data, conn.socket_id, user_id
-            )
+        publication, report = accept_client_event(
+            self._app(conn),
+            conn.socket_id,
+            event,
+            conn.subscriptions,
+            self._session(conn),
+            self.limits.client_events_per_second,
+            time.monotonic(),
         )
-        report: dict[str, Any] = {
-            "name": "client_event",
-            "channel": channel,
-            "event": event.event,
-            "data": event.data,
-            "socket_id": conn.socket_id,
-        }
-        if user_id is not None:
-            report["user_id"] = user_id
+        self.broker.publish(publication)
         self._report(conn.app_id, report)
 
     def _signin(self, conn: Connection, signin: Signin) -> None:
         user_id = check_signin(self._app(conn), conn.socket_id, signin)
         session = self._session(conn)
         if session.user_id is not None:
-            self._forget_user(conn, session.user_id)
+            self.users.discard(conn.app_id, session.user_id, conn)
         session.user_id = user_id
-        self.users.setdefault((conn.app_id, user_id), set()).add(conn)
+        self.users.add(conn.app_id, user_id, conn)
         conn.send_json(encode_signin_success(signin.user_data))
-
-    def _forget_user(self, conn: Connection, user_id: str) -> None:
-        key = (conn.app_id, user_id)
-        signed_in = self.users.get(key)
-        if signed_in is not None:
-            signed_in.discard(conn)
-            if not signed_in:
-                del self.users[key]
 
     # Channel state changes, in the order every process shares ------------------------------
 
     def on_changes(self, origin: int, changes: list[Change]) -> None:
         for change in changes:
             if isinstance(change, TerminateUser):
-                for conn in list(self.users.get((change.app_id, change.user_id), ())):
+                for conn in self.users.of(change.app_id, change.user_id):
                     conn.close(CloseCode.UNAUTHORIZED, TERMINATED_REASON)
                 continue
             for transition in self.state.apply(origin, change):

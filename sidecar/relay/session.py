@@ -6,7 +6,11 @@ connections that only read public channels pay nothing for features they do not 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+C = TypeVar("C", bound=Hashable)
 
 
 class RateLimiter:
@@ -40,3 +44,29 @@ class Session:
 
     def is_empty(self) -> bool:
         return self.user_id is None and not self.members and not self.pending
+
+
+class SignedInUsers(Generic[C]):
+    """(app_id, user_id) -> the connections signed in as that user, for terminate_connections."""
+
+    __slots__ = ("_users",)
+
+    def __init__(self) -> None:
+        self._users: dict[tuple[str, str], set[C]] = {}
+
+    def add(self, app_id: str, user_id: str, conn: C) -> None:
+        self._users.setdefault((app_id, user_id), set()).add(conn)
+
+    def discard(self, app_id: str, user_id: str, conn: C) -> None:
+        key = (app_id, user_id)
+        signed_in = self._users.get(key)
+        if signed_in is not None:
+            signed_in.discard(conn)
+            if not signed_in:
+                del self._users[key]
+
+    def of(self, app_id: str, user_id: str) -> list[C]:
+        return list(self._users.get((app_id, user_id), ()))
+
+    def __iter__(self):
+        return iter(self._users)
