@@ -252,3 +252,28 @@ async def test_a_dead_workers_members_leave_and_its_channels_vacate(
     for _ in range(10):
         assert api.users_info("presence-room") == {"users": [{"id": kept_user}]}
         assert api.channel_info(f"alone-{kept_user}") == {"occupied": True}
+
+
+async def test_one_process_gives_the_same_answers(
+    start_sidecar: Callable[..., SidecarProcess], session: aiohttp.ClientSession
+) -> None:
+    sidecar = start_sidecar(workers=1, apps=[APP])
+    ann, bob = await open_socket(session, sidecar), await open_socket(session, sidecar)
+    await ann.join("presence-room", "ann")
+    assert (await bob.join("presence-room", "bob"))["ids"] == ["ann", "bob"]
+    await ann.next_event("pusher_internal:member_added")
+    with SidecarClient(sidecar.socket, app_id=APP["id"]) as local:
+        assert local.users("presence-room") == ["ann", "bob"]
+        assert local.channel("presence-room", info=["user_count", "subscription_count"]) == {
+            "occupied": True,
+            "user_count": 2,
+            "subscription_count": 2,
+        }
+        await bob.send("pusher:signin", SIGNER.authenticate_user(bob.socket_id, {"id": "bob"}))
+        assert (await bob.next())["event"] == "pusher:signin_success"
+        local.terminate_user_connections("bob")
+    msg = await bob.ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4009)
+    removed = await ann.next_event("pusher_internal:member_removed")
+    assert json.loads(removed["data"]) == {"user_id": "bob"}
+    assert signed_api(sidecar).users_info("presence-room") == {"users": [{"id": "ann"}]}
