@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pusher
 import pytest
 
 from tests.auth_app import MASTER_KEY, AuthApp
-from tests.support import PusherJs, SidecarProcess
+from tests.support import PusherJs, SidecarProcess, running_sidecar
 from tests.test_e2e_signed_api import trusting_backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
@@ -22,12 +22,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node]
 APP = {"id": "7", "key": "chan-key", "secret": "chan-secret-0123456789", "client_events": True}
 
 
-@pytest.fixture
-def sidecar(start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
-    return start_sidecar(
-        apps=[APP],
-        limits={"max_presence_members": 4, "client_events_per_second": 3},
-    )
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    """One sidecar for the module: each test uses channels of its own."""
+    limits = {"max_presence_members": 4, "client_events_per_second": 3}
+    with running_sidecar(tmp_path_factory.mktemp("channels"), apps=[APP], limits=limits) as s:
+        yield s
 
 
 @pytest.fixture
@@ -120,9 +120,9 @@ async def test_private_channel_with_the_apps_auth_endpoint(
     await clients.quiet()
     assert clients.reports("mallory", "event") == []
     # The refused client is still connected and can use public channels.
-    await clients.subscribe("mallory", "news")
-    server(sidecar).trigger("news", "still-here", "yes")
-    await clients.expect("mallory", "event", channel="news")
+    await clients.subscribe("mallory", "news-private")
+    server(sidecar).trigger("news-private", "still-here", "yes")
+    await clients.expect("mallory", "event", channel="news-private")
 
 
 async def test_encrypted_channel_payloads_pass_untouched(
@@ -213,18 +213,21 @@ async def test_presence_refusals_leave_the_members_untouched(
     clients: Clients, sidecar: SidecarProcess, mode: str, status: dict
 ) -> None:
     await clients.connect("bob")
-    await clients.subscribe("bob", "presence-room")
+    channel = f"presence-refuse-{mode}"
+    await clients.subscribe("bob", channel)
     await clients.connect("eve", mode=mode)
-    refused = await clients.subscribe("eve", "presence-room", "subscription_error")
+    refused = await clients.subscribe("eve", channel, "subscription_error")
     assert refused["status"] == status
     await clients.quiet()
     assert clients.reports("bob", "member_added") == []
-    assert server(sidecar).users_info("presence-room") == {"users": [{"id": "bob"}]}
-    server(sidecar).trigger("presence-room", "after", "x")
-    await clients.expect("bob", "event", channel="presence-room")
+    assert server(sidecar).users_info(channel) == {"users": [{"id": "bob"}]}
+    server(sidecar).trigger(channel, "after", "x")
+    await clients.expect("bob", "event", channel=channel)
 
 
-async def test_a_full_presence_channel_refuses_the_next_user(clients: Clients) -> None:
+async def test_a_full_presence_channel_refuses_the_next_user(
+    clients: Clients, sidecar: SidecarProcess
+) -> None:
     for name in ("u1", "u2", "u3", "u4"):  # limits.max_presence_members is 4
         await clients.connect(name)
         await clients.subscribe(name, "presence-full")
@@ -238,6 +241,9 @@ async def test_a_full_presence_channel_refuses_the_next_user(clients: Clients) -
     await clients.connect("u1-again", user="u1")  # another socket of a member still gets in
     again = await clients.subscribe("u1-again", "presence-full")
     assert again["members"]["count"] == 4
+    server(sidecar).trigger("presence-full", "after", "x")  # the refused one is still up
+    await clients.subscribe("u5", "presence-other")
+    await clients.expect("u1", "event", channel="presence-full")
 
 
 # Client events ------------------------------------------------------------------------------
@@ -265,26 +271,27 @@ async def test_client_events_between_two_pusher_js_clients(clients: Clients) -> 
 async def test_client_event_refusals(clients: Clients, sidecar: SidecarProcess) -> None:
     for name in ("ann", "bob"):
         await clients.connect(name)
-        await clients.subscribe(name, "news")
-        await clients.subscribe(name, "private-chat")
-    clients.driver.send(cmd="trigger", id="ann", channel="news", event="client-x", data={})
+        await clients.subscribe(name, "news-refusals")
+        await clients.subscribe(name, "private-refusals")
+    clients.driver.send(cmd="trigger", id="ann", channel="news-refusals", event="client-x", data={})
     (error,) = await clients.expect("ann", "error")
     assert (error["code"], error["message"]) == (
         4300,
-        "client events are only allowed on private and presence channels; 'news' is public",
+        "client events are only allowed on private and presence channels; "
+        "'news-refusals' is public",
     )
     for i in range(6):  # limits.client_events_per_second is 3
         clients.driver.send(
-            cmd="trigger", id="ann", channel="private-chat", event="client-n", data=i
+            cmd="trigger", id="ann", channel="private-refusals", event="client-n", data=i
         )
     limited = await clients.expect("ann", "error", code=4301)
     assert limited[0]["message"] == "client event refused: over the limit of 3 per second"
     await clients.quiet()
-    got = [r["data"] for r in clients.reports("bob", "event", channel="private-chat")]
+    got = [r["data"] for r in clients.reports("bob", "event", channel="private-refusals")]
     assert got == [0, 1, 2]
-    server(sidecar).trigger("news", "after", "fine")  # both still connected
+    server(sidecar).trigger("news-refusals", "after", "fine")  # both still connected
     for name in ("ann", "bob"):
-        await clients.expect(name, "event", channel="news")
+        await clients.expect(name, "event", channel="news-refusals")
 
 
 # Cache channels -----------------------------------------------------------------------------
@@ -315,7 +322,7 @@ async def test_signin_then_events_to_the_user_and_termination(
 ) -> None:
     await clients.connect("ann")
     await clients.connect("bob")
-    await clients.subscribe("bob", "news")
+    await clients.subscribe("bob", "news-signin")
     clients.driver.send(cmd="signin", id="ann")
     (success,) = await clients.expect("ann", "signin_success")
     assert json.loads(success["user_data"]) == {"id": "ann", "name": "Ann"}
@@ -337,15 +344,15 @@ async def test_signin_then_events_to_the_user_and_termination(
     assert closed["message"] == "Connections of this user terminated by the app"
     (state,) = await clients.expect("ann", "state", current="disconnected")
     assert state["previous"] == "connected"  # 4000-4099: pusher-js does not reconnect
-    server(sidecar).trigger("news", "after", "bob is fine")
-    await clients.expect("bob", "event", channel="news")
+    server(sidecar).trigger("news-signin", "after", "bob is fine")
+    await clients.expect("bob", "event", channel="news-signin")
 
 
 async def test_a_forged_signin_gets_4009_and_the_connection_stays(
     clients: Clients, sidecar: SidecarProcess
 ) -> None:
     await clients.connect("eve", mode="forge")
-    await clients.subscribe("eve", "news")
+    await clients.subscribe("eve", "news-forged")
     clients.driver.send(cmd="signin", id="eve")
     (error,) = await clients.expect("eve", "error")
     assert (error["code"], error["message"]) == (
@@ -353,5 +360,5 @@ async def test_a_forged_signin_gets_4009_and_the_connection_stays(
         "pusher:signin refused: auth signature does not match socket_id::user::user_data "
         "signed with the app secret",
     )
-    server(sidecar).trigger("news", "after", "x")
-    await clients.expect("eve", "event", channel="news")
+    server(sidecar).trigger("news-forged", "after", "x")
+    await clients.expect("eve", "event", channel="news-forged")
