@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.relay.session import RateLimiter, Session
+from sidecar.relay.session import RateLimiter, SignedInUsers
 
 
 def test_a_burst_up_to_the_rate_then_refusals() -> None:
@@ -24,8 +24,14 @@ def test_a_steady_rate_at_the_limit_is_allowed() -> None:
     assert all(limiter.allow(i * 0.1) for i in range(100))
 
 
-def test_a_session_is_empty_until_it_holds_something() -> None:
-    session = Session()
-    assert session.is_empty()
-    session.pending["presence-a"] = "ann"
-    assert not session.is_empty()
+def test_signed_in_users_index() -> None:
+    users: SignedInUsers[str] = SignedInUsers()
+    users.add("1", "ann", "conn-a")
+    users.add("1", "ann", "conn-b")
+    users.add("2", "ann", "conn-c")  # another app's ann
+    assert sorted(users.of("1", "ann")) == ["conn-a", "conn-b"]
+    users.discard("1", "ann", "conn-a")
+    users.discard("1", "ann", "conn-b")
+    users.discard("1", "bob", "conn-x")  # never there: nothing happens
+    assert users.of("1", "ann") == []
+    assert list(users) == [("2", "ann")]

@@ -42,9 +42,6 @@ class Session:
     pending: dict[str, str] = field(default_factory=dict)
     limiter: RateLimiter | None = None
 
-    def is_empty(self) -> bool:
-        return self.user_id is None and not self.members and not self.pending
-
 
 class SignedInUsers(Generic[C]):
     """(app_id, user_id) -> the connections signed in as that user, for terminate_connections."""
