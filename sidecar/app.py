@@ -144,7 +144,7 @@ def edge_application(
     config: Config, apps: AppRegistry, relay: Relay, broker: Broker
 ) -> web.Application:
     """The browser-facing port: WebSockets at /app/{key} and the signed HTTP API."""
-    api = PublishApi(apps, broker, relay.state, signed=True)
+    api = PublishApi(apps, broker, signed=True, state=relay.state)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
     endpoint = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     app.router.add_get("/app/{key}", endpoint.handle)
@@ -162,7 +162,7 @@ def edge_application(
 
 def publish_application(apps: AppRegistry, broker: Broker, state: ChannelState) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
-    api = PublishApi(apps, broker, state, signed=False)
+    api = PublishApi(apps, broker, signed=False, state=state)
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
     api.add_routes(app)
     return app

@@ -56,7 +56,7 @@ def make(aiohttp_client: AiohttpClient) -> Make:
         broker = FakeBroker()
         # Built the way sidecar/app.py builds its publish and edge applications.
         app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(apps))
-        api = PublishApi(apps, broker, broker.state, signed=signed)  # type: ignore[arg-type]
+        api = PublishApi(apps, broker, signed=signed, state=broker.state)  # type: ignore[arg-type]
         api.add_routes(app)
         return await aiohttp_client(app), broker
 

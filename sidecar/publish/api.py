@@ -72,7 +72,7 @@ class PublishApi:
     """
 
     def __init__(
-        self, apps: AppRegistry, broker: Broker, state: ChannelState, *, signed: bool
+        self, apps: AppRegistry, broker: Broker, *, signed: bool, state: ChannelState
     ) -> None:
         self.apps = apps
         self.broker = broker
@@ -94,9 +94,9 @@ class PublishApi:
         app.router.add_post("/users/{user_id}/terminate_connections", self.terminate_connections)
 
     def _app(self, request: web.Request) -> AppConfig:
-        app_id = request.match_info.get("app_id")
-        if app_id is None:
-            return self._app_without_id(request)
+        return self.app_by_id(request.match_info["app_id"])
+
+    def app_by_id(self, app_id: str) -> AppConfig:
         app = self.apps.by_id(app_id)
         if app is None:
             raise ApiError(404, f"no app with id {app_id[:32]!r}")
@@ -178,7 +178,10 @@ class PublishApi:
         return _json(queries.users(self.state, app.id, request.match_info["channel"]))
 
     async def terminate_connections(self, request: web.Request) -> web.Response:
-        app = self._app(request)
+        if "app_id" in request.match_info:
+            app = self._app(request)
+        else:
+            app = self._app_without_id(request)
         await self._body(request, app)
         user_id = request.match_info["user_id"]
         if USER_ID_RE.fullmatch(user_id) is None or len(user_id) > 200:
