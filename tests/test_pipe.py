@@ -209,3 +209,14 @@ async def test_a_worker_whose_pipe_is_gone_drops_what_it_sends() -> None:
     worker.publish(Publication.of("1", ("a",), "late", "x"))  # no error: the worker is stopping
     worker.announce([MemberLeave("1", "presence-a", "1.1")])
     worker.report("1", {"name": "cache_miss", "channel": "cache-a"})
+
+
+async def test_closing_the_hub_releases_nothing() -> None:
+    hub = HubBroker()
+    at_hub: list[tuple[int, list[Change]]] = []
+    await hub.start(lambda p: None, lambda o, c: at_hub.append((o, c)))
+    worker, _, _ = await attached(hub, 0)
+    await hub.close()
+    await asyncio.wait_for(worker.close(), 5)
+    await asyncio.sleep(0.05)
+    assert at_hub == []

@@ -359,3 +359,9 @@ def test_cache_miss_and_signin_success_frames() -> None:
     assert success["event"] == "pusher:signin_success"
     # pusher-js parses data, then parses user_data again: a JSON string inside a JSON string.
     assert json.loads(success["data"]) == {"user_data": '{"id":"ann"}'}
+
+
+def test_client_event_data_too_deep_to_relay_is_refused() -> None:
+    data = "[" * 300 + "]" * 300  # decodes (1024 levels), cannot be encoded again (255)
+    text = '{"event": "client-x", "channel": "private-a", "data": ' + data + "}"
+    assert refused(text).message == "data is nested too deeply"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pusher
 import pytest
 
@@ -121,3 +123,19 @@ def test_user_ids_as_numbers_become_strings() -> None:
     assert parse_channel_data('{"user_id": 42}', 16).user_id == "42"
     assert parse_channel_data('{"user_id": 4.5}', 16).user_id == "4.5"
     assert parse_channel_data('{"user_id": "x", "user_info": null}', 16) == Presence("x")
+
+
+def test_user_info_nested_too_deeply_is_refused_before_it_travels() -> None:
+    deep = "[" * 40 + "]" * 40
+    with pytest.raises(SubscriptionRefused) as info:
+        parse_channel_data('{"user_id": "u", "user_info": ' + deep + "}", 1024)
+    assert info.value.message == "channel_data user_info is nested over 32 levels deep"
+    fine = "[" * 30 + "]" * 30
+    assert parse_channel_data('{"user_id": "u", "user_info": ' + fine + "}", 1024).user_id == "u"
+    nested = {"a": {"b": [1, {"c": "d"}]}}
+    assert (
+        parse_channel_data(
+            '{"user_id": "u", "user_info": ' + json.dumps(nested) + "}", 1024
+        ).user_info
+        == nested
+    )

@@ -172,6 +172,7 @@ class HubBroker:
         self._next_origin = HUB_ORIGIN + 1
         self._changed: OnChanges | None = None
         self._reported: Report | None = None
+        self._closing = False
         # The state a worker that attaches starts from (the supervisor's ChannelState).
         self.snapshot: Callable[[], Any] | None = None
 
@@ -202,7 +203,10 @@ class HubBroker:
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
                 del self._workers[worker_id]
-            self.announce([OriginGone(origin)])
+            # At shutdown nothing is released: the state ends with the process, and a restart
+            # should not look like every channel vacated to the app's webhooks.
+            if not self._closing:
+                self.announce([OriginGone(origin)])
 
         _, stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, lost), sock=sock
@@ -255,6 +259,7 @@ class HubBroker:
 
     async def close(self) -> None:
         """Close each pipe once what was written to it is flushed: the workers' signal to stop."""
+        self._closing = True
         if self._pending:
             self._write_pending()
         workers = list(self._workers.values())

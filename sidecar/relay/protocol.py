@@ -135,7 +135,11 @@ def _as_data_string(data: Any) -> str:
     """pusher-js sends `data` as an object; other clients as a JSON string. Keep a string."""
     if isinstance(data, str):
         return data
-    return orjson.dumps(data).decode()
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        # Decoding takes 1024 levels, encoding 255: what is in between cannot be relayed.
+        raise ProtocolError("data is nested too deeply") from None
 
 
 def parse_client_frame(text: str | bytes) -> ClientMessage:

@@ -19,6 +19,10 @@ from sidecar.relay.protocol import USER_CHANNEL_PREFIX, Subscribe
 
 # A user id is sent to every member and kept per member; the Pusher libraries refuse longer.
 MAX_USER_ID_LENGTH = 200
+# A member's user_info is a small record. It travels inside the broker's changes and inside
+# every subscription_succeeded, a few levels deeper each time, and the JSON encoder stops at 255
+# levels: deeper info would fail far from here, so it is refused here.
+MAX_USER_INFO_DEPTH = 32
 CACHE_PREFIXES = ("cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-")
 
 
@@ -95,6 +99,11 @@ def parse_channel_data(channel_data: str | None, max_user_info_bytes: int) -> Pr
         )
     user_info = data.get("user_info")
     if user_info is not None:
+        if _depth(user_info) > MAX_USER_INFO_DEPTH:
+            raise SubscriptionRefused(
+                f"channel_data user_info is nested over {MAX_USER_INFO_DEPTH} levels deep",
+                status=400,
+            )
         size = len(orjson.dumps(user_info))
         if size > max_user_info_bytes:
             raise SubscriptionRefused(
@@ -102,6 +111,23 @@ def parse_channel_data(channel_data: str | None, max_user_info_bytes: int) -> Pr
                 status=413,
             )
     return Presence(user_id, user_info)
+
+
+def _depth(value: Any) -> int:
+    """How deeply a decoded JSON value nests (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_USER_INFO_DEPTH:
+                break
+            stack.extend((child, level) for child in item)
+    return deepest
 
 
 def authorize(
