@@ -66,7 +66,6 @@ from sidecar.relay.protocol import (
 )
 from sidecar.relay.session import Session, SignedInUsers
 from sidecar.relay.subscriptions import (
-    CACHE_PREFIXES,
     SubscriptionRefused,
     authorize,
     is_cache,
@@ -291,7 +290,7 @@ class Relay:
         self._outbox.add(change)
 
     def _replay_cache(self, conn: Connection, channel: str) -> None:
-        if not channel.startswith(CACHE_PREFIXES):
+        if not is_cache(channel):
             return
         cached = self.cache.get(conn.app_id, channel, time.monotonic())
         if cached is not None:
