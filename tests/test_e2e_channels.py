@@ -288,7 +288,10 @@ async def test_client_event_refusals(clients: Clients, sidecar: SidecarProcess) 
     assert limited[0]["message"] == "client event refused: over the limit of 3 per second"
     await clients.quiet()
     got = [r["data"] for r in clients.reports("bob", "event", channel="private-refusals")]
-    assert got == [0, 1, 2]
+    # A burst of 3, then refusals (a slow machine may let a 4th through as tokens come back).
+    refused = clients.reports("ann", "error", code=4301)
+    assert got[:3] == [0, 1, 2] and got == sorted(got)
+    assert len(got) + len(refused) == 6
     server(sidecar).trigger("news-refusals", "after", "fine")  # both still connected
     for name in ("ann", "bob"):
         await clients.expect(name, "event", channel="news-refusals")
