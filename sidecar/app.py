@@ -36,6 +36,7 @@ from sidecar.edge.tls import ensure_self_signed
 from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.fastpath import FastPublishSite
 from sidecar.publish.unix import claim_socket_path
+from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
 from sidecar.relay.websocket import WebSocketEndpoint
@@ -159,9 +160,11 @@ def prepare(config: Config, workers: int) -> Prepared:
 # The applications ---------------------------------------------------------------------------
 
 
-def edge_application(config: Config, apps: AppRegistry, broker: Broker) -> web.Application:
+def edge_application(
+    config: Config, apps: AppRegistry, broker: Broker, state: ChannelState
+) -> web.Application:
     """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here)."""
-    api = PublishApi(apps, broker, signed=True)
+    api = PublishApi(apps, broker, signed=True, state=state)
     app = web.Application(
         middlewares=[*edge_middlewares(config), json_errors], client_max_size=api.max_body
     )
@@ -245,8 +248,9 @@ class Sites:
         self.runners.clear()
 
 
-def start_relay(prepared: Prepared) -> Relay:
-    relay = Relay(prepared.apps, prepared.config.limits)
+def start_relay(prepared: Prepared, broker: Broker) -> Relay:
+    """A started relay; the caller starts `broker` with relay.deliver and relay.on_changes."""
+    relay = Relay(prepared.apps, prepared.config.limits, broker)
     relay.start()
     return relay
 
@@ -268,7 +272,7 @@ async def serve_edge(
     config = prepared.config
     certificates = start_certificates(config)
     ssl_context = certificates.context if certificates is not None else None
-    app = edge_application(config, prepared.apps, broker)
+    app = edge_application(config, prepared.apps, broker, relay.state)
     websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     await sites.serve(
         app,
@@ -285,11 +289,15 @@ async def serve_edge(
 
 
 async def serve_publish_side(
-    sites: Sites, prepared: Prepared, broker: Broker, health: Callable[[], dict[str, object]]
+    sites: Sites,
+    prepared: Prepared,
+    broker: Broker,
+    state: ChannelState,
+    health: Callable[[], dict[str, object]],
 ) -> None:
     """The Unix socket and the admin listener."""
     config = prepared.config
-    api = PublishApi(prepared.apps, broker, signed=False)
+    api = PublishApi(prepared.apps, broker, signed=False, state=state)
     await sites.serve(
         publish_application(api),
         lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024),
@@ -349,8 +357,9 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     """Everything in one process, with the in-memory broker."""
     tune_garbage_collector()
     broker = MemoryBroker()
-    relay = start_relay(prepared)
-    await broker.start(relay.deliver)
+    relay = start_relay(prepared, broker)
+    # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
+    await broker.start(relay.deliver, relay.on_changes, relay.notify)
     sites = Sites()
     stopping = stop_signal()
     # SIGHUP reloads certificates once they are served (CertificateManager takes the signal
@@ -373,6 +382,7 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
                 sites,
                 prepared,
                 broker,
+                relay.state,
                 lambda: {"connections": len(relay.connections), "workers": 1},
             )
             banner(prepared)

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar import config as config_module
 from sidecar.app import (
@@ -39,8 +40,10 @@ from sidecar.app import (
     start_relay,
     stop_signal,
 )
+from sidecar.broker.changes import Change
 from sidecar.broker.pipe import HubBroker, WorkerBroker
 from sidecar.config import Config
+from sidecar.relay.channel_state import ChannelState
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -65,8 +68,20 @@ class Supervisor:
         self.config_path = config_path
         self.count = workers
         self.hub = HubBroker()
+        # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
+        # socket's queries and is where webhooks are sent from (self.state.on_event).
+        self.state = ChannelState(prepared.config.limits.max_presence_members)
+        self.hub.snapshot = self.state.snapshot
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
+
+    def _changed(self, origin: int, changes: list[Change]) -> None:
+        self.state.apply_all(origin, changes)
+
+    def _reported(self, app_id: str, event: dict[str, Any]) -> None:
+        """client_event and cache_miss from the workers, for the same observer."""
+        if self.state.on_event is not None:
+            self.state.on_event(app_id, event)
 
     async def spawn(self, worker_id: int, failures: int = 0) -> None:
         hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -129,6 +144,7 @@ class Supervisor:
         stopping = stop_signal()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
         acme = None
+        await self.hub.start(lambda publication: None, self._changed, self._reported)
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
@@ -152,7 +168,7 @@ class Supervisor:
     ) -> None:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
-        await serve_publish_side(sites, self.prepared, self.hub, self.health)
+        await serve_publish_side(sites, self.prepared, self.hub, self.state, self.health)
         banner(self.prepared)
         log.info(
             "ready",
@@ -191,8 +207,8 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     listen = socket.socket(fileno=listen_fd)
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = WorkerBroker(socket.socket(fileno=broker_fd))
-    relay = start_relay(prepared)
-    await broker.start(relay.deliver)
+    relay = start_relay(prepared, broker)
+    await broker.start(relay.deliver, relay.on_changes)
     sites = Sites()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -49,6 +49,17 @@ DEFAULT_SEND_QUEUE_BYTES = 16 * MiB
 DEFAULT_MAX_CLIENT_MESSAGE = 64 * 1024
 # What pusher-js is told; soketi and Reverb say 30, Pusher 120. Shorter finds dead peers sooner.
 DEFAULT_ACTIVITY_TIMEOUT = 120
+# Hosted Pusher's presence limits: 100 members a channel, 1 KB of user_info each. Every member
+# is a line in each subscription_succeeded and an event to every other member when it comes.
+DEFAULT_MAX_PRESENCE_MEMBERS = 100
+DEFAULT_MAX_USER_INFO = 1024
+# Hosted Pusher's rate for client events, per connection: enough for typing indicators and
+# cursors, not for one browser flooding a channel.
+DEFAULT_CLIENT_EVENTS_PER_SECOND = 10
+# Cache channels: hosted Pusher keeps the last event 30 minutes. Each worker keeps its own copy
+# of every cached event, bounded in bytes (an event may be megabytes).
+DEFAULT_CACHE_TTL = 1800
+DEFAULT_CACHE_MAX_BYTES = 64 * MiB
 
 # What a webhook may ask for: the events hosted Pusher sends.
 WEBHOOK_KINDS = (
@@ -118,6 +129,11 @@ class LimitsConfig:
     send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
     max_client_message_bytes: int = DEFAULT_MAX_CLIENT_MESSAGE
     max_subscriptions: int = 1000  # per connection: bounds what one socket can make us hold
+    max_presence_members: int = DEFAULT_MAX_PRESENCE_MEMBERS  # distinct users per channel
+    max_presence_user_info_bytes: int = DEFAULT_MAX_USER_INFO  # user_info of one member, as JSON
+    client_events_per_second: int = DEFAULT_CLIENT_EVENTS_PER_SECOND  # per connection; over: 4301
+    cache_ttl: int = DEFAULT_CACHE_TTL  # seconds a cache channel's last event is kept
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # cached event data a worker holds at most
 
 
 @dataclass(frozen=True)
@@ -364,6 +380,17 @@ def _limits(raw: Any) -> LimitsConfig:
             raw, "limits", "max_client_message_bytes", d.max_client_message_bytes
         ),
         max_subscriptions=_int(raw, "limits", "max_subscriptions", d.max_subscriptions, 1, 100_000),
+        max_presence_members=_int(
+            raw, "limits", "max_presence_members", d.max_presence_members, 1, 100_000
+        ),
+        max_presence_user_info_bytes=_bytes(
+            raw, "limits", "max_presence_user_info_bytes", d.max_presence_user_info_bytes
+        ),
+        client_events_per_second=_int(
+            raw, "limits", "client_events_per_second", d.client_events_per_second, 1, 10_000
+        ),
+        cache_ttl=_int(raw, "limits", "cache_ttl", d.cache_ttl, 1, 7 * 86400),
+        cache_max_bytes=_bytes(raw, "limits", "cache_max_bytes", d.cache_max_bytes),
     )
     return limits
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,20 @@ def base_config(workdir: Path, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+@contextlib.contextmanager
+def running_sidecar(folder: Path, **config: Any) -> Iterator[SidecarProcess]:
+    """A sidecar shared by the tests of a module (a module-scoped fixture): one start, not many.
+
+    Tests sharing it use channel names of their own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    process = SidecarProcess(folder, base_config(folder, **config))
+    try:
+        yield process.start()
+    finally:
+        process.stop()
 
 
 class PusherJs:

@@ -15,10 +15,12 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.apps import AppRegistry
 from sidecar.broker.base import Publication
+from sidecar.broker.changes import Change, CountDelta, MemberJoin, TerminateUser
 from sidecar.config import AppConfig
 from sidecar.publish import api as api_module
 from sidecar.publish.api import PublishApi, client_max_size, json_errors
 from sidecar.relay.auth import hmac_sha256_hex, string_to_sign
+from sidecar.relay.channel_state import ChannelState
 
 # The signing vector of PROTOCOL.md (pusher-http-ruby's and the signature gem's).
 VECTOR_APP = AppConfig(id="3", key="278d425bdf160c739803", secret="7ad3773142a6692b25b8")
@@ -33,9 +35,14 @@ APP = AppConfig(id="1", key="app-key", secret="app-secret-123", max_payload_byte
 class FakeBroker:
     def __init__(self) -> None:
         self.publications: list[Publication] = []
+        self.changes: list[Change] = []
+        self.state = ChannelState()  # what the API answers queries from
 
     def publish(self, publication: Publication) -> None:
         self.publications.append(publication)
+
+    def announce(self, changes: list[Change]) -> None:
+        self.changes += changes
 
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient]]
@@ -49,7 +56,8 @@ def make(aiohttp_client: AiohttpClient) -> Make:
         broker = FakeBroker()
         # Built the way sidecar/app.py builds its publish and edge applications.
         app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(apps))
-        PublishApi(apps, broker, signed=signed).add_routes(app)  # type: ignore[arg-type]
+        api = PublishApi(apps, broker, signed=signed, state=broker.state)  # type: ignore[arg-type]
+        api.add_routes(app)
         return await aiohttp_client(app), broker
 
     return build
@@ -318,3 +326,92 @@ async def test_a_signed_batch_with_one_bad_item_publishes_none(make: Make) -> No
     )
     assert "batch[1].name" in await error_of(await send(client, request), 400)
     assert broker.publications == []
+
+
+# Channel queries and terminate_connections ---------------------------------------------------
+
+
+def populate(state: ChannelState) -> None:
+    state.apply(1, CountDelta("1", "news", 3))
+    state.apply(1, MemberJoin("1", "presence-room", "1.1", "ann"))
+    state.apply(2, MemberJoin("1", "presence-room", "2.1", "ann"))
+    state.apply(2, MemberJoin("1", "presence-room", "2.2", "bob"))
+    state.apply(1, CountDelta("3", "news", 1))  # another app
+
+
+async def test_channel_queries_unsigned(make: Make) -> None:
+    client, broker = await make()
+    populate(broker.state)
+    response = await client.get("/apps/1/channels", params={"info": "subscription_count"})
+    assert await json_reply(response, 200) == {
+        "channels": {"news": {"subscription_count": 3}, "presence-room": {"subscription_count": 3}}
+    }
+    response = await client.get(
+        "/apps/1/channels", params={"filter_by_prefix": "presence-", "info": "user_count"}
+    )
+    assert await json_reply(response, 200) == {"channels": {"presence-room": {"user_count": 2}}}
+    response = await client.get(
+        "/apps/1/channels/presence-room", params={"info": "user_count,subscription_count"}
+    )
+    assert await json_reply(response, 200) == {
+        "occupied": True,
+        "user_count": 2,
+        "subscription_count": 3,
+    }
+    response = await client.get("/apps/1/channels/presence-room/users")
+    assert await json_reply(response, 200) == {"users": [{"id": "ann"}, {"id": "bob"}]}
+    response = await client.get("/apps/1/channels/empty")
+    assert await json_reply(response, 200) == {"occupied": False}
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "message"),
+    [
+        ("/apps/1/channels", {"info": "user_count"}, "add filter_by_prefix=presence-"),
+        ("/apps/1/channels", {"info": "members"}, "info: unknown attribute 'members'"),
+        ("/apps/1/channels/news", {"info": "user_count"}, "only for presence channels"),
+        ("/apps/1/channels/news/users", {}, "users are only listed for presence channels"),
+        ("/apps/1/channels/bad%20name", {}, "channel: channel name 'bad name' has characters"),
+    ],
+)
+async def test_bad_queries_are_400(make: Make, path: str, params: dict, message: str) -> None:
+    client, _ = await make()
+    assert message in await error_of(await client.get(path, params=params), 400)
+
+
+async def test_queries_signed_by_the_pusher_library(make: Make) -> None:
+    client, broker = await make(signed=True)
+    populate(broker.state)
+    library = pusher.pusher_client.PusherClient(
+        app_id=APP.id, key=APP.key, secret=APP.secret, ssl=False
+    )
+    request = library.channel_info.make_request("presence-room", ["user_count"])
+    response = await client.get(request.signed_path)
+    assert await json_reply(response, 200) == {"occupied": True, "user_count": 2}
+    request = library.users_info.make_request("presence-room")
+    response = await client.get(request.path, params={**request.query_params, "auth_key": "x"})
+    assert "auth_key" in await error_of(response, 401)
+
+
+async def test_terminate_connections_is_announced_to_every_worker(make: Make) -> None:
+    client, broker = await make()
+    response = await client.post("/apps/1/users/ann/terminate_connections", json={})
+    assert await json_reply(response, 200) == {}
+    assert broker.changes == [TerminateUser("1", "ann")]
+    response = await client.post("/apps/1/users/a%20b/terminate_connections", json={})
+    assert "user_id" in await error_of(response, 400)
+    assert broker.changes == [TerminateUser("1", "ann")]
+
+
+async def test_terminate_connections_the_way_the_python_library_sends_it(make: Make) -> None:
+    client, broker = await make(signed=True)
+    library = pusher.pusher_client.PusherClient(
+        app_id=APP.id, key=APP.key, secret=APP.secret, ssl=False
+    )
+    request = library.terminate_user_connections.make_request("ann")
+    assert request.path == "/users/ann/terminate_connections"  # no /apps/{id}: found by key
+    response = await client.post(
+        request.signed_path, data=request.body, headers={"Content-Type": "application/json"}
+    )
+    assert await json_reply(response, 200) == {}
+    assert broker.changes == [TerminateUser("1", "ann")]

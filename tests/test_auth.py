@@ -14,8 +14,11 @@ from pusher.pusher_client import PusherClient
 from sidecar.relay.auth import (
     MAX_CLOCK_SKEW,
     SignatureError,
+    channel_string,
     hmac_sha256_hex,
     string_to_sign,
+    user_string,
+    verify_auth,
     verify_request,
 )
 
@@ -219,3 +222,46 @@ def test_presence_auth_matches_the_pusher_library() -> None:
     )
     ours = hmac_sha256_hex(SECRET, f"1234.1234:presence-room:{reply['channel_data']}")
     assert reply["auth"] == f"{KEY}:{ours}"
+
+
+def test_verify_auth_takes_the_channel_vector() -> None:
+    auth = f"{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+    signed = channel_string("1234.1234", "private-foobar")
+    verify_auth(auth, key=KEY, secret=SECRET, signed=signed, what="socket_id:channel_name")
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        (None, "auth is missing"),
+        ("", "auth is missing"),
+        ("58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4", "app's key"),
+        ("other-key:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4", "key"),
+        (f"{KEY}:" + "0" * 64, "auth signature does not match socket_id:channel_name"),
+    ],
+)
+def test_verify_auth_refusals(auth: str | None, message: str) -> None:
+    with pytest.raises(SignatureError, match=message):
+        verify_auth(
+            auth,
+            key=KEY,
+            secret=SECRET,
+            signed=channel_string("1234.1234", "private-foobar"),
+            what="socket_id:channel_name",
+        )
+
+
+def test_user_signin_matches_the_pusher_library() -> None:
+    client = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET)
+    reply = client.authenticate_user("1234.1234", {"id": "ann", "name": "Ann"})
+    signed = user_string("1234.1234", reply["user_data"])
+    verify_auth(reply["auth"], key=KEY, secret=SECRET, signed=signed, what="")
+
+
+def test_pusher_library_channel_and_users_queries_verify(client: PusherClient) -> None:
+    for request in (
+        client.channel_info.make_request("presence-room", ["user_count", "subscription_count"]),
+        client.users_info.make_request("presence-room"),
+    ):
+        params = library_params(request)
+        verify(params, method="GET", path=request.path, body=b"", now=time.time())

@@ -38,9 +38,16 @@ class FakeSidecar:
         status, body, content_type = self.reply
         return web.Response(status=status, body=body, content_type=content_type)
 
+    async def _handle_get(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", request.raw_path))
+        status, body, content_type = self.reply
+        return web.Response(status=status, body=body, content_type=content_type)
+
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/apps/{app_id}/{kind}", self._handle)
+        app.router.add_post("/apps/{app_id}/users/{user}/{kind}", self._handle)
+        app.router.add_get("/{tail:.*}", self._handle_get)
         self._runner = web.AppRunner(app, keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         await web.UnixSite(self._runner, self.path).start()
@@ -244,3 +251,20 @@ def test_a_fresh_connection_closed_without_reply_raises_instead_of_looping(
         thread.join(timeout=2)
         listener.close()
     assert len(accepted) == 1  # no retry on a connection that was fresh
+
+
+def test_queries_and_terminate(server: FakeSidecar, client: SidecarClient) -> None:
+    client.channels()
+    client.channels(prefix="presence-", info=["user_count", "subscription_count"])
+    client.channel("#server-to-user-ann", info=["subscription_count"])
+    server.reply = (200, b'{"users": [{"id": "ann"}, {"id": "bob"}]}', "application/json")
+    assert client.users("presence-room") == ["ann", "bob"]
+    server.reply = (200, b"{}", "application/json")
+    assert client.terminate_user_connections("ann") == {}
+    assert server.requests == [
+        ("GET", "/apps/7/channels"),
+        ("GET", "/apps/7/channels?filter_by_prefix=presence-&info=user_count,subscription_count"),
+        ("GET", "/apps/7/channels/%23server-to-user-ann?info=subscription_count"),
+        ("GET", "/apps/7/channels/presence-room/users"),
+        ("/apps/7/users/ann/terminate_connections", {}),
+    ]

@@ -54,6 +54,11 @@ def test_defaults_from_an_empty_mapping(raw: object) -> None:
     assert config.limits.activity_timeout == 120
     assert config.limits.idle_timeout == 0
     assert config.limits.send_queue_bytes == 16 * MiB
+    assert config.limits.max_presence_members == 100
+    assert config.limits.max_presence_user_info_bytes == 1024
+    assert config.limits.client_events_per_second == 10
+    assert config.limits.cache_ttl == 1800
+    assert config.limits.cache_max_bytes == 64 * MiB
     assert config.log.level == "info"
     assert config.webhooks == WebhookSettings()
     assert config.webhooks.vacate_delay == 3.0
@@ -169,6 +174,14 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"limits": {"idle_timeout": -1}}, "limits.idle_timeout"),
         ({"limits": {"max_subscriptions": "many"}}, "limits.max_subscriptions"),
         ({"limits": {"max_client_message_bytes": "big"}}, "limits.max_client_message_bytes"),
+        ({"limits": {"max_presence_members": 0}}, "limits.max_presence_members"),
+        (
+            {"limits": {"max_presence_user_info_bytes": "1 lot"}},
+            "limits.max_presence_user_info_bytes",
+        ),
+        ({"limits": {"client_events_per_second": True}}, "limits.client_events_per_second"),
+        ({"limits": {"cache_ttl": 0}}, "limits.cache_ttl"),
+        ({"limits": {"cache_max_bytes": -5}}, "limits.cache_max_bytes"),
         ({"cors": {"allowed_origins": "https://app.example.com"}}, "cors.allowed_origins"),
         ({"cors": {"allowed_origins": [1]}}, "cors.allowed_origins"),
         ({"cors": {"allowed_origins": ["example.com"]}}, "cors.allowed_origins[0]"),
@@ -471,3 +484,22 @@ def test_load_names_the_bad_key_of_a_valid_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path)
     assert info.value.key == "limits.send_queue_bytes"
+
+
+def test_presence_client_event_and_cache_limits() -> None:
+    config = from_mapping(
+        {
+            "limits": {
+                "max_presence_members": 500,
+                "max_presence_user_info_bytes": "2KiB",
+                "client_events_per_second": 50,
+                "cache_ttl": 60,
+                "cache_max_bytes": "1MiB",
+            }
+        }
+    )
+    assert config.limits.max_presence_members == 500
+    assert config.limits.max_presence_user_info_bytes == 2048
+    assert config.limits.client_events_per_second == 50
+    assert config.limits.cache_ttl == 60
+    assert config.limits.cache_max_bytes == MiB

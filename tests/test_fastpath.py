@@ -24,6 +24,7 @@ from sidecar.config import AppConfig
 from sidecar.publish.api import PublishApi, client_max_size
 from sidecar.publish.client import PublishError, SidecarClient
 from sidecar.publish.fastpath import FastPublishProtocol, FastPublishSite
+from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.handshake import MAX_HEAD_BYTES
 
 APP = AppConfig(id="1", key="app-key", secret="app-secret-123", max_payload_bytes=1000)
@@ -109,7 +110,9 @@ class HttpFactory:
 class Harness:
     def __init__(self) -> None:
         self.broker = FakeBroker()
-        self.api = PublishApi(AppRegistry((APP, SMALL_APP)), self.broker, signed=False)  # type: ignore[arg-type]
+        self.api = PublishApi(
+            AppRegistry((APP, SMALL_APP)), self.broker, signed=False, state=ChannelState()
+        )  # type: ignore[arg-type]
         self.http = HttpFactory()
         self.transport = FakeTransport()
         self.protocol = FastPublishProtocol(self.api, self.http)
@@ -273,7 +276,7 @@ def test_a_publisher_not_reading_its_replies_is_not_read_from(harness: Harness) 
 
 
 def test_refusing_a_signed_api() -> None:
-    api = PublishApi(AppRegistry((APP,)), FakeBroker(), signed=True)  # type: ignore[arg-type]
+    api = PublishApi(AppRegistry((APP,)), FakeBroker(), signed=True, state=ChannelState())  # type: ignore[arg-type]
     with pytest.raises(AssertionError):
         FastPublishProtocol(api, HttpFactory())
 
@@ -689,7 +692,7 @@ class Served:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     broker = FakeBroker()
-    api = PublishApi(AppRegistry((APP, SMALL_APP)), broker, signed=False)  # type: ignore[arg-type]
+    api = PublishApi(AppRegistry((APP, SMALL_APP)), broker, signed=False, state=ChannelState())  # type: ignore[arg-type]
     runner = web.AppRunner(publish_application(api), access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     path = str(tmp_path / "s.sock")
@@ -704,7 +707,7 @@ async def test_site_serves_publish_and_hands_the_rest_to_aiohttp(served: Served)
         async with session.post("http://localhost/apps/1/events", json=EVENT) as response:
             assert response.status == 200
             assert await response.json() == {}
-        async with session.get("http://localhost/apps/1/channels") as response:
+        async with session.get("http://localhost/apps/1/nowhere") as response:
             assert response.status == 404
             assert response.content_type == "application/json"
             body = await response.json()
@@ -735,7 +738,7 @@ async def test_site_pipelined_fast_then_handed_off_over_a_real_socket(served: Se
     try:
         writer.write(
             post("/apps/1/events")
-            + b"GET /apps/1/channels HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /apps/1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
             + chunked
             + post("/apps/1/events", headers={"Connection": "close"})
         )
@@ -799,7 +802,7 @@ def test_site_hand_off_under_uvloop(tmp_path: Path) -> None:
     broker = FakeBroker()
 
     async def scenario() -> list[str]:
-        api = PublishApi(AppRegistry((APP,)), broker, signed=False)  # type: ignore[arg-type]
+        api = PublishApi(AppRegistry((APP,)), broker, signed=False, state=ChannelState())  # type: ignore[arg-type]
         runner = web.AppRunner(publish_application(api), access_log=None, shutdown_timeout=0.1)
         await runner.setup()
         path = str(tmp_path / "u.sock")
@@ -808,7 +811,7 @@ def test_site_hand_off_under_uvloop(tmp_path: Path) -> None:
             reader, writer = await asyncio.open_unix_connection(path)
             writer.write(
                 post("/apps/1/events")
-                + b"GET /apps/1/channels HTTP/1.1\r\nHost: x\r\n\r\n"
+                + b"GET /apps/1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
                 + post("/apps/1/events", headers={"Connection": "close"})
             )
             raw = await asyncio.wait_for(reader.read(), timeout=5)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.broker.base import Publication
+from sidecar.broker.changes import CountDelta
 from sidecar.broker.memory import MemoryBroker
 
 
@@ -101,3 +102,28 @@ async def test_a_deliver_that_raises_does_not_block_close() -> None:
     assert [p.name for p in delivered] == ["event-0", "event-2"]  # the others still delivered
     assert len(errors) == 1
     assert isinstance(errors[0]["exception"], ValueError)
+
+
+async def test_changes_come_back_in_order_with_publications_from_origin_0() -> None:
+    seen: list[object] = []
+    broker = MemoryBroker()
+    await broker.start(lambda p: seen.append(p.name), lambda o, c: seen.append((o, c)))
+    broker.publish(pub(1))
+    broker.announce([CountDelta("1", "news", 1)])
+    broker.publish(pub(2))
+    assert seen == []
+    await broker.close()
+    assert seen == ["event-1", (0, [CountDelta("1", "news", 1)]), "event-2"]
+
+
+async def test_reports_go_straight_to_the_observer() -> None:
+    reports: list[tuple[str, dict[str, Any]]] = []
+    broker = MemoryBroker()
+    await broker.start(lambda p: None, None, lambda a, e: reports.append((a, e)))
+    broker.report("1", {"name": "cache_miss", "channel": "cache-x"})
+    assert reports == [("1", {"name": "cache_miss", "channel": "cache-x"})]
+
+
+async def test_announce_before_start_raises() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        MemoryBroker().announce([CountDelta("1", "news", 1)])

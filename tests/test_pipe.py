@@ -6,6 +6,14 @@ import asyncio
 import socket
 
 from sidecar.broker.base import Publication
+from sidecar.broker.changes import (
+    Change,
+    MemberJoin,
+    MemberLeave,
+    OriginGone,
+    Reset,
+    TerminateUser,
+)
 from sidecar.broker.pipe import (
     HubBroker,
     PublicationStream,
@@ -20,7 +28,9 @@ def wire(pub: Publication) -> bytes:
 
 
 def test_round_trip_keeps_every_field_and_the_data_literal() -> None:
-    pub = Publication.of("7", ("a", "b"), "ev", 'he said "hi" \u00e9', socket_id="1.2")
+    pub = Publication.of(
+        "7", ("a", "b"), "ev", 'he said "hi" \u00e9', socket_id="1.2", user_id="ann"
+    )
     head, data = encode_publication(pub)
     assert data is pub.data_json  # the data literal is written as is, never copied
     assert decode_publication(head, data) == pub
@@ -31,7 +41,7 @@ def test_stream_splits_frames_across_any_chunking() -> None:
     stream_bytes = b"".join(wire(p) for p in pubs)
     for chunk in (1, 7, 4096, len(stream_bytes)):
         got: list[Publication] = []
-        stream = PublicationStream(lambda h, d, got=got: got.append(decode_publication(h, d)))
+        stream = PublicationStream(lambda k, h, d, got=got: got.append(decode_publication(h, d)))
         for start in range(0, len(stream_bytes), chunk):
             stream.data_received(stream_bytes[start : start + chunk])
         assert got == pubs, chunk
@@ -39,7 +49,7 @@ def test_stream_splits_frames_across_any_chunking() -> None:
 
 def test_stream_reports_loss() -> None:
     lost: list[bool] = []
-    stream = PublicationStream(lambda h, d: None, lambda: lost.append(True))
+    stream = PublicationStream(lambda k, h, d: None, lambda: lost.append(True))
     stream.connection_lost(None)
     assert lost == [True]
 
@@ -96,8 +106,117 @@ async def test_the_hub_writes_to_the_pipes_after_the_current_turn_in_one_batch()
     assert early == b""
     await asyncio.sleep(0.01)
     got: list[Publication] = []
-    stream = PublicationStream(lambda h, d: got.append(decode_publication(h, d)))
+    stream = PublicationStream(lambda k, h, d: got.append(decode_publication(h, d)))
     stream.data_received(worker_end.recv(65536))
     assert [p.name for p in got] == ["one", "two"]
     await hub.close()
     worker_end.close()
+
+
+# Channel state changes and reports ----------------------------------------------------------
+
+
+class Recorder:
+    """A worker's view: publications and change batches, in the order they arrived."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def deliver(self, pub: Publication) -> None:
+        self.seen.append(pub.name)
+
+    def changed(self, origin: int, changes: list[Change]) -> None:
+        self.seen.append((origin, changes))
+
+
+async def eventually(check, timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    assert check()
+
+
+async def attached(hub: HubBroker, worker_id: int) -> tuple[WorkerBroker, Recorder, socket.socket]:
+    hub_end, worker_end = socket.socketpair()
+    await hub.attach(worker_id, hub_end)
+    worker = WorkerBroker(worker_end)
+    recorder = Recorder()
+    await worker.start(recorder.deliver, recorder.changed)
+    return worker, recorder, worker_end
+
+
+async def test_changes_are_stamped_with_their_origin_and_echoed_to_every_worker_in_order() -> None:
+    hub = HubBroker()
+    at_hub: list[tuple[int, list[Change]]] = []
+    await hub.start(lambda p: None, lambda o, c: at_hub.append((o, c)))
+    (_, r0, _), (w1, r1, _) = await attached(hub, 0), await attached(hub, 1)
+    join = MemberJoin("1", "presence-a", "9.1", "ann", {"n": 1})
+    w1.announce([join])
+    await eventually(lambda: len(r1.seen) == 1)
+    hub.publish(Publication.of("1", ("presence-a",), "after", "x"))
+    hub.announce([TerminateUser("1", "ann")])
+    await eventually(lambda: len(r0.seen) == 3 and len(r1.seen) == 3)
+    # The second worker to attach is origin 2; the hub's own changes are origin 0.
+    expected = [(2, [join]), "after", (0, [TerminateUser("1", "ann")])]
+    assert r0.seen == r1.seen == expected
+    assert at_hub == [(2, [join]), (0, [TerminateUser("1", "ann")])]
+    await hub.close()
+
+
+async def test_a_worker_that_attaches_late_starts_from_the_snapshot() -> None:
+    hub = HubBroker()
+    hub.snapshot = lambda: {"1": {"news": {"o": [[1, 3]], "m": [], "s": []}}}
+    await hub.start(lambda p: None)
+    _, recorder, _ = await attached(hub, 0)
+    await eventually(lambda: len(recorder.seen) == 1)
+    assert recorder.seen == [(0, [Reset({"1": {"news": {"o": [[1, 3]], "m": [], "s": []}}})])]
+    await hub.close()
+
+
+async def test_a_lost_worker_releases_its_share_in_order() -> None:
+    hub = HubBroker()
+    at_hub: list[tuple[int, list[Change]]] = []
+    await hub.start(lambda p: None, lambda o, c: at_hub.append((o, c)))
+    _, r0, _ = await attached(hub, 0)
+    _, _, dying_end = await attached(hub, 1)
+    dying_end.close()
+    await eventually(lambda: hub.workers == 1 and len(r0.seen) == 1)
+    assert r0.seen == [(0, [OriginGone(2)])]
+    assert at_hub == [(0, [OriginGone(2)])]
+    await hub.close()
+
+
+async def test_reports_reach_the_hub_only() -> None:
+    hub = HubBroker()
+    reports: list[tuple[str, dict]] = []
+    await hub.start(lambda p: None, None, lambda a, e: reports.append((a, e)))
+    worker, recorder, _ = await attached(hub, 0)
+    worker.report("1", {"name": "cache_miss", "channel": "cache-a"})
+    await eventually(lambda: len(reports) == 1)
+    assert reports == [("1", {"name": "cache_miss", "channel": "cache-a"})]
+    await asyncio.sleep(0.05)
+    assert recorder.seen == []
+    await hub.close()
+
+
+async def test_a_worker_whose_pipe_is_gone_drops_what_it_sends() -> None:
+    hub = HubBroker()
+    await hub.start(lambda p: None)
+    worker, _, _ = await attached(hub, 0)
+    await hub.close()
+    await asyncio.wait_for(worker.close(), 5)
+    worker.publish(Publication.of("1", ("a",), "late", "x"))  # no error: the worker is stopping
+    worker.announce([MemberLeave("1", "presence-a", "1.1")])
+    worker.report("1", {"name": "cache_miss", "channel": "cache-a"})
+
+
+async def test_closing_the_hub_releases_nothing() -> None:
+    hub = HubBroker()
+    at_hub: list[tuple[int, list[Change]]] = []
+    await hub.start(lambda p: None, lambda o, c: at_hub.append((o, c)))
+    worker, _, _ = await attached(hub, 0)
+    await hub.close()
+    await asyncio.wait_for(worker.close(), 5)
+    await asyncio.sleep(0.05)
+    assert at_hub == []

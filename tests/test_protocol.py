@@ -16,12 +16,18 @@ from sidecar.relay.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Signin,
     Subscribe,
     Unsubscribe,
     check_handshake,
+    encode_cache_miss,
     encode_connection_established,
     encode_error,
     encode_event,
+    encode_member_added,
+    encode_member_removed,
+    encode_signin_success,
+    encode_subscription_error,
     encode_subscription_succeeded,
     parse_client_frame,
     validate_channel_name,
@@ -212,6 +218,17 @@ def test_channel_name_with_bad_characters_is_refused(name: str) -> None:
     assert "characters outside" in error.message
 
 
+@pytest.mark.parametrize("name", ["#server-to-user-ann", "#server-to-user-a=b@c,d.e;f_g-1"])
+def test_user_channels_are_the_one_name_with_a_hash(name: str) -> None:
+    assert validate_channel_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["#server-to-user-", "#server-to-user-a b", "#other-ann", "x#y"])
+def test_other_names_with_a_hash_are_refused(name: str) -> None:
+    with pytest.raises(ProtocolError, match="characters outside"):
+        validate_channel_name(name)
+
+
 def test_client_event_channel_is_validated_too() -> None:
     error = refused(frame(event="client-x", channel="bad name", data={}))
     assert "characters outside" in error.message
@@ -284,3 +301,67 @@ def test_error_without_code_has_null_code() -> None:
 def test_ping_and_pong_frames() -> None:
     assert json.loads(PING_FRAME) == {"event": "pusher:ping", "data": "{}"}
     assert json.loads(PONG_FRAME) == {"event": "pusher:pong", "data": "{}"}
+
+
+# Sign-in and the frames of private, presence and cache channels -----------------------------
+
+
+def test_signin_with_object_or_string_data() -> None:
+    data = {"auth": "key:sig", "user_data": '{"id":"ann"}'}
+    expected = Signin("key:sig", '{"id":"ann"}')
+    assert parse_client_frame(frame(event="pusher:signin", data=data)) == expected
+    assert parse_client_frame(frame(event="pusher:signin", data=json.dumps(data))) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("not json", "pusher:signin data is not JSON"),
+        (["x"], "pusher:signin needs data with 'auth' and 'user_data'"),
+        ({"user_data": "{}"}, "pusher:signin: auth must be a non-empty string"),
+        (
+            {"auth": "k:s", "user_data": {"id": "ann"}},
+            "pusher:signin: user_data must be a JSON string",
+        ),
+        ({"auth": "k:s"}, "pusher:signin: user_data must be a JSON string"),
+    ],
+)
+def test_bad_signin_frames(data: object, message: str) -> None:
+    error = refused(frame(event="pusher:signin", data=data))
+    assert error.message == message
+    assert error.code == ErrorCode.INVALID_MESSAGE and error.close is None
+
+
+def test_subscription_error_frame_is_what_pusher_js_hands_to_handlers() -> None:
+    decoded = json.loads(encode_subscription_error("private-x", "AuthError", "bad", 401))
+    assert decoded["event"] == "pusher:subscription_error"
+    assert decoded["channel"] == "private-x"
+    assert json.loads(decoded["data"]) == {"type": "AuthError", "error": "bad", "status": 401}
+
+
+def test_presence_frames() -> None:
+    added = json.loads(encode_member_added("presence-a", "ann", {"name": "Ann"}))
+    assert added["event"] == "pusher_internal:member_added"
+    assert json.loads(added["data"]) == {"user_id": "ann", "user_info": {"name": "Ann"}}
+    removed = json.loads(encode_member_removed("presence-a", "ann"))
+    assert (removed["event"], json.loads(removed["data"])) == (
+        "pusher_internal:member_removed",
+        {"user_id": "ann"},
+    )
+    succeeded = json.loads(encode_subscription_succeeded("presence-a", '{"presence":{}}'))
+    assert succeeded["data"] == '{"presence":{}}'
+
+
+def test_cache_miss_and_signin_success_frames() -> None:
+    miss = json.loads(encode_cache_miss("cache-a"))
+    assert miss == {"event": "pusher:cache_miss", "channel": "cache-a", "data": "{}"}
+    success = json.loads(encode_signin_success('{"id":"ann"}'))
+    assert success["event"] == "pusher:signin_success"
+    # pusher-js parses data, then parses user_data again: a JSON string inside a JSON string.
+    assert json.loads(success["data"]) == {"user_data": '{"id":"ann"}'}
+
+
+def test_client_event_data_too_deep_to_relay_is_refused() -> None:
+    data = "[" * 300 + "]" * 300  # decodes (1024 levels), cannot be encoded again (255)
+    text = '{"event": "client-x", "channel": "private-a", "data": ' + data + "}"
+    assert refused(text).message == "data is nested too deeply"

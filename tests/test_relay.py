@@ -260,7 +260,7 @@ async def test_unsubscribe_from_a_channel_not_subscribed_is_silent(
 
 
 @pytest.mark.parametrize("channel", ["private-orders", "presence-room", "private-encrypted-x"])
-async def test_private_and_presence_subscriptions_get_an_auth_error(
+async def test_private_and_presence_subscriptions_with_a_bad_signature_get_an_auth_error(
     relay: Relay, make_client: MakeClient, channel: str
 ) -> None:
     client = make_client()
@@ -273,8 +273,8 @@ async def test_private_and_presence_subscriptions_get_an_auth_error(
     assert message["channel"] == channel
     data = json.loads(message["data"])
     assert data["type"] == "AuthError"
-    assert data["status"] == 403
-    assert isinstance(data["error"], str) and data["error"]
+    assert data["status"] == 401
+    assert data["error"] == "auth must be this app's key, ':' and the signature"
     assert client.conn.subscriptions == set()
     assert relay.channels[APP.id].count(channel) == 0
 

@@ -1,5 +1,8 @@
 """The broker interface: publishers hand events in, the relay receives them for delivery.
 
+Besides publications a broker carries channel state changes (sidecar/broker/changes.py): who
+subscribed and joined where, so that every process agrees on counts and presence members.
+
 `publish()` never waits for delivery: it hands the event over and returns, which is what lets the
 publish API answer in microseconds whatever the number of subscribers. An in-memory broker
 serves one process; a Redis broker takes its place for several processes or machines.
@@ -7,11 +10,13 @@ serves one process; a Redis broker takes its place for several processes or mach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
+
+from sidecar.broker.changes import Change, OnChanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,7 @@ class Publication:
     name: str
     data_json: bytes
     socket_id: str | None = None  # the publisher's own connection, left out of the delivery
+    user_id: str | None = None  # a client event on a presence channel: who sent it
 
     @classmethod
     def of(
@@ -37,8 +43,9 @@ class Publication:
         name: str,
         data: str,
         socket_id: str | None = None,
+        user_id: str | None = None,
     ) -> Publication:
-        return cls(app_id, channels, name, orjson.dumps(data), socket_id)
+        return cls(app_id, channels, name, orjson.dumps(data), socket_id, user_id)
 
     @property
     def data(self) -> str:
@@ -47,14 +54,27 @@ class Publication:
 
 
 Deliver = Callable[[Publication], None]
+# A webhook-shaped event raised in a worker (client_event, cache_miss), for the process that
+# sends webhooks: (app_id, {"name": ..., ...}).
+Report = Callable[[str, dict[str, Any]], None]
 
 
 class Broker(Protocol):
-    async def start(self, deliver: Deliver) -> None:
-        """Begin receiving publications; `deliver` is called for each, on the event loop."""
+    async def start(
+        self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
+    ) -> None:
+        """Begin receiving: `deliver` for each publication, `changed` for each batch of channel
+        state changes (in the same one order as publications, everywhere), `reported` for
+        reports from workers (where webhooks are sent from). All on the event loop."""
 
     def publish(self, publication: Publication) -> None:
         """Hand a publication over. Returns at once; delivery happens later."""
+
+    def announce(self, changes: Sequence[Change]) -> None:
+        """Hand changes over: every process, this one included, receives them in order."""
+
+    def report(self, app_id: str, event: dict[str, Any]) -> None:
+        """Pass an event to the process that sends webhooks (no order, no echo)."""
 
     async def close(self) -> None:
         """Deliver what was already accepted, then stop."""

@@ -1,12 +1,20 @@
 """The broker between worker processes on one machine: a hub and one pipe per worker.
 
 The supervisor accepts publications (the Unix socket API) and writes each to every worker's
-pipe; a worker hands publications it accepted itself (the signed API on the TLS port) to the
-hub, which sends them to every worker, itself included. One order for everybody: the hub's.
+pipe; a worker hands publications it accepted itself (the signed API on the TLS port, client
+events) to the hub, which sends them to every worker, itself included. Channel state changes
+take the same road: a worker's batch goes to the hub, which stamps it with the worker's origin,
+applies it to the supervisor's own state and sends it to every worker. One order for everybody:
+the hub's, publications and changes alike.
 
-On the pipe a publication is `!II` (meta length, data length), the meta as JSON
-`[app_id, channels, name, socket_id]`, then the data literal as it will sit in every frame:
-a worker never decodes event data, it only splices it.
+A worker that starts while others run gets the hub's state first (a `Reset`); a worker whose
+pipe closes has its share released by an `OriginGone` in the same order.
+
+On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then the data:
+- a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
+  literal as it will sit in every frame (a worker never decodes event data, it only splices it);
+- changes: meta `[origin, [change, ...]]` (sidecar/broker/changes.py), no data;
+- a report (worker to hub only): meta `[app_id, event]`, no data.
 """
 
 from __future__ import annotations
@@ -14,28 +22,62 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import orjson
 
-from sidecar.broker.base import Deliver, Publication
+from sidecar.broker.base import Deliver, Publication, Report
+from sidecar.broker.changes import (
+    Change,
+    OnChanges,
+    OriginGone,
+    Reset,
+    decode_changes,
+    encode_changes,
+    restamp,
+)
 
-_HEADER = struct.Struct("!II")
+_HEADER = struct.Struct("!BII")
+PUBLICATION, CHANGES, REPORT = 1, 2, 3
+# The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
+# workers get 1, 2, ... in the order they attach, a restarted worker a new one.
+HUB_ORIGIN = 0
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
     """Header + meta, and the data literal: written one after the other, never joined."""
-    meta = orjson.dumps([pub.app_id, pub.channels, pub.name, pub.socket_id])
-    return _HEADER.pack(len(meta), len(pub.data_json)) + meta, pub.data_json
+    meta = orjson.dumps([pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id])
+    return _HEADER.pack(PUBLICATION, len(meta), len(pub.data_json)) + meta, pub.data_json
+
+
+def decode_publication(head: bytes, data_json: bytes) -> Publication:
+    app_id, channels, name, socket_id, user_id = orjson.loads(head[_HEADER.size :])
+    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id)
+
+
+def _meta_frame(kind: int, meta: bytes) -> bytes:
+    return _HEADER.pack(kind, len(meta), 0) + meta
+
+
+def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
+    return _meta_frame(CHANGES, encode_changes(origin, changes))
+
+
+def encode_report(app_id: str, event: dict[str, Any]) -> bytes:
+    return _meta_frame(REPORT, orjson.dumps([app_id, event]))
+
+
+def meta_of(head: bytes) -> bytes:
+    return head[_HEADER.size :]
 
 
 class PublicationStream(asyncio.Protocol):
-    """Splits a pipe's byte stream into whole publications."""
+    """Splits a pipe's byte stream into whole frames: on_frame(kind, header + meta, data)."""
 
     def __init__(
         self,
-        on_frame: Callable[[bytes, bytes], None],
+        on_frame: Callable[[int, bytes, bytes], None],
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._on_frame = on_frame
@@ -51,12 +93,12 @@ class PublicationStream(asyncio.Protocol):
         buffer += data
         offset = 0
         while len(buffer) - offset >= _HEADER.size:
-            meta_len, data_len = _HEADER.unpack_from(buffer, offset)
+            kind, meta_len, data_len = _HEADER.unpack_from(buffer, offset)
             end = offset + _HEADER.size + meta_len + data_len
             if len(buffer) < end:
                 break
             meta_end = offset + _HEADER.size + meta_len
-            self._on_frame(bytes(buffer[offset:meta_end]), bytes(buffer[meta_end:end]))
+            self._on_frame(kind, bytes(buffer[offset:meta_end]), bytes(buffer[meta_end:end]))
             offset = end
         if offset:
             del buffer[:offset]
@@ -66,33 +108,49 @@ class PublicationStream(asyncio.Protocol):
         if self._on_lost is not None:
             self._on_lost()
 
-
-def decode_publication(head: bytes, data_json: bytes) -> Publication:
-    app_id, channels, name, socket_id = orjson.loads(head[_HEADER.size :])
-    return Publication(app_id, tuple(channels), name, data_json, socket_id)
+    def write(self, *pieces: bytes) -> None:
+        """Write if the pipe is still there: a worker that is stopping may still report."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(pieces)
 
 
 class WorkerBroker:
-    """A worker's end: publishes go to the hub, the hub's publications are delivered here."""
+    """A worker's end: publishes and changes go to the hub, the hub's come back here."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._stream: PublicationStream | None = None
         self._closed = asyncio.Event()
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(
+        self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
 
-        def on_frame(head: bytes, data_json: bytes) -> None:
-            deliver(decode_publication(head, data_json))
+        def on_frame(kind: int, head: bytes, data: bytes) -> None:
+            if kind == PUBLICATION:
+                deliver(decode_publication(head, data))
+            elif kind == CHANGES and changed is not None:
+                origin, changes = decode_changes(meta_of(head))
+                changed(origin, changes)
 
         _, self._stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
         )
 
     def publish(self, publication: Publication) -> None:
-        assert self._stream is not None and self._stream.transport is not None
-        self._stream.transport.writelines(encode_publication(publication))
+        assert self._stream is not None
+        self._stream.write(*encode_publication(publication))
+
+    def announce(self, changes: Sequence[Change]) -> None:
+        assert self._stream is not None
+        # The origin is the hub's to say; 0 is a placeholder.
+        self._stream.write(encode_changes_frame(HUB_ORIGIN, changes))
+
+    def report(self, app_id: str, event: dict[str, Any]) -> None:
+        assert self._stream is not None
+        self._stream.write(encode_report(app_id, event))
 
     async def close(self) -> None:
         """Wait until the hub has closed the pipe: everything it accepted was delivered."""
@@ -100,53 +158,100 @@ class WorkerBroker:
 
 
 class HubBroker:
-    """The supervisor's end: every publication, from wherever, goes to every worker.
+    """The supervisor's end: every publication and change, from wherever, goes to every worker.
 
-    Publications are written to the pipes on the next loop turn, after the publisher's reply:
-    a write to a pipe wakes the worker reading it, and a woken worker can take the CPU from
-    the supervisor for a whole time slice (milliseconds) before the reply goes out. Several
-    publications accepted in one turn also leave in one write per pipe.
+    Frames are written to the pipes on the next loop turn, after the publisher's reply: a
+    write to a pipe wakes the worker reading it, and a woken worker can take the CPU from the
+    supervisor for a whole time slice (milliseconds) before the reply goes out. Several frames
+    accepted in one turn also leave in one write per pipe.
     """
 
     def __init__(self) -> None:
         self._workers: dict[int, PublicationStream] = {}
         self._pending: list[bytes] = []
+        self._next_origin = HUB_ORIGIN + 1
+        self._changed: OnChanges | None = None
+        self._reported: Report | None = None
+        self._closing = False
+        # The state a worker that attaches starts from (the supervisor's ChannelState).
+        self.snapshot: Callable[[], Any] | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        """The hub holds no subscribers; delivery happens in the workers."""
+    async def start(
+        self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
+    ) -> None:
+        """The hub holds no subscribers (delivery happens in the workers); `changed` sees
+        every change at the moment it takes its place in the order."""
+        self._changed = changed
+        self._reported = reported
 
     async def attach(self, worker_id: int, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        origin = self._next_origin
+        self._next_origin += 1
+        holder: list[PublicationStream] = []
 
-        def forward(head: bytes, data_json: bytes) -> None:
-            self._broadcast((head, data_json))
+        def on_frame(kind: int, head: bytes, data: bytes) -> None:
+            if kind == PUBLICATION:
+                self._queue((head, data))
+            elif kind == CHANGES:
+                frame, changes = restamp(meta_of(head), origin)
+                self._order(origin, changes, _meta_frame(CHANGES, frame))
+            elif kind == REPORT and self._reported is not None:
+                app_id, event = orjson.loads(meta_of(head))
+                self._reported(app_id, event)
 
         def lost() -> None:
-            self._workers.pop(worker_id, None)
+            if holder and self._workers.get(worker_id) is holder[0]:
+                del self._workers[worker_id]
+            # At shutdown nothing is released: the state ends with the process, and a restart
+            # should not look like every channel vacated to the app's webhooks.
+            if not self._closing:
+                self.announce([OriginGone(origin)])
 
         _, stream = await loop.create_unix_connection(
-            lambda: PublicationStream(forward, lost), sock=sock
+            lambda: PublicationStream(on_frame, lost), sock=sock
         )
+        holder.append(stream)
+        # What is already in the order goes to the others; the newcomer starts from the state
+        # that order made, then receives everything after it.
+        if self._pending:
+            self._write_pending()
         self._workers[worker_id] = stream
+        if self.snapshot is not None:
+            stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
 
     def detach(self, worker_id: int) -> None:
-        stream = self._workers.pop(worker_id, None)
+        stream = self._workers.get(worker_id)
         if stream is not None and stream.transport is not None:
-            stream.transport.close()
+            stream.transport.close()  # its loss releases what the worker held
 
     def publish(self, publication: Publication) -> None:
-        self._broadcast(encode_publication(publication))
+        self._queue(encode_publication(publication))
 
-    def _broadcast(self, frame: tuple[bytes, bytes]) -> None:
+    def announce(self, changes: Sequence[Change]) -> None:
+        changes = list(changes)
+        self._order(HUB_ORIGIN, changes, encode_changes_frame(HUB_ORIGIN, changes))
+
+    def report(self, app_id: str, event: dict[str, Any]) -> None:
+        if self._reported is not None:
+            self._reported(app_id, event)
+
+    def _order(self, origin: int, changes: list[Change], frame: bytes) -> None:
+        if self._changed is not None:
+            self._changed(origin, changes)
+        self._queue((frame,))
+
+    def _queue(self, frame: tuple[bytes, ...]) -> None:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._write_pending)
         self._pending.extend(frame)
 
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, []
+        if not pending:
+            return
         for stream in self._workers.values():
-            if stream.transport is not None:
-                stream.transport.writelines(pending)
+            stream.write(*pending)
 
     @property
     def workers(self) -> int:
@@ -154,9 +259,11 @@ class HubBroker:
 
     async def close(self) -> None:
         """Close each pipe once what was written to it is flushed: the workers' signal to stop."""
+        self._closing = True
         if self._pending:
             self._write_pending()
-        for stream in list(self._workers.values()):
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for stream in workers:
             if stream.transport is not None:
                 stream.transport.close()  # flushes its buffer first
-        self._workers.clear()

@@ -11,9 +11,13 @@ from aiohttp import web
 
 from sidecar.apps import AppRegistry
 from sidecar.broker.base import Broker
+from sidecar.broker.changes import TerminateUser
 from sidecar.config import AppConfig
+from sidecar.publish import queries
 from sidecar.publish.events import ApiError, parse_batch, parse_events
 from sidecar.relay.auth import SignatureError, verify_request
+from sidecar.relay.channel_state import ChannelState
+from sidecar.relay.client_messages import USER_ID_RE
 
 log = logging.getLogger("sidecar.api")
 
@@ -62,17 +66,32 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 class PublishApi:
-    """`POST /apps/{id}/events` and `POST /apps/{id}/batch_events`."""
+    """The Pusher HTTP API: events, batches, channel queries, terminating a user's connections.
 
-    def __init__(self, apps: AppRegistry, broker: Broker, *, signed: bool) -> None:
+    Queries are answered from `state`, this process's copy of the cluster-wide channel state.
+    """
+
+    def __init__(
+        self, apps: AppRegistry, broker: Broker, *, signed: bool, state: ChannelState
+    ) -> None:
         self.apps = apps
         self.broker = broker
+        self.state = state
         self.signed = signed
         self.max_body = client_max_size(apps)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/apps/{app_id}/events", self.events)
         app.router.add_post("/apps/{app_id}/batch_events", self.batch_events)
+        app.router.add_get("/apps/{app_id}/channels", self.channels)
+        app.router.add_get("/apps/{app_id}/channels/{channel}", self.channel)
+        app.router.add_get("/apps/{app_id}/channels/{channel}/users", self.users)
+        app.router.add_post(
+            "/apps/{app_id}/users/{user_id}/terminate_connections", self.terminate_connections
+        )
+        # The Python `pusher` library (3.3) leaves /apps/{id} out of this one path; the app is
+        # then the one whose key signed the request (or the only app).
+        app.router.add_post("/users/{user_id}/terminate_connections", self.terminate_connections)
 
     def _app(self, request: web.Request) -> AppConfig:
         return self.app_by_id(request.match_info["app_id"])
@@ -91,6 +110,18 @@ class PublishApi:
         # all valid, or none published
         for publication in parse_batch(body, app):
             self.broker.publish(publication)
+
+    def _app_without_id(self, request: web.Request) -> AppConfig:
+        key = request.query.get("auth_key")
+        if key is not None:
+            app = self.apps.by_key(key)
+            if app is None:
+                raise ApiError(401, "auth_key is not the key of an app here")
+            return app
+        apps = list(self.apps)
+        if len(apps) != 1:
+            raise ApiError(404, "several apps here: use /apps/{id}/users/{user_id}/...")
+        return apps[0]
 
     async def _body(self, request: web.Request, app: AppConfig) -> bytes:
         """The request body, signature checked when signed.
@@ -135,6 +166,39 @@ class PublishApi:
         app = self._app(request)
         self.accept("batch_events", app, await self._body(request, app))
         return web.Response(body=EMPTY_OK, content_type="application/json")
+
+    async def channels(self, request: web.Request) -> web.Response:
+        app = self._app(request)
+        await self._body(request, app)
+        return _json(queries.channels(self.state, app.id, request.query))
+
+    async def channel(self, request: web.Request) -> web.Response:
+        app = self._app(request)
+        await self._body(request, app)
+        name = request.match_info["channel"]
+        return _json(queries.channel(self.state, app.id, name, request.query))
+
+    async def users(self, request: web.Request) -> web.Response:
+        app = self._app(request)
+        await self._body(request, app)
+        return _json(queries.users(self.state, app.id, request.match_info["channel"]))
+
+    async def terminate_connections(self, request: web.Request) -> web.Response:
+        if "app_id" in request.match_info:
+            app = self._app(request)
+        else:
+            app = self._app_without_id(request)
+        await self._body(request, app)
+        user_id = request.match_info["user_id"]
+        if USER_ID_RE.fullmatch(user_id) is None or len(user_id) > 200:
+            raise ApiError(400, "user_id: at most 200 characters of A-Z a-z 0-9 _ - = @ , . ;")
+        # To every worker, in order: each closes that user's connections it holds.
+        self.broker.announce([TerminateUser(app.id, user_id)])
+        return web.Response(body=EMPTY_OK, content_type="application/json")
+
+
+def _json(payload: object) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
 def client_max_size(apps: AppRegistry) -> int:

@@ -15,6 +15,7 @@ import json
 import socket
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, urlencode
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -78,15 +79,50 @@ class SidecarClient:
         batch = [{**e, "data": _data_string(e.get("data"))} for e in events]
         return self._post(f"/apps/{self.app_id}/batch_events", {"batch": batch})
 
+    def channels(self, prefix: str | None = None, info: Iterable[str] = ()) -> dict[str, Any]:
+        """Occupied channels: {"channels": {name: {subscription_count?, user_count?}}}."""
+        query: dict[str, str] = {}
+        if prefix:
+            query["filter_by_prefix"] = prefix
+        if info:
+            query["info"] = ",".join(info)
+        return self._request("GET", f"/apps/{self.app_id}/channels", query=query)
+
+    def channel(self, channel: str, info: Iterable[str] = ()) -> dict[str, Any]:
+        """{"occupied", "subscription_count"?, "user_count"? (presence)}."""
+        query = {"info": ",".join(info)} if info else {}
+        return self._request("GET", f"/apps/{self.app_id}/channels/{quote(channel)}", query=query)
+
+    def users(self, channel: str) -> list[str]:
+        """The user ids present on a presence channel."""
+        reply = self._request("GET", f"/apps/{self.app_id}/channels/{quote(channel)}/users")
+        return [user["id"] for user in reply["users"]]
+
+    def terminate_user_connections(self, user_id: str) -> dict[str, Any]:
+        """Close every connection signed in as this user, on every worker."""
+        path = f"/apps/{self.app_id}/users/{quote(user_id)}/terminate_connections"
+        return self._post(path, {})
+
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
+        return self._request("POST", path, body)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if query:
+            path = f"{path}?{urlencode(query, safe=',')}"
         while True:
             reused = self._conn is not None
             if self._conn is None:
                 self._conn = UnixHTTPConnection(self.socket_path, self.timeout)
             try:
-                self._conn.request("POST", path, body=payload, headers=headers)
+                self._conn.request(method, path, body=payload, headers=headers)
                 response = self._conn.getresponse()
                 raw = response.read()
                 break

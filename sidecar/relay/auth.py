@@ -1,4 +1,4 @@
-"""Pusher's signatures: the signed HTTP API (and, later, channel authorization). No I/O."""
+"""Pusher's signatures: the signed HTTP API, channel authorization and user sign-in. No I/O."""
 
 from __future__ import annotations
 
@@ -65,3 +65,36 @@ def verify_request(
     expected = hmac_sha256_hex(secret, string_to_sign(method, path, params))
     if not hmac.compare_digest(signature.encode(), expected.encode()):
         raise SignatureError("auth_signature does not match")
+
+
+# Channel authorization and user sign-in ------------------------------------------------------
+# The app's auth endpoint signs with the secret the relay shares; the browser only carries the
+# result, `auth = key + ":" + hex(HMAC_SHA256(secret, string))`.
+
+
+def channel_string(socket_id: str, channel: str, channel_data: str | None = None) -> str:
+    """What a channel subscription's auth signs; presence adds the exact channel_data string."""
+    if channel_data is None:
+        return f"{socket_id}:{channel}"
+    return f"{socket_id}:{channel}:{channel_data}"
+
+
+def user_string(socket_id: str, user_data: str) -> str:
+    """What a pusher:signin's auth signs."""
+    return f"{socket_id}::user::{user_data}"
+
+
+def verify_auth(auth: str | None, *, key: str, secret: str, signed: str, what: str) -> None:
+    """Check `auth` against the string the app should have signed; SignatureError says why.
+
+    `what` names the signed string in the message (e.g. "socket_id:channel_name"), so a
+    developer whose endpoint signs the wrong thing sees what was expected.
+    """
+    if not auth:
+        raise SignatureError("auth is missing: get one from your auth endpoint")
+    given_key, sep, signature = auth.partition(":")
+    if not sep or not hmac.compare_digest(given_key.encode(), key.encode()):
+        raise SignatureError("auth must be this app's key, ':' and the signature")
+    expected = hmac_sha256_hex(secret, signed)
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise SignatureError(f"auth signature does not match {what} signed with the app secret")

@@ -25,7 +25,10 @@ SUPPORTED_PROTOCOLS = frozenset({7})
 MAX_CHANNEL_NAME_LENGTH = 164
 # Pusher's limit on event names (the HTTP API documents 200 characters).
 MAX_EVENT_NAME_LENGTH = 200
-CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
+# The one exception to the character set: pusher-js subscribes a signed-in user to
+# `#server-to-user-{id}`, the channel server libraries' send_to_user() publishes on.
+USER_CHANNEL_PREFIX = "#server-to-user-"
+CHANNEL_NAME_RE = re.compile(r"(?:#server-to-user-)?[A-Za-z0-9_\-=@,.;]+")
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
 
 
@@ -48,6 +51,7 @@ class CloseCode(IntEnum):
 class ErrorCode(IntEnum):
     """Codes of pusher:error frames; Pusher puts errors that fit no close code in 4300-4399."""
 
+    UNAUTHORIZED = 4009  # a refused pusher:signin; the connection stays open
     INVALID_MESSAGE = 4300  # malformed or unknown frame; the connection stays open
     CLIENT_EVENT_RATE_LIMITED = 4301
 
@@ -95,6 +99,14 @@ class Unsubscribe(ClientMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Signin(ClientMessage):
+    """pusher:signin: `user_data` is the exact JSON string the app's endpoint signed."""
+
+    auth: str
+    user_data: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientEvent(ClientMessage):
     """A `client-*` event; whether it is allowed is the relay's decision, not the parser's."""
 
@@ -123,7 +135,11 @@ def _as_data_string(data: Any) -> str:
     """pusher-js sends `data` as an object; other clients as a JSON string. Keep a string."""
     if isinstance(data, str):
         return data
-    return orjson.dumps(data).decode()
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        # Decoding takes 1024 levels, encoding 255: what is in between cannot be relayed.
+        raise ProtocolError("data is nested too deeply") from None
 
 
 def parse_client_frame(text: str | bytes) -> ClientMessage:
@@ -162,6 +178,8 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
         if channel_data is not None and not isinstance(channel_data, str):
             raise ProtocolError("channel_data must be a string")
         return Subscribe(channel, auth, channel_data)
+    if event == "pusher:signin":
+        return _parse_signin(data)
     if event.startswith("pusher:") or event.startswith("pusher_internal:"):
         raise ProtocolError(f"unsupported event {event[:64]!r}")
     if event.startswith("client-"):
@@ -170,6 +188,22 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
         channel = validate_channel_name(frame.get("channel"))
         return ClientEvent(event, channel, _as_data_string(data))
     raise ProtocolError(f"unknown event {event[:64]!r}: clients may send pusher:* or client-*")
+
+
+def _parse_signin(data: Any) -> Signin:
+    if isinstance(data, str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ProtocolError("pusher:signin data is not JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("pusher:signin needs data with 'auth' and 'user_data'")
+    auth, user_data = data.get("auth"), data.get("user_data")
+    if not isinstance(auth, str) or not auth:
+        raise ProtocolError("pusher:signin: auth must be a non-empty string")
+    if not isinstance(user_data, str) or not user_data:
+        raise ProtocolError("pusher:signin: user_data must be a JSON string")
+    return Signin(auth, user_data)
 
 
 # Server -> client frames --------------------------------------------------------------------
@@ -202,8 +236,32 @@ def encode_error(message: str, code: int | None) -> bytes:
     return orjson.dumps({"event": "pusher:error", "data": {"message": message, "code": code}})
 
 
-def encode_subscription_succeeded(channel: str) -> bytes:
-    return encode_event("pusher_internal:subscription_succeeded", "{}", channel)
+def encode_subscription_succeeded(channel: str, data: str = "{}") -> bytes:
+    return encode_event("pusher_internal:subscription_succeeded", data, channel)
+
+
+def encode_subscription_error(channel: str, error_type: str, error: str, status: int) -> bytes:
+    """What pusher-js hands to the channel's pusher:subscription_error handlers."""
+    data = orjson.dumps({"type": error_type, "error": error, "status": status})
+    return encode_event("pusher:subscription_error", data.decode(), channel)
+
+
+def encode_member_added(channel: str, user_id: str, user_info: Any) -> bytes:
+    data = orjson.dumps({"user_id": user_id, "user_info": user_info})
+    return encode_event("pusher_internal:member_added", data.decode(), channel)
+
+
+def encode_member_removed(channel: str, user_id: str) -> bytes:
+    data = orjson.dumps({"user_id": user_id})
+    return encode_event("pusher_internal:member_removed", data.decode(), channel)
+
+
+def encode_cache_miss(channel: str) -> bytes:
+    return encode_event("pusher:cache_miss", "{}", channel)
+
+
+def encode_signin_success(user_data: str) -> bytes:
+    return encode_event("pusher:signin_success", orjson.dumps({"user_data": user_data}).decode())
 
 
 PING_FRAME = encode_event("pusher:ping", "{}")

@@ -1,7 +1,11 @@
 """The relay core: connections, their subscriptions, and fan-out of published events.
 
 It knows nothing of TLS, HTTP routing or aiohttp: the WebSocket edge hands it connections and
-text frames, the broker hands it publications.
+text frames, the broker hands it publications and channel state changes.
+
+Counts and presence members are cluster-wide (sidecar/relay/channel_state.py): a subscription
+is announced through the broker, and a presence join is answered only once it comes back in
+the order every process shares, with the members that order gives.
 """
 
 from __future__ import annotations
@@ -11,17 +15,31 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from sidecar.apps import AppRegistry
-from sidecar.broker.base import Publication
-from sidecar.config import LimitsConfig
+from sidecar.broker.base import Broker, Publication
+from sidecar.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
+from sidecar.broker.memory import MemoryBroker
+from sidecar.config import AppConfig, LimitsConfig
+from sidecar.relay.cache import LastEventCache
+from sidecar.relay.channel_state import (
+    ChannelState,
+    JoinAccepted,
+    JoinRefused,
+    MemberAdded,
+    MemberRemoved,
+    Transition,
+)
 from sidecar.relay.channels import ChannelRegistry
+from sidecar.relay.client_messages import accept_client_event, check_signin
 from sidecar.relay.connection import Connection, ConnectionState
 from sidecar.relay.fanout import FanoutQueue, FlushScheduler
-from sidecar.relay.frames import broadcast_frame
+from sidecar.relay.frames import broadcast_frame, text_frame
 from sidecar.relay.heartbeat import HeartbeatAction
+from sidecar.relay.outbox import ChangeOutbox
 from sidecar.relay.protocol import (
     PING_FRAME,
     PONG_FRAME,
@@ -32,19 +50,31 @@ from sidecar.relay.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Signin,
     Subscribe,
     Unsubscribe,
+    encode_cache_miss,
     encode_connection_established,
     encode_error,
-    encode_event,
+    encode_member_added,
+    encode_member_removed,
+    encode_signin_success,
+    encode_subscription_error,
     encode_subscription_succeeded,
     event_prefix,
     parse_client_frame,
 )
+from sidecar.relay.session import Session, SignedInUsers
+from sidecar.relay.subscriptions import (
+    SubscriptionRefused,
+    authorize,
+    is_cache,
+    is_presence,
+)
 
 # How often liveness is checked across all connections; pings go out at most this late.
 HEARTBEAT_SWEEP_INTERVAL = 1.0
-PUBLIC_PREFIXES_REFUSED = ("private-", "presence-")
+TERMINATED_REASON = "Connections of this user terminated by the app"
 
 
 @dataclass(slots=True)
@@ -56,11 +86,23 @@ class RelayStats:
 
 
 class Relay:
-    def __init__(self, apps: AppRegistry, limits: LimitsConfig) -> None:
+    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker | None = None):
         self.apps = apps
         self.limits = limits
+        # Without a broker of its own making (tests, tools) the relay talks to itself.
+        self._own_broker = broker is None
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.channels: dict[str, ChannelRegistry] = {app.id: ChannelRegistry() for app in apps}
         self.connections: dict[str, Connection] = {}
+        self.state = ChannelState(limits.max_presence_members)
+        self.cache = LastEventCache(limits.cache_ttl, limits.cache_max_bytes)
+        # What only some connections use (sign-in, presence, client events), made on demand.
+        self.sessions: dict[str, Session] = {}
+        self.users: SignedInUsers[Connection] = SignedInUsers()
+        # app_id -> the local events ("client_event", "cache_miss") passed to broker.report()
+        # for webhooks; empty: none are, at no cost.
+        self.report_events: dict[str, frozenset[str]] = {}
+        self._outbox: ChangeOutbox | None = None
         self.stats = RelayStats()
         self._socket_counter = itertools.count(1)
         self._socket_prefix = secrets.randbelow(10**9)
@@ -75,7 +117,16 @@ class Relay:
         loop = asyncio.get_running_loop()
         self.scheduler = FlushScheduler(loop)
         self.fanout = FanoutQueue(loop)
+        self._outbox = ChangeOutbox(self.broker.announce)
+        if self._own_broker:
+            assert isinstance(self.broker, MemoryBroker)
+            self.broker.bind(self.deliver, self.on_changes, self.notify)
         self._schedule_sweep()
+
+    def notify(self, app_id: str, event: dict[str, Any]) -> None:
+        """A webhook-shaped event for whoever observes this process's channel state."""
+        if self.state.on_event is not None:
+            self.state.on_event(app_id, event)
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -97,9 +148,16 @@ class Relay:
         conn.closed()
         self.stats.connections_closed += 1
         registry = self.channels[conn.app_id]
+        session = self.sessions.pop(conn.socket_id, None)
         for channel in conn.subscriptions:
             registry.unsubscribe(channel, conn)
+            self._announce_leave(conn, channel, session)
         conn.subscriptions.clear()
+        if session is not None:
+            for channel in session.pending:
+                self._announce(MemberLeave(conn.app_id, channel, conn.socket_id))
+            if session.user_id is not None:
+                self.users.discard(conn.app_id, session.user_id, conn)
         if conn.close_code == CloseCode.OVER_CAPACITY:
             self.stats.slow_client_closes += 1
         if not self.connections and self._emptied is not None:
@@ -137,44 +195,190 @@ class Relay:
                 conn.send_json(PONG_FRAME)
             case Pong():
                 pass
-            case Subscribe(channel=channel):
-                self._subscribe(conn, channel)
+            case Subscribe():
+                self._subscribe(conn, message)
             case Unsubscribe(channel=channel):
-                if channel in conn.subscriptions:
-                    conn.subscriptions.discard(channel)
-                    self.channels[conn.app_id].unsubscribe(channel, conn)
-                    conn.heartbeat.on_subscriptions_changed(
-                        time.monotonic(), len(conn.subscriptions)
-                    )
-            case ClientEvent(channel=channel):
-                raise ProtocolError(
-                    f"client events are only allowed on private and presence channels; "
-                    f"{channel!r} is public"
-                    if not channel.startswith(PUBLIC_PREFIXES_REFUSED)
-                    else f"not subscribed to {channel!r}"
-                )
+                self._unsubscribe(conn, channel)
+            case ClientEvent():
+                self._client_event(conn, message)
+            case Signin():
+                self._signin(conn, message)
 
-    def _subscribe(self, conn: Connection, channel: str) -> None:
-        if channel.startswith(PUBLIC_PREFIXES_REFUSED):
-            data = {
-                "type": "AuthError",
-                "error": "private and presence channels are not supported by this relay yet",
-                "status": 403,
-            }
+    def _app(self, conn: Connection) -> AppConfig:
+        app = self.apps.by_id(conn.app_id)
+        assert app is not None, "connections are only made for known apps"
+        return app
+
+    def _session(self, conn: Connection) -> Session:
+        session = self.sessions.get(conn.socket_id)
+        if session is None:
+            session = self.sessions[conn.socket_id] = Session()
+        return session
+
+    # Subscriptions -------------------------------------------------------------------------
+
+    def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
+        channel = subscribe.channel
+        session = self.sessions.get(conn.socket_id)
+        if channel in conn.subscriptions:
+            conn.send_json(self._succeeded(conn.app_id, channel))
+            return
+        if session is not None and channel in session.pending:
+            return  # answered when the join comes back
+        held = len(conn.subscriptions) + (len(session.pending) if session else 0)
+        if held >= self.limits.max_subscriptions:
+            raise ProtocolError(
+                f"over the limit of {self.limits.max_subscriptions} subscriptions per connection"
+            )
+        try:
+            presence = authorize(
+                self._app(conn),
+                conn.socket_id,
+                subscribe,
+                signed_in_user=session.user_id if session else None,
+                max_user_info_bytes=self.limits.max_presence_user_info_bytes,
+            )
+        except SubscriptionRefused as exc:
             conn.send_json(
-                encode_event("pusher:subscription_error", orjson.dumps(data).decode(), channel)
+                encode_subscription_error(channel, exc.error_type, exc.message, exc.status)
             )
             return
-        if channel not in conn.subscriptions:
-            if len(conn.subscriptions) >= self.limits.max_subscriptions:
-                raise ProtocolError(
-                    f"over the limit of {self.limits.max_subscriptions} subscriptions "
-                    "per connection"
+        if presence is not None:
+            self._session(conn).pending[channel] = presence.user_id
+            self._announce(
+                MemberJoin(
+                    conn.app_id, channel, conn.socket_id, presence.user_id, presence.user_info
                 )
-            conn.subscriptions.add(channel)
-            self.channels[conn.app_id].subscribe(channel, conn)
-            conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
+            )
+            return
+        self._add(conn, channel)
+        assert self._outbox is not None
+        self._outbox.count(conn.app_id, channel, 1)
         conn.send_json(encode_subscription_succeeded(channel))
+        self._replay_cache(conn, channel)
+
+    def _succeeded(self, app_id: str, channel: str) -> bytes:
+        if is_presence(channel):
+            data = orjson.dumps(self.state.presence_data(app_id, channel)).decode()
+            return encode_subscription_succeeded(channel, data)
+        return encode_subscription_succeeded(channel)
+
+    def _add(self, conn: Connection, channel: str) -> None:
+        conn.subscriptions.add(channel)
+        self.channels[conn.app_id].subscribe(channel, conn)
+        conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
+
+    def _unsubscribe(self, conn: Connection, channel: str) -> None:
+        session = self.sessions.get(conn.socket_id)
+        if channel in conn.subscriptions:
+            conn.subscriptions.discard(channel)
+            self.channels[conn.app_id].unsubscribe(channel, conn)
+            conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
+            self._announce_leave(conn, channel, session)
+        elif session is not None and session.pending.pop(channel, None) is not None:
+            self._announce(MemberLeave(conn.app_id, channel, conn.socket_id))
+
+    def _announce_leave(self, conn: Connection, channel: str, session: Session | None) -> None:
+        if session is not None and session.members.pop(channel, None) is not None:
+            self._announce(MemberLeave(conn.app_id, channel, conn.socket_id))
+        else:
+            assert self._outbox is not None
+            self._outbox.count(conn.app_id, channel, -1)
+
+    def _announce(self, change: Change) -> None:
+        assert self._outbox is not None, "Relay.start() first"
+        self._outbox.add(change)
+
+    def _replay_cache(self, conn: Connection, channel: str) -> None:
+        if not is_cache(channel):
+            return
+        cached = self.cache.get(conn.app_id, channel, time.monotonic())
+        if cached is not None:
+            conn.send(broadcast_frame(event_prefix(cached.name, channel), cached.data_json, b"}"))
+            return
+        conn.send_json(encode_cache_miss(channel))
+        self._report(conn.app_id, {"name": "cache_miss", "channel": channel})
+
+    def _report(self, app_id: str, event: dict[str, Any]) -> None:
+        kinds = self.report_events.get(app_id)
+        if kinds and event["name"] in kinds:
+            self.broker.report(app_id, event)
+
+    # Client events and sign-in -------------------------------------------------------------
+
+    def _client_event(self, conn: Connection, event: ClientEvent) -> None:
+        publication, report = accept_client_event(
+            self._app(conn),
+            conn.socket_id,
+            event,
+            conn.subscriptions,
+            self._session(conn),
+            self.limits.client_events_per_second,
+            time.monotonic(),
+        )
+        self.broker.publish(publication)
+        self._report(conn.app_id, report)
+
+    def _signin(self, conn: Connection, signin: Signin) -> None:
+        user_id = check_signin(self._app(conn), conn.socket_id, signin)
+        session = self._session(conn)
+        if session.user_id is not None:
+            self.users.discard(conn.app_id, session.user_id, conn)
+        session.user_id = user_id
+        self.users.add(conn.app_id, user_id, conn)
+        conn.send_json(encode_signin_success(signin.user_data))
+
+    # Channel state changes, in the order every process shares ------------------------------
+
+    def on_changes(self, origin: int, changes: list[Change]) -> None:
+        for change in changes:
+            if isinstance(change, TerminateUser):
+                for conn in self.users.of(change.app_id, change.user_id):
+                    conn.close(CloseCode.UNAUTHORIZED, TERMINATED_REASON)
+                continue
+            for transition in self.state.apply(origin, change):
+                self._on_transition(transition)
+
+    def _on_transition(self, transition: Transition) -> None:
+        match transition:
+            case MemberAdded(app_id, channel, user_id, user_info, socket_id):
+                payload = encode_member_added(channel, user_id, user_info)
+                self._broadcast_local(app_id, channel, payload, socket_id)
+            case MemberRemoved(app_id, channel, user_id):
+                self._broadcast_local(app_id, channel, encode_member_removed(channel, user_id))
+            case JoinAccepted(app_id, channel, socket_id, user_id):
+                conn, session = self._pending_join(socket_id, channel, user_id)
+                if conn is not None and session is not None:
+                    session.members[channel] = user_id
+                    self._add(conn, channel)
+                    conn.send_json(self._succeeded(app_id, channel))
+                    self._replay_cache(conn, channel)
+            case JoinRefused(app_id, channel, socket_id, reason):
+                conn, _ = self._pending_join(socket_id, channel, None)
+                if conn is not None:
+                    conn.send_json(encode_subscription_error(channel, "LimitReached", reason, 403))
+
+    def _pending_join(
+        self, socket_id: str, channel: str, user_id: str | None
+    ) -> tuple[Connection | None, Session | None]:
+        """The local connection whose join this answers (and its session), taken off pending."""
+        conn = self.connections.get(socket_id)
+        session = self.sessions.get(socket_id)
+        if conn is None or session is None or channel not in session.pending:
+            return None, None
+        if user_id is not None and session.pending[channel] != user_id:
+            return None, None
+        del session.pending[channel]
+        return conn, session
+
+    def _broadcast_local(
+        self, app_id: str, channel: str, payload: bytes, excluded: str | None = None
+    ) -> None:
+        registry = self.channels.get(app_id)
+        subscribers = registry.subscribers(channel) if registry is not None else None
+        if subscribers:
+            assert self.fanout is not None
+            self.fanout.broadcast(channel, text_frame(payload), subscribers, excluded)
 
     # Fan-out -------------------------------------------------------------------------------
 
@@ -185,10 +389,13 @@ class Relay:
             return
         assert self.fanout is not None, "Relay.start() first"
         self.stats.publications += 1
+        end = b"}" if pub.user_id is None else b',"user_id":' + orjson.dumps(pub.user_id) + b"}"
         for channel in pub.channels:
+            if is_cache(channel) and not pub.name.startswith("client-"):
+                self.cache.store(pub.app_id, channel, pub.name, pub.data_json, time.monotonic())
             subscribers = registry.subscribers(channel)
             if subscribers:
-                frame = broadcast_frame(event_prefix(pub.name, channel), pub.data_json, b"}")
+                frame = broadcast_frame(event_prefix(pub.name, channel), pub.data_json, end)
                 self.fanout.broadcast(channel, frame, subscribers, pub.socket_id)
 
     # Liveness ------------------------------------------------------------------------------
@@ -207,6 +414,7 @@ class Relay:
                 conn.send_json(PING_FRAME)
             elif action is not None:
                 conn.close(action)
+        self.cache.expire(now)
         self._schedule_sweep()
 
     def close_all(self, code: int) -> None:
