@@ -40,6 +40,7 @@ from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
 from sidecar.relay.websocket import WebSocketEndpoint
+from sidecar.webhooks import Webhooks
 
 log = logging.getLogger("sidecar")
 
@@ -251,8 +252,34 @@ class Sites:
 def start_relay(prepared: Prepared, broker: Broker) -> Relay:
     """A started relay; the caller starts `broker` with relay.deliver and relay.on_changes."""
     relay = Relay(prepared.apps, prepared.config.limits, broker)
+    relay.report_events = locally_reported_kinds(prepared.apps)
     relay.start()
     return relay
+
+
+# What a worker sees first-hand and reports for webhooks; the rest (occupied, vacated, members)
+# comes from the cluster-wide channel state, in the one process that sends webhooks.
+LOCAL_WEBHOOK_KINDS = frozenset({"client_event", "cache_miss"})
+WEBHOOKS_CLOSE_TIMEOUT = 3.0
+
+
+def locally_reported_kinds(apps: AppRegistry) -> dict[str, frozenset[str]]:
+    kinds = {
+        app.id: frozenset(kind for hook in app.webhooks for kind in hook.events)
+        & LOCAL_WEBHOOK_KINDS
+        for app in apps
+    }
+    return {app_id: wanted for app_id, wanted in kinds.items() if wanted}
+
+
+async def start_webhooks(prepared: Prepared, state: ChannelState) -> Webhooks | None:
+    """The webhook sender, fed by `state` (which reported events reach too); None if unused."""
+    webhooks = Webhooks(prepared.apps, prepared.config.webhooks)
+    if not webhooks.enabled:
+        return None
+    state.on_event = webhooks.emit
+    await webhooks.start()
+    return webhooks
 
 
 def start_certificates(config: Config) -> CertificateManager | None:
@@ -369,6 +396,7 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     )
     acme: AcmeService | None = None
     certificates: CertificateManager | None = None
+    webhooks = await start_webhooks(prepared, relay.state)
     try:
         ready, acme = await obtain_certificate(sites, prepared, stopping)
         if ready:
@@ -389,6 +417,8 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
             log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
             await stopping.wait()
         log.info("stopping", extra={"connections": len(relay.connections)})
+        # As with workers: a restart's clients come straight back, so their leaving is not news.
+        relay.state.on_event = None
         await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
     finally:
         if acme is not None:
@@ -397,4 +427,6 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
             await certificates.stop()
         await sites.cleanup()
         remove_socket_file(prepared.config.publish.socket)
+        if webhooks is not None:
+            await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
     log.info("stopped")

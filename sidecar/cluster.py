@@ -30,6 +30,7 @@ from typing import Any
 from sidecar import config as config_module
 from sidecar.app import (
     SHUTDOWN_DEADLINE,
+    WEBHOOKS_CLOSE_TIMEOUT,
     Prepared,
     Sites,
     drain_relay,
@@ -38,6 +39,7 @@ from sidecar.app import (
     serve_edge,
     serve_publish_side,
     start_relay,
+    start_webhooks,
     stop_signal,
 )
 from sidecar.broker.changes import Change
@@ -145,6 +147,7 @@ class Supervisor:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
         acme = None
         await self.hub.start(lambda publication: None, self._changed, self._reported)
+        webhooks = await start_webhooks(self.prepared, self.state)
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
@@ -161,6 +164,8 @@ class Supervisor:
             await self.hub.close()  # workers deliver what they have, then close their clients
             await self._reap(SHUTDOWN_DEADLINE + 2)
             remove_socket_file(self.prepared.config.publish.socket)
+            if webhooks is not None:
+                await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
         log.info("stopped")
 
     async def _serve(
