@@ -24,6 +24,13 @@ from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 HEAD_TIMEOUT = 15.0
 
 
+def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: bytes) -> None:
+    """Give a connection to `protocol` as if it had been its own from the start."""
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    protocol.data_received(read)
+
+
 class EdgeProtocol(asyncio.Protocol):
     """Reads a connection's first request head, then steps aside for whoever serves it."""
 
@@ -68,11 +75,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _hand_to_http(self) -> None:
         buffer = self._buffer
-        transport = self._step_aside()
-        protocol = self._http()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(buffer)
+        hand_over(self._step_aside(), self._http(), buffer)
 
     def _too_slow(self) -> None:
         self._timer = None

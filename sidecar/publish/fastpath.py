@@ -20,6 +20,7 @@ from typing import cast
 import orjson
 from aiohttp import web
 
+from sidecar.edge.listener import hand_over
 from sidecar.publish.api import PublishApi
 from sidecar.publish.events import ApiError
 from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_head
@@ -137,10 +138,7 @@ class FastPublishProtocol(asyncio.Protocol):
         transport, self._transport = self._transport, None
         buffer, self._buffer = self._buffer, b""
         assert transport is not None
-        protocol = self._http()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(buffer)
+        hand_over(transport, self._http(), buffer)
 
 
 class FastPublishSite(web.UnixSite):
