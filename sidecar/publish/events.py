@@ -32,7 +32,7 @@ class ApiError(Exception):
         self.message = message
 
 
-def _decode_object(body: bytes) -> dict[str, Any]:
+def _decode_object(body: bytes | memoryview) -> dict[str, Any]:
     try:
         decoded = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -79,7 +79,7 @@ def _event(
     return Publication.of(app.id, channels, name, data, socket_id)
 
 
-def parse_events(body: bytes, app: AppConfig) -> Publication:
+def parse_events(body: bytes | memoryview, app: AppConfig) -> Publication:
     """`POST /apps/{id}/events`: {name, data, channel | channels, socket_id?}."""
     item = _decode_object(body)
     del body  # when the caller passed a temporary, a large body is freed here
@@ -99,7 +99,7 @@ def parse_events(body: bytes, app: AppConfig) -> Publication:
     return _event(item, app, "", tuple(dict.fromkeys(names)))
 
 
-def parse_batch(body: bytes, app: AppConfig) -> list[Publication]:
+def parse_batch(body: bytes | memoryview, app: AppConfig) -> list[Publication]:
     """`POST /apps/{id}/batch_events`: {batch: [{channel, name, data, socket_id?}, ...]}."""
     decoded = _decode_object(body)
     del body  # when the caller passed a temporary, a large body is freed here

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from sidecar.edge.listener import hand_over
 from sidecar.publish.api import PublishApi
-from sidecar.publish.events import ApiError
+from sidecar.publish.events import ApiError, parse_batch, parse_events
 from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_head
 
 log = logging.getLogger("sidecar.api")
@@ -54,23 +54,39 @@ def wants_close(head: RequestHead) -> bool:
 class FastPublishProtocol(asyncio.Protocol):
     """Serves publish requests itself; steps aside to aiohttp for anything else."""
 
-    __slots__ = ("_api", "_buffer", "_http", "_transport")
+    __slots__ = ("_api", "_body", "_buffer", "_chunks", "_http", "_needed", "_size", "_transport")
 
     def __init__(self, api: PublishApi, http: Callable[[], asyncio.Protocol]) -> None:
         assert not api.signed, "the Unix socket's API: trusted, never signed"
         self._api = api
         self._http = http
+        # Bytes not yet answered: pieces as they came, joined once a request is complete, so a
+        # large body is copied once, not once per piece.
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._needed = 0  # bytes the request being read needs in all (0: its head is unread)
         self._buffer = b""
+        self._body: memoryview | None = None
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer = self._buffer + data if self._buffer else data
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size < self._needed:
+            return
+        chunks, self._chunks = self._chunks, []
+        self._buffer = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        del chunks, data  # the pieces of a large body, now copied into the buffer
+        self._size = self._needed = 0
         while self._transport is not None and self._buffer:
             if not self._serve_one():
-                return
+                break
+        if self._buffer:  # the start of a request still incomplete
+            self._chunks, self._size = [self._buffer], len(self._buffer)
+            self._buffer = b""
 
     def _serve_one(self) -> bool:
         """Answer the request at the head of the buffer; False when more bytes are needed."""
@@ -87,14 +103,17 @@ class FastPublishProtocol(asyncio.Protocol):
             self._hand_to_http()
             return False
         start = end + len(HEAD_END)
-        if len(buffer) < start + length:
+        stop = start + length
+        if len(buffer) < stop:
+            self._needed = stop
             return False
-        body = buffer[start : start + length]
-        self._buffer = buffer[start + length :]
+        # A view, not a copy; once the parser drops it, nothing holds a large body any more.
+        self._body = memoryview(buffer)[start:stop]
+        self._buffer = buffer[stop:]
         del buffer
         close = wants_close(head)
         assert self._transport is not None
-        self._transport.write(self._publish(route[1], route[2], body, head.path, close))
+        self._transport.write(self._publish(route[1], route[2], head.path, close))
         if close:
             self._transport.close()
             self._transport = None
@@ -113,11 +132,24 @@ class FastPublishProtocol(asyncio.Protocol):
             return None
         return int(value)
 
-    def _publish(self, app_id: str, kind: str, body: bytes, path: str, close: bool) -> bytes:
+    def _take_body(self) -> memoryview:
+        body, self._body = self._body, None
+        assert body is not None
+        return body
+
+    def _publish(self, app_id: str, kind: str, path: str, close: bool) -> bytes:
+        broker = self._api.broker
         try:
             app = self._api.app_by_id(app_id)
-            self._api.accept(kind, app, body)
+            # The body goes to the parser as a temporary, as in PublishApi's handlers.
+            if kind == "events":
+                broker.publish(parse_events(self._take_body(), app))
+            else:
+                # all valid, or none published
+                for publication in parse_batch(self._take_body(), app):
+                    broker.publish(publication)
         except ApiError as exc:
+            self._body = None
             log.info(
                 "api request refused",
                 extra={"path": path[:200], "status": exc.status, "reason": exc.message},
