@@ -480,6 +480,24 @@ async def test_close_all_closes_every_connection_with_the_code(
 # Liveness -----------------------------------------------------------------------------------
 
 
+async def test_sweep_goes_through_many_connections_a_slice_per_loop_turn(
+    relay: Relay, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.monotonic()
+    clients = [make_client(heartbeat=Heartbeat(now, 30, 10, 0)) for _ in range(5)]
+    await turns()
+    for client in clients:
+        client.new_messages()
+    monkeypatch.setattr(relay_module, "SWEEP_SLICE", 2)
+    monkeypatch.setattr(relay_module.time, "monotonic", lambda: now + 31)
+    relay._sweep()
+    pinged = [c for c in clients if c.new_messages()]
+    assert len(pinged) == 2  # the rest wait for the next turns
+    await turns(6)
+    rest = [c for c in clients if c not in pinged]
+    assert all(c.new_messages() == [{"event": "pusher:ping", "data": "{}"}] for c in rest)
+
+
 async def test_sweep_pings_a_quiet_client_then_closes_with_4201(
     relay: Relay, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
