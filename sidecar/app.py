@@ -28,6 +28,9 @@ from sidecar.config import Config
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed, server_context
+from sidecar.observe.admin import admin_app
+from sidecar.observe.observer import Observer
+from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
 from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.fastpath import FastPublishSite
 from sidecar.publish.unix import claim_socket_path
@@ -176,13 +179,37 @@ def redirect_application(https_port: int) -> web.Application:
     return app
 
 
-def admin_application(health: Callable[[], dict[str, object]]) -> web.Application:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **health()})
+def admin_application(observer: Observer, token: str | None) -> web.Application:
+    """/healthz, /readyz, /metrics, /status and /dashboard (sidecar/observe/admin.py)."""
+    return admin_app(observer, token)
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    return app
+
+def make_observer(prepared: Prepared, workers: int) -> Observer | None:
+    """What the admin listener reports from; None when there is none (`admin: null`): then
+    nothing is counted beyond the relay's own plain counters."""
+    if prepared.admin_socket is None:
+        return None
+    broker = "memory" if workers == 1 else "pipe"
+    return Observer(prepared.cert, workers=workers, broker=broker)
+
+
+def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:
+    """One process: the observer reads the relay directly and counts both publish APIs; the
+    broker returned is the one for the TLS port's API."""
+    probe = RelayProbe(relay)
+    probe.start()
+    observer.add_local(probe)
+    return observer.count_publishes(broker)  # type: ignore[return-value]
+
+
+def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, RequestCounter]:
+    """A relay process's probe, and the broker and request counter for its own publish API
+    (the signed API on the TLS port) that the probe reports from."""
+    publishes = PublishCounter(broker)
+    requests = RequestCounter()
+    probe = RelayProbe(relay, publishers=[publishes], requests=requests)
+    probe.start()
+    return probe, publishes, requests  # type: ignore[return-value]
 
 
 # Serving ------------------------------------------------------------------------------------
@@ -216,12 +243,19 @@ def start_relay(prepared: Prepared) -> Relay:
 
 
 async def serve_edge(
-    sites: Sites, prepared: Prepared, relay: Relay, broker: Broker, sock: socket.socket
+    sites: Sites,
+    prepared: Prepared,
+    relay: Relay,
+    broker: Broker,
+    sock: socket.socket,
+    requests: RequestCounter | None = None,
 ) -> None:
     ssl_context = None
     if prepared.cert is not None and prepared.key is not None:
         ssl_context = server_context(prepared.cert, prepared.key)
     app = edge_application(prepared.apps, broker)
+    if requests is not None:
+        app.middlewares.insert(0, requests.middleware("tls"))
     websockets = WebSocketEndpoint(relay, OriginPolicy(prepared.config.allowed_origins))
     await sites.serve(
         app,
@@ -230,14 +264,20 @@ async def serve_edge(
 
 
 async def serve_publish_side(
-    sites: Sites, prepared: Prepared, broker: Broker, health: Callable[[], dict[str, object]]
+    sites: Sites, prepared: Prepared, broker: Broker, observer: Observer | None
 ) -> None:
     """The Unix socket, the plain-HTTP redirect and the admin listener."""
     config = prepared.config
+    requests = None
+    if observer is not None:
+        broker, requests = observer.count_publishes(broker), observer.requests
     api = PublishApi(prepared.apps, broker, signed=False)
+    app = publish_application(api)
+    if requests is not None:
+        app.middlewares.insert(0, requests.middleware("unix"))
     await sites.serve(
-        publish_application(api),
-        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024),
+        app,
+        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024, requests=requests),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
     redirect, admin = prepared.redirect_socket, prepared.admin_socket
@@ -245,8 +285,11 @@ async def serve_publish_side(
         await sites.serve(
             redirect_application(config.listen.port), lambda r: web.SockSite(r, redirect)
         )
-    if admin is not None:
-        await sites.serve(admin_application(health), lambda r: web.SockSite(r, admin))
+    if admin is not None and observer is not None:
+        observer.start()
+        await sites.serve(
+            admin_application(observer, config.admin.token), lambda r: web.SockSite(r, admin)
+        )
 
 
 async def drain_relay(relay: Relay, broker: Broker, deadline: float) -> None:
@@ -279,17 +322,24 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     relay = start_relay(prepared)
     await broker.start(relay.deliver)
     sites = Sites()
+    observer = make_observer(prepared, 1)
     try:
-        await serve_edge(sites, prepared, relay, broker, prepared.edge_sockets[0])
-        await serve_publish_side(
-            sites, prepared, broker, lambda: {"connections": len(relay.connections), "workers": 1}
-        )
+        if observer is None:
+            await serve_edge(sites, prepared, relay, broker, prepared.edge_sockets[0])
+        else:
+            edge_broker = observe_single(observer, relay, broker)
+            await serve_edge(
+                sites, prepared, relay, edge_broker, prepared.edge_sockets[0], observer.requests
+            )
+        await serve_publish_side(sites, prepared, broker, observer)
         banner(prepared)
         log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
         await wait_for_stop_signal()
         log.info("stopping", extra={"connections": len(relay.connections)})
         await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
     finally:
+        if observer is not None:
+            await observer.stop()
         await sites.cleanup()
         remove_socket_file(prepared.config.publish.socket)
     log.info("stopped")

@@ -108,7 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from sidecar import cluster
 
-    return cluster.worker_main(args.config, args.worker_id, args.listen_fd, args.broker_fd)
+    return cluster.worker_main(
+        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd
+    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -195,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--broker-fd", type=int, required=True)
+    worker.add_argument("--stats-fd", type=int)
     worker.set_defaults(func=cmd_worker)
     return p
 

@@ -32,6 +32,8 @@ from sidecar.app import (
     Prepared,
     Sites,
     drain_relay,
+    make_observer,
+    observe_relay,
     remove_socket_file,
     serve_edge,
     serve_publish_side,
@@ -40,6 +42,9 @@ from sidecar.app import (
 )
 from sidecar.broker.pipe import HubBroker, WorkerBroker
 from sidecar.config import Config
+from sidecar.observe.channel import serve_worker_stats
+from sidecar.observe.observer import Observer
+from sidecar.relay.relay import Relay
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -66,8 +71,30 @@ class Supervisor:
         self.hub = HubBroker()
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
+        self.observer = self._make_observer()
+
+    def _make_observer(self) -> Observer | None:
+        observer = make_observer(self.prepared, self.count)
+        if observer is not None:
+            observer.workers_alive = self.alive
+            observer.broker_ok = lambda: self.hub.workers == self.count
+        return observer
+
+    def alive(self) -> int:
+        return sum(1 for h in self.handles.values() if h.proc.returncode is None)
 
     async def spawn(self, worker_id: int, failures: int = 0) -> None:
+        stats = socket.socketpair() if self.observer is not None else None
+        try:
+            await self._spawn(worker_id, failures, stats[1] if stats else None)
+        finally:
+            if stats is not None:
+                stats[1].close()
+        if stats is not None and self.observer is not None:
+            pid = self.handles[worker_id].proc.pid
+            await self.observer.attach_worker(worker_id, stats[0], pid)
+
+    async def _spawn(self, worker_id: int, failures: int, stats: socket.socket | None) -> None:
         hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen = self.prepared.edge_sockets[worker_id]
         command = [
@@ -84,10 +111,12 @@ class Supervisor:
         ]
         if self.config_path is not None:
             command += ["--config", self.config_path]
+        fds = [listen.fileno(), worker_end.fileno()]
+        if stats is not None:
+            command += ["--stats-fd", str(stats.fileno())]
+            fds.append(stats.fileno())
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(listen.fileno(), worker_end.fileno())
-            )
+            proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             worker_end.close()
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
@@ -101,6 +130,8 @@ class Supervisor:
         if self.stopping:
             return
         self.hub.detach(handle.worker_id)
+        if self.observer is not None:
+            self.observer.worker_exited(handle.worker_id)
         lived = time.monotonic() - handle.started
         failures = 0 if lived > STABLE_AFTER else handle.failures + 1
         delay = RESPAWN_BACKOFF[min(failures, len(RESPAWN_BACKOFF) - 1)]
@@ -112,16 +143,12 @@ class Supervisor:
         if not self.stopping:
             await self.spawn(handle.worker_id, failures)
 
-    def health(self) -> dict[str, object]:
-        alive = sum(1 for h in self.handles.values() if h.proc.returncode is None)
-        return {"workers": alive, "workers_configured": self.count}
-
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         try:
             for worker_id in range(self.count):
                 await self.spawn(worker_id)
-            await serve_publish_side(sites, self.prepared, self.hub, self.health)
+            await serve_publish_side(sites, self.prepared, self.hub, self.observer)
             banner(self.prepared)
             log.info(
                 "ready",
@@ -131,6 +158,8 @@ class Supervisor:
             log.info("stopping", extra={"workers": self.count})
         finally:
             self.stopping = True
+            if self.observer is not None:
+                await self.observer.stop()
             await sites.cleanup()  # no new publishes
             await self.hub.close()  # workers deliver what they have, then close their clients
             await self._reap(SHUTDOWN_DEADLINE + 2)
@@ -158,7 +187,9 @@ class Supervisor:
 # The worker process -------------------------------------------------------------------------
 
 
-async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: int) -> None:
+async def run_worker(
+    config: Config, worker_id: int, listen_fd: int, broker_fd: int, stats_fd: int | None = None
+) -> None:
     from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
 
     tune_garbage_collector()
@@ -176,7 +207,7 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await serve_edge(sites, prepared, relay, broker, listen)
+        await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
@@ -188,12 +219,35 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
-def worker_main(config_path: str | None, worker_id: int, listen_fd: int, broker_fd: int) -> int:
+async def serve_observed_edge(
+    sites: Sites,
+    prepared: Prepared,
+    relay: Relay,
+    broker: WorkerBroker,
+    listen: socket.socket,
+    stats_fd: int | None,
+) -> None:
+    """The TLS port; with a stats line, the worker's probe too, answering once listening."""
+    if stats_fd is None:
+        await serve_edge(sites, prepared, relay, broker, listen)
+        return
+    probe, edge_broker, requests = observe_relay(relay, broker)
+    await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
+    await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
+
+
+def worker_main(
+    config_path: str | None,
+    worker_id: int,
+    listen_fd: int,
+    broker_fd: int,
+    stats_fd: int | None = None,
+) -> int:
     from sidecar.observe.logging import setup
 
     config = config_module.load(config_path) if config_path else Config()
     setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd))
+    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd))
     return 0
 
 

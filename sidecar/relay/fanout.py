@@ -10,7 +10,9 @@ first out, and each connection writes its own queue in order.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.relay.frames import Frame
@@ -56,7 +58,7 @@ class FlushScheduler:
 
 
 class _Broadcast:
-    __slots__ = ("channel", "excluded", "frame", "position", "subscribers")
+    __slots__ = ("channel", "excluded", "frame", "position", "size", "started", "subscribers")
 
     def __init__(
         self, channel: str, frame: Frame, subscribers: list[Connection], excluded: str | None
@@ -66,6 +68,8 @@ class _Broadcast:
         self.subscribers = subscribers
         self.excluded = excluded
         self.position = 0
+        self.size = len(frame) if type(frame) is bytes else sum(map(len, frame))
+        self.started = 0.0  # time.monotonic() when timed (see FanoutQueue.on_timed), else 0
 
 
 class FanoutQueue:
@@ -82,6 +86,13 @@ class FanoutQueue:
         self._loop = loop
         self._pending: deque[_Broadcast] = deque()
         self.delivered = 0  # events handed to subscribers, one per subscriber per event
+        self.delivered_bytes = 0  # their frames' bytes
+        # Latency sampling, for sidecar/observe: while `on_timed` is set, the next broadcast is
+        # timed, and `on_timed(seconds)` is called once its last subscriber has it; the
+        # observer sets `time_next` again when it wants another sample. Two attribute reads
+        # per broadcast when nobody is sampling.
+        self.time_next = False
+        self.on_timed: Callable[[float], None] | None = None
 
     def broadcast(
         self,
@@ -91,7 +102,11 @@ class FanoutQueue:
         excluded: str | None,
     ) -> None:
         # A snapshot: whoever subscribes later does not get an event published before.
-        self._pending.append(_Broadcast(channel, frame, list(subscribers), excluded))
+        job = _Broadcast(channel, frame, list(subscribers), excluded)
+        if self.time_next:
+            self.time_next = False
+            job.started = time.monotonic()
+        self._pending.append(job)
         if len(self._pending) == 1:
             self._loop.call_soon(self._deliver_slice)
 
@@ -107,6 +122,7 @@ class FanoutQueue:
             channel, frame, excluded = job.channel, job.frame, job.excluded
             subscribers = job.subscribers
             position, end = job.position, len(subscribers)
+            before = delivered
             while position < end and budget > 0:
                 conn = subscribers[position]
                 position += 1
@@ -120,8 +136,11 @@ class FanoutQueue:
                     conn.send(frame)
                     budget -= 1
             job.position = position
+            self.delivered_bytes += (delivered - before) * job.size
             if position == end:
                 pending.popleft()
+                if job.started and self.on_timed is not None:
+                    self.on_timed(time.monotonic() - job.started)
         self.delivered += delivered
         if pending:
             self._loop.call_soon(self._deliver_slice)
