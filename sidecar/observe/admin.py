@@ -144,8 +144,9 @@ class AdminEndpoints:
             await send_event(
                 response, "hello", {"history": history, "state": overview(snap, observer)}
             )
+            seen = observer.ticks
             while True:
-                await observer.next_tick()
+                seen = await observer.next_tick(seen)
                 snap = observer.last_full or snap
                 latest = observer.history.latest()
                 await send_event(

@@ -53,6 +53,7 @@ class Observer:
         self.worker_restarts = 0
         self.last_full: Snapshot | None = None  # the latest full collection, for the dashboard
         self.watchers = 0  # dashboards connected: the sampler collects in full while any are
+        self.ticks = 0  # samples taken
         self._book = CounterBook()
         self._sources: dict[int, Source] = {}
         self._clients: dict[int, WorkerStatsClient] = {}
@@ -213,12 +214,15 @@ class Observer:
             self.last_full = snap
         point = self.history.add(time.time(), snap.counters, int(snap.total("connections")))
         async with self._tick:
+            self.ticks += 1
             self._tick.notify_all()
         return point
 
-    async def next_tick(self) -> None:
+    async def next_tick(self, seen: int) -> int:
+        """Wait for a sample after the `seen`th (none is missed while the caller was busy)."""
         async with self._tick:
-            await self._tick.wait()
+            await self._tick.wait_for(lambda: self.ticks > seen)
+            return self.ticks
 
 
 def process_usage(pid: int) -> tuple[float, int] | None:
