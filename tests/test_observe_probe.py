@@ -27,7 +27,7 @@ from sidecar.observe.probe import (
     channel_kind,
     close_code_label,
 )
-from sidecar.observe.snapshot import key
+from sidecar.observe.snapshot import key, merge
 from sidecar.relay.connection import Connection
 from sidecar.relay.fanout import FanoutQueue
 from sidecar.relay.heartbeat import Heartbeat
@@ -246,8 +246,10 @@ async def test_relay_snapshot_counts_what_the_relay_did(relay: Relay) -> None:
     assert snap.counter("messages_delivered") == 2 + 3
     assert snap.counter("delivered_bytes") > 5 * len('"data"')
     assert snap.gauge("subscriptions", kind="public") == 1  # `first` left
-    assert snap.gauge("channels", kind="public") == 1
-    assert snap.gauge("channels", kind="cache") == 0
+    assert snap.occupied["public"] == ["1 news"]
+    assert snap.occupied["cache"] == []
+    assert merge([snap]).gauge("channels", kind="public") == 1
+    assert merge([snap]).gauge("channels", kind="cache") == 0
     assert [(c.channel, c.subscribers) for c in snap.channels] == [("news", 1)]
     assert snap.counter("delivery_latency_count") >= 1  # the first broadcast was timed
     assert [e.name for e in snap.events] == ["ev"]

@@ -24,6 +24,7 @@ def test_json_round_trip_keeps_everything() -> None:
         gauges={key("channels", kind="public"): 2},
         channels=[ChannelCount("1", "news", 7)],
         events=[RecentEvent(1.5, "1", "news", "created", 42, 2)],
+        occupied={"public": ["1 news"], "private": []},
     )
     back = Snapshot.from_json(snap.to_json())
     assert back == snap
@@ -96,3 +97,11 @@ def test_totals_never_go_down_even_when_a_worker_died_with_unreported_counts() -
     assert totals[key("gone")] == 2  # a series once reported is not dropped either
     book.update(0, {key("d"): 3})
     assert book.totals()[key("d")] == 8
+
+
+def test_a_channel_occupied_in_two_workers_is_one_channel() -> None:
+    a = Snapshot(occupied={"public": ["1 news", "1 a"], "presence": ["1 presence-r"]})
+    b = Snapshot(occupied={"public": ["1 news", "2 news"], "presence": []})
+    merged = merge([a, b])
+    assert merged.gauge("channels", kind="public") == 3
+    assert merged.gauge("channels", kind="presence") == 1

@@ -281,18 +281,18 @@ def write_counters(
 
 def write_gauges(snap: Snapshot, relay: Relay) -> None:
     subscriptions = dict.fromkeys(KINDS, 0)
-    occupied = dict.fromkeys(KINDS, 0)
+    occupied: dict[str, list[str]] = {kind: [] for kind in KINDS}
     counts: list[ChannelCount] = []
     for app_id, registry in relay.channels.items():
         for channel in registry:
             n = registry.count(channel)
             kind = channel_kind(channel)
             subscriptions[kind] += n
-            occupied[kind] += 1
+            occupied[kind].append(f"{app_id} {channel}")
             counts.append(ChannelCount(app_id, channel, n))
     for kind in KINDS:
         snap.gauges[key("subscriptions", kind=kind)] = subscriptions[kind]
-        snap.gauges[key("channels", kind=kind)] = occupied[kind]
+    snap.occupied = occupied  # counted by merge(), once across workers
     snap.gauges[key("send_queue_bytes")] = sum(c.queued_bytes for c in relay.connections.values())
     # Twice as many as shown: the supervisor adds the workers' lists up before cutting.
     snap.channels = busiest(counts, 2 * TOP_CHANNELS)

@@ -55,6 +55,10 @@ class Snapshot:
     gauges: dict[Key, float] = field(default_factory=dict)
     channels: list[ChannelCount] = field(default_factory=list)
     events: list[RecentEvent] = field(default_factory=list)
+    # Occupied channels by kind, as "app_id channel" (a channel name has no space): a channel
+    # with subscribers in two workers is one occupied channel, so the names are sent and
+    # `merge` counts their union into the `channels` gauge. Only in full snapshots.
+    occupied: dict[str, list[str]] = field(default_factory=dict)
 
     def counter(self, name: str, **labels: str) -> float:
         return self.counters.get(key(name, **labels), 0)
@@ -73,6 +77,7 @@ class Snapshot:
                 "g": [[n, labels, v] for (n, labels), v in self.gauges.items()],
                 "ch": [[c.app_id, c.channel, c.subscribers] for c in self.channels],
                 "ev": [[e.time, e.app_id, e.channel, e.name, e.size, e.more] for e in self.events],
+                "oc": self.occupied,
             }
         )
 
@@ -84,6 +89,7 @@ class Snapshot:
             gauges={_key(n, labels): float(v) for n, labels, v in raw.get("g", ())},
             channels=[ChannelCount(a, c, int(s)) for a, c, s in raw.get("ch", ())],
             events=[RecentEvent(*e) for e in raw.get("ev", ())],
+            occupied={str(k): [str(n) for n in v] for k, v in raw.get("oc", {}).items()},
         )
 
 
@@ -92,7 +98,8 @@ def _key(name: str, labels: list[list[str]]) -> Key:
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
-    """Counters and gauges summed, channels' subscribers summed, events interleaved by time.
+    """Counters and gauges summed, channels' subscribers summed, events interleaved by time,
+    occupied channels counted once however many workers have subscribers on them.
 
     Each process sends its own busiest channels only, so a channel spread thinly over many
     workers can be missing or undercounted; the dashboard's list is a view, not a metric.
@@ -100,7 +107,10 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     out = Snapshot()
     channels: dict[tuple[str, str], int] = {}
     events: list[RecentEvent] = []
+    occupied: dict[str, set[str]] = {}
     for snap in snapshots:
+        for kind, names in snap.occupied.items():
+            occupied.setdefault(kind, set()).update(names)
         for k, v in snap.counters.items():
             out.counters[k] = out.counters.get(k, 0) + v
         for k, v in snap.gauges.items():
@@ -109,6 +119,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             channels[c.app_id, c.channel] = channels.get((c.app_id, c.channel), 0) + c.subscribers
         events.extend(snap.events)
     out.channels = busiest((ChannelCount(a, c, n) for (a, c), n in channels.items()), TOP_CHANNELS)
+    for kind, names in occupied.items():
+        out.gauges[key("channels", kind=kind)] = len(names)
     out.events = sorted(events, key=lambda e: e.time)[-RECENT_EVENTS:]
     return out
 
