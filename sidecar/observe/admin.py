@@ -1,9 +1,10 @@
 """The admin listener: /healthz, /readyz, /metrics, /status and the live /dashboard.
 
-Health answers are open (a load balancer asks them); the rest needs `admin.token` when one is
-set, which the configuration demands whenever the listener is not on a loopback address. The
-token comes as `Authorization: Bearer TOKEN` or as `?token=TOKEN` (a browser's EventSource
-cannot send headers); it is compared in constant time and never logged.
+Health answers are open (a load balancer asks them), and so are the dashboard's script and
+style; the rest needs `admin.token` when one is set, which the configuration demands whenever
+the listener is not on a loopback address. The token comes as `Authorization: Bearer TOKEN` or
+as `?token=TOKEN` (a browser's EventSource cannot send headers); it is compared in constant
+time and never logged.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from sidecar.observe.snapshot import Snapshot
 
 log = logging.getLogger("sidecar.admin")
 
-OPEN_PATHS = frozenset(("/healthz", "/readyz"))
 STATIC = {
     "dashboard.js": "application/javascript",
     "dashboard.css": "text/css",
 }
+# Health, and the dashboard's script and style (no data in them; a page loads them without
+# its token): everything else needs the token when one is set.
+OPEN_PATHS = frozenset(("/healthz", "/readyz", *(f"/dashboard/{name}" for name in STATIC)))
 # Seconds of history averaged for the rates `sidecar status` prints.
 STATUS_RATE_WINDOW = 5
 

@@ -3,10 +3,14 @@
 "use strict";
 
 const HISTORY = 300; // points kept: five minutes at one a second
+const MIN_WINDOW = 60; // seconds a chart spans at least, until there is more history
+const RATE_WINDOW = 5; // seconds the cards' rates are averaged over
+const RECENT_ROWS = 12;
 const points = [];
 const token = new URLSearchParams(location.search).get("token");
 const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
+const axis = new Intl.NumberFormat("en-US", { maximumFractionDigits: 2 });
 
 function num(value) {
   return value === null || value === undefined ? "-" : fmt.format(value);
@@ -31,8 +35,8 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
-// One chart: lines over the last HISTORY seconds, y from 0 to a rounded maximum.
-function drawChart(canvas, series) {
+// One chart: lines over the last `span` seconds, y from 0 to a rounded maximum.
+function drawChart(canvas, series, span) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
   if (canvas.width !== width * ratio || canvas.height !== height * ratio) {
@@ -59,11 +63,11 @@ function drawChart(canvas, series) {
     ctx.moveTo(left, Math.round(y) + 0.5);
     ctx.lineTo(left + plotW, Math.round(y) + 0.5);
     ctx.stroke();
-    ctx.fillText(fmt.format((max * i) / 4), left - 6, y);
+    ctx.fillText(axis.format((max * i) / 4), left - 6, y);
   }
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
-  ctx.fillText(`${Math.round(HISTORY / 60)} min`, left, height - 4);
+  ctx.fillText(`${Math.round(span / 60)} min`, left, height - 4);
   ctx.textAlign = "right";
   ctx.fillText("now", left + plotW, height - 4);
   for (const s of series) {
@@ -71,10 +75,10 @@ function drawChart(canvas, series) {
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     let drawing = false;
-    const offset = HISTORY - s.values.length;
+    const offset = span - s.values.length;
     s.values.forEach((v, i) => {
       if (v === null) { drawing = false; return; }
-      const x = left + (plotW * (offset + i)) / (HISTORY - 1);
+      const x = left + (plotW * (offset + i)) / (span - 1);
       const y = top + plotH - (plotH * v) / max;
       if (drawing) ctx.lineTo(x, y); else ctx.moveTo(x, y);
       drawing = true;
@@ -91,17 +95,34 @@ function niceCeiling(value) {
 }
 
 function drawCharts() {
+  const span = Math.min(HISTORY, Math.max(MIN_WINDOW, points.length));
   const pick = (f) => points.map(f);
-  drawChart($("chart-connections"), [{ values: pick((p) => p.connections), color: cssVar("--in") }]);
+  const connections = [{ values: pick((p) => p.connections), color: cssVar("--in") }];
+  drawChart($("chart-connections"), connections, span);
   drawChart($("chart-rates"), [
     { values: pick((p) => p.published_per_s), color: cssVar("--in") },
     { values: pick((p) => p.delivered_per_s), color: cssVar("--out") },
-  ]);
+  ], span);
   drawChart($("chart-latency"), [
     { values: pick((p) => p.p50_ms), color: cssVar("--p50") },
     { values: pick((p) => p.p90_ms), color: cssVar("--p90") },
     { values: pick((p) => p.p99_ms), color: cssVar("--p99") },
-  ]);
+  ], span);
+}
+
+// The cards: rates averaged over the last few seconds, latency from the latest second
+// in which a delivery was timed (none in a quiet second).
+function recentRates() {
+  const recent = points.slice(-RATE_WINDOW);
+  const mean = (f) => recent.length ? recent.reduce((sum, p) => sum + f(p), 0) / recent.length : 0;
+  return { in: mean((p) => p.published_per_s), out: mean((p) => p.delivered_per_s) };
+}
+
+function recentLatency() {
+  for (let i = points.length - 1; i >= Math.max(0, points.length - 10); i -= 1) {
+    if (points[i].p50_ms !== null) return points[i];
+  }
+  return null;
 }
 
 function row(cells) {
@@ -122,16 +143,17 @@ function fillTable(id, rows) {
 }
 
 function showState(state) {
-  const latest = points.length ? points[points.length - 1] : null;
+  const rates = recentRates();
+  const latency = recentLatency();
   $("connections").textContent = num(state.connections);
   $("opened").textContent = num(state.totals.connections_opened);
   $("closed").textContent = num(state.totals.connections_closed);
   $("published").textContent = num(state.totals.published);
   $("delivered").textContent = num(state.totals.delivered);
-  $("rate-in").textContent = num(latest ? latest.published_per_s : 0);
-  $("rate-out").textContent = num(latest ? latest.delivered_per_s : 0);
-  $("latency").textContent = latest && latest.p50_ms !== null
-    ? `${num(latest.p50_ms)} / ${num(latest.p99_ms)}` : "-";
+  $("rate-in").textContent = num(rates.in);
+  $("rate-out").textContent = num(rates.out);
+  $("latency").textContent = latency
+    ? `${axis.format(latency.p50_ms)} / ${axis.format(latency.p99_ms)}` : "-";
   const kinds = Object.entries(state.channels);
   $("channels").textContent = num(kinds.reduce((sum, [, n]) => sum + n, 0));
   $("channel-kinds").textContent = kinds.filter(([, n]) => n > 0)
@@ -142,7 +164,7 @@ function showState(state) {
   fillTable("busiest", state.busiest.map((c) => row([
     [c.channel], [c.app], [num(c.subscribers), "num"],
   ])));
-  fillTable("recent", state.recent.map((e) => row([
+  fillTable("recent", state.recent.slice(0, RECENT_ROWS).map((e) => row([
     [new Date(e.time * 1000).toLocaleTimeString()],
     [e.more ? `${e.channel} +${e.more}` : e.channel],
     [e.name],
