@@ -226,3 +226,18 @@ async def test_dashboard_events_say_hello_then_tick(observed: tuple[Observer, Fa
         response.close()
     finally:
         await client.close()
+
+
+async def test_dashboard_events_end_when_the_observer_stops(
+    observed: tuple[Observer, FakeProbe],
+) -> None:
+    observer, _ = observed
+    client = await client_for(observer)
+    try:
+        response = await client.get("/dashboard/events")
+        await read_event(response, "hello")
+        await observer.stop()
+        assert (await response.content.read()).strip() == b""  # ended, no more events
+        assert observer.watchers == 0
+    finally:
+        await client.close()

@@ -149,7 +149,10 @@ class AdminEndpoints:
             )
             seen = observer.ticks
             while True:
-                seen = await observer.next_tick(seen)
+                tick = await observer.next_tick(seen)
+                if tick is None:
+                    break  # shutting down
+                seen = tick
                 snap = observer.last_full or snap
                 latest = observer.history.latest()
                 await send_event(

@@ -59,6 +59,7 @@ class Observer:
         self._clients: dict[int, WorkerStatsClient] = {}
         self._pids: dict[int, int] = {}
         self._tick = asyncio.Condition()
+        self._stopped = False
         self._sampler: asyncio.Task[None] | None = None
 
     # Sources -------------------------------------------------------------------------------
@@ -188,6 +189,9 @@ class Observer:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
 
     async def stop(self) -> None:
+        async with self._tick:
+            self._stopped = True  # dashboards' streams end now, not at the server's deadline
+            self._tick.notify_all()
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -218,11 +222,12 @@ class Observer:
             self._tick.notify_all()
         return point
 
-    async def next_tick(self, seen: int) -> int:
-        """Wait for a sample after the `seen`th (none is missed while the caller was busy)."""
+    async def next_tick(self, seen: int) -> int | None:
+        """Wait for a sample after the `seen`th (none is missed while the caller was busy);
+        None once stopping."""
         async with self._tick:
-            await self._tick.wait_for(lambda: self.ticks > seen)
-            return self.ticks
+            await self._tick.wait_for(lambda: self.ticks > seen or self._stopped)
+            return None if self._stopped else self.ticks
 
 
 def process_usage(pid: int) -> tuple[float, int] | None:
