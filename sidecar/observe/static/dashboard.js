@@ -16,6 +16,10 @@ function num(value) {
   return value === null || value === undefined ? "-" : fmt.format(value);
 }
 
+function ms(value) {
+  return value >= 10 ? fmt.format(value) : axis.format(value);
+}
+
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB"];
   let i = 0;
@@ -35,7 +39,9 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
-// One chart: lines over the last `span` seconds, y from 0 to a rounded maximum.
+// One chart: lines over the last `span` seconds, y from 0 to a rounded maximum. A series
+// with `right: true` has its own scale, labelled on the right (messages in are a few a
+// second where messages out are thousands).
 function drawChart(canvas, series, span) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
@@ -46,16 +52,20 @@ function drawChart(canvas, series, span) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  const left = 44, right = 6, top = 6, bottom = 18;
-  const plotW = width - left - right, plotH = height - top - bottom;
-  let max = 0;
-  for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
-  max = niceCeiling(max);
   ctx.font = "11px system-ui, sans-serif";
+  const scale = (right) => niceCeiling(Math.max(0, ...series.filter((s) => !!s.right === right)
+    .flatMap((s) => s.values.filter((v) => v !== null))));
+  const maxLeft = scale(false);
+  const hasRight = series.some((s) => s.right);
+  const maxRight = hasRight ? scale(true) : 0;
+  const labels = (max) => [0, 1, 2, 3, 4].map((i) => axis.format((max * i) / 4));
+  const widest = (max) => Math.max(...labels(max).map((t) => ctx.measureText(t).width));
+  const left = widest(maxLeft) + 10, right = hasRight ? widest(maxRight) + 10 : 6;
+  const top = 6, bottom = 18;
+  const plotW = width - left - right, plotH = height - top - bottom;
   ctx.fillStyle = cssVar("--muted");
   ctx.strokeStyle = cssVar("--line");
   ctx.lineWidth = 1;
-  ctx.textAlign = "right";
   ctx.textBaseline = "middle";
   for (let i = 0; i <= 4; i += 1) {
     const y = top + plotH - (plotH * i) / 4;
@@ -63,7 +73,12 @@ function drawChart(canvas, series, span) {
     ctx.moveTo(left, Math.round(y) + 0.5);
     ctx.lineTo(left + plotW, Math.round(y) + 0.5);
     ctx.stroke();
-    ctx.fillText(axis.format((max * i) / 4), left - 6, y);
+    ctx.textAlign = "right";
+    ctx.fillText(labels(maxLeft)[i], left - 6, y);
+    if (hasRight) {
+      ctx.textAlign = "left";
+      ctx.fillText(labels(maxRight)[i], left + plotW + 6, y);
+    }
   }
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
@@ -71,6 +86,7 @@ function drawChart(canvas, series, span) {
   ctx.textAlign = "right";
   ctx.fillText("now", left + plotW, height - 4);
   for (const s of series) {
+    const max = s.right ? maxRight : maxLeft;
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
@@ -100,7 +116,7 @@ function drawCharts() {
   const connections = [{ values: pick((p) => p.connections), color: cssVar("--in") }];
   drawChart($("chart-connections"), connections, span);
   drawChart($("chart-rates"), [
-    { values: pick((p) => p.published_per_s), color: cssVar("--in") },
+    { values: pick((p) => p.published_per_s), color: cssVar("--in"), right: true },
     { values: pick((p) => p.delivered_per_s), color: cssVar("--out") },
   ], span);
   drawChart($("chart-latency"), [
@@ -152,8 +168,7 @@ function showState(state) {
   $("delivered").textContent = num(state.totals.delivered);
   $("rate-in").textContent = num(rates.in);
   $("rate-out").textContent = num(rates.out);
-  $("latency").textContent = latency
-    ? `${axis.format(latency.p50_ms)} / ${axis.format(latency.p99_ms)}` : "-";
+  $("latency").textContent = latency ? `${ms(latency.p50_ms)} / ${ms(latency.p99_ms)}` : "-";
   const kinds = Object.entries(state.channels);
   $("channels").textContent = num(kinds.reduce((sum, [, n]) => sum + n, 0));
   $("channel-kinds").textContent = kinds.filter(([, n]) => n > 0)
