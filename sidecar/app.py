@@ -207,7 +207,7 @@ def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, Req
     (the signed API on the TLS port) that the probe reports from."""
     publishes = PublishCounter(broker)
     requests = RequestCounter()
-    probe = RelayProbe(relay, publishers=[publishes], requests=requests)
+    probe = RelayProbe(relay, publishers=[publishes], requests=requests, share_names=True)
     probe.start()
     return probe, publishes, requests  # type: ignore[return-value]
 

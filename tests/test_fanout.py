@@ -286,10 +286,10 @@ async def test_a_timed_broadcast_reports_once_its_last_subscriber_has_it(
     timed: list[float] = []
     queue.on_timed = timed.append
     queue.broadcast("news", b"untimed", subscribers(channel_of(2)), None)
-    queue.time_next = True
+    queue.time_next()
     conns = channel_of(10)
     queue.broadcast("news", b"timed", subscribers(conns), None)
-    assert queue.time_next is False  # one broadcast carries it, not the next ones
+    assert "broadcast" not in vars(queue)  # one broadcast is timed, not the next ones
     queue.broadcast("news", b"after", subscribers(channel_of(2)), None)
     await turn()
     assert timed == []  # 2 + 2 of 10 handed over: not done
@@ -308,3 +308,14 @@ async def test_nothing_is_timed_unless_asked() -> None:
     queue.broadcast("news", b"x", subscribers(channel_of(3)), None)
     await turn()
     assert timed == []
+
+
+async def test_timing_stopped_before_the_next_broadcast_times_nothing() -> None:
+    queue = new_queue()
+    timed: list[float] = []
+    queue.on_timed = timed.append
+    queue.time_next()
+    queue.stop_timing()
+    queue.broadcast("news", b"x", subscribers(channel_of(3)), None)
+    await turn()
+    assert timed == [] and queue.delivered == 3

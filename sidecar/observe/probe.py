@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,7 +26,6 @@ from sidecar.observe.snapshot import (
     ChannelCount,
     RecentEvent,
     Snapshot,
-    busiest,
     key,
 )
 
@@ -104,7 +104,7 @@ class LatencySampler:
         self._timer: Any = None
 
     def attach(self, fanout: Any) -> None:
-        """`fanout`: the relay's FanoutQueue (time_next, on_timed)."""
+        """`fanout`: the relay's FanoutQueue (time_next(), on_timed, stop_timing())."""
         self._fanout = fanout
         fanout.on_timed = self._timed
         self._arm()
@@ -114,12 +114,12 @@ class LatencySampler:
             self._timer.cancel()
         if self._fanout is not None:
             self._fanout.on_timed = None
-            self._fanout.time_next = False
+            self._fanout.stop_timing()
 
     def _arm(self) -> None:
         self._timer = None
         self._armed_at = self._clock()
-        self._fanout.time_next = True
+        self._fanout.time_next()
 
     def _timed(self, seconds: float) -> None:
         self.histogram.observe(seconds)
@@ -217,8 +217,10 @@ class RelayProbe:
         *,
         publishers: Iterable[PublishCounter] = (),
         requests: RequestCounter | None = None,
+        share_names: bool = False,
     ) -> None:
         self.relay = relay
+        self.share_names = share_names  # a worker: its report is merged with others'
         self.publishers = list(publishers)
         self.requests = requests
         self.latency = LatencyHistogram()
@@ -239,7 +241,7 @@ class RelayProbe:
         self.latency.write(snap.counters)
         snap.gauges[key("connections")] = len(self.relay.connections)
         if full:
-            write_gauges(snap, self.relay)
+            write_gauges(snap, self.relay, self.share_names)
             events = [e for p in self.publishers for e in p.recent]
             snap.events = sorted(events, key=lambda e: e.time)[-RECENT_EVENTS:]
         return snap
@@ -279,23 +281,35 @@ def write_counters(
         requests.write(counters)
 
 
-def write_gauges(snap: Snapshot, relay: Relay) -> None:
+def write_gauges(snap: Snapshot, relay: Relay, share_names: bool) -> None:
+    """Subscriptions and occupied channels by kind, send queues, the busiest channels.
+
+    `share_names`: a worker's report, to be merged with the others': occupied channels go as
+    names (merge() counts a channel once however many workers hold subscribers on it) and
+    twice as many busiest channels as shown (merge() adds the lists up before cutting).
+    """
     subscriptions = dict.fromkeys(KINDS, 0)
-    occupied: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    counts: list[ChannelCount] = []
+    occupied = dict.fromkeys(KINDS, 0)
+    names: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    counts: list[tuple[int, str, str]] = []
     for app_id, registry in relay.channels.items():
         for channel in registry:
             n = registry.count(channel)
             kind = channel_kind(channel)
             subscriptions[kind] += n
-            occupied[kind].append(f"{app_id} {channel}")
-            counts.append(ChannelCount(app_id, channel, n))
+            occupied[kind] += 1
+            if share_names:
+                names[kind].append(f"{app_id} {channel}")
+            counts.append((n, channel, app_id))
     for kind in KINDS:
         snap.gauges[key("subscriptions", kind=kind)] = subscriptions[kind]
-    snap.occupied = occupied  # counted by merge(), once across workers
+        if not share_names:
+            snap.gauges[key("channels", kind=kind)] = occupied[kind]
+    if share_names:
+        snap.occupied = names
     snap.gauges[key("send_queue_bytes")] = sum(c.queued_bytes for c in relay.connections.values())
-    # Twice as many as shown: the supervisor adds the workers' lists up before cutting.
-    snap.channels = busiest(counts, 2 * TOP_CHANNELS)
+    top = heapq.nlargest(2 * TOP_CHANNELS if share_names else TOP_CHANNELS, counts)
+    snap.channels = [ChannelCount(app_id, channel, n) for n, channel, app_id in top]
 
 
 # Close codes worth their own series; anything else a client sends is "other", so a label

@@ -58,7 +58,7 @@ class FlushScheduler:
 
 
 class _Broadcast:
-    __slots__ = ("channel", "excluded", "frame", "position", "size", "started", "subscribers")
+    __slots__ = ("channel", "excluded", "frame", "position", "subscribers")
 
     def __init__(
         self, channel: str, frame: Frame, subscribers: list[Connection], excluded: str | None
@@ -68,8 +68,6 @@ class _Broadcast:
         self.subscribers = subscribers
         self.excluded = excluded
         self.position = 0
-        self.size = len(frame) if type(frame) is bytes else sum(map(len, frame))
-        self.started = 0.0  # time.monotonic() when timed (see FanoutQueue.on_timed), else 0
 
 
 class FanoutQueue:
@@ -87,12 +85,32 @@ class FanoutQueue:
         self._pending: deque[_Broadcast] = deque()
         self.delivered = 0  # events handed to subscribers, one per subscriber per event
         self.delivered_bytes = 0  # their frames' bytes
-        # Latency sampling, for sidecar/observe: while `on_timed` is set, the next broadcast is
-        # timed, and `on_timed(seconds)` is called once its last subscriber has it; the
-        # observer sets `time_next` again when it wants another sample. Two attribute reads
-        # per broadcast when nobody is sampling.
-        self.time_next = False
+        # Latency sampling (sidecar/observe): see time_next().
         self.on_timed: Callable[[float], None] | None = None
+        self._timed: _Broadcast | None = None
+        self._timed_at = 0.0
+
+    def time_next(self) -> None:
+        """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
+        it. Costs nothing per broadcast meanwhile: the next call to `broadcast` finds this
+        instance's timed variant, which puts the class's method back."""
+        self.broadcast = self._timed_broadcast  # type: ignore[method-assign]
+
+    def stop_timing(self) -> None:
+        self.__dict__.pop("broadcast", None)
+        self._timed = None
+
+    def _timed_broadcast(
+        self,
+        channel: str,
+        frame: Frame,
+        subscribers: dict[Connection, None],
+        excluded: str | None,
+    ) -> None:
+        del self.broadcast
+        started = time.monotonic()
+        self.broadcast(channel, frame, subscribers, excluded)
+        self._timed, self._timed_at = self._pending[-1], started
 
     def broadcast(
         self,
@@ -102,11 +120,7 @@ class FanoutQueue:
         excluded: str | None,
     ) -> None:
         # A snapshot: whoever subscribes later does not get an event published before.
-        job = _Broadcast(channel, frame, list(subscribers), excluded)
-        if self.time_next:
-            self.time_next = False
-            job.started = time.monotonic()
-        self._pending.append(job)
+        self._pending.append(_Broadcast(channel, frame, list(subscribers), excluded))
         if len(self._pending) == 1:
             self._loop.call_soon(self._deliver_slice)
 
@@ -114,12 +128,13 @@ class FanoutQueue:
         budget = DELIVER_SLICE
         pending = self._pending
         delivered = 0
+        delivered_bytes = 0
         while pending and budget > 0:
             job = pending[0]
+            channel, frame, excluded = job.channel, job.frame, job.excluded
             # Write directly only while nothing else waits: otherwise queue, so this event
             # and the next ones reach each connection in one write.
-            direct = len(pending) == 1 and type(job.frame) is bytes
-            channel, frame, excluded = job.channel, job.frame, job.excluded
+            direct = len(pending) == 1 and type(frame) is bytes
             subscribers = job.subscribers
             position, end = job.position, len(subscribers)
             before = delivered
@@ -136,12 +151,17 @@ class FanoutQueue:
                     conn.send(frame)
                     budget -= 1
             job.position = position
-            self.delivered_bytes += (delivered - before) * job.size
+            if delivered != before:
+                size = len(frame) if type(frame) is bytes else sum(map(len, frame))
+                delivered_bytes += (delivered - before) * size
             if position == end:
                 pending.popleft()
-                if job.started and self.on_timed is not None:
-                    self.on_timed(time.monotonic() - job.started)
+                if job is self._timed:
+                    self._timed = None
+                    if self.on_timed is not None:
+                        self.on_timed(time.monotonic() - self._timed_at)
         self.delivered += delivered
+        self.delivered_bytes += delivered_bytes
         if pending:
             self._loop.call_soon(self._deliver_slice)
 
