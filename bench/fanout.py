@@ -225,7 +225,7 @@ def measure_throughput(
 def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Path) -> dict:
     pair = ensure_self_signed(workdir / "certs")
     server_cls = KINDS[kind]
-    extra = {"workers": args.workers} if kind == "sidecar" else {}
+    extra = {"workers": args.workers} if kind.startswith("sidecar") else {}
     server = server_cls(
         name=kind,
         workdir=workdir / kind,

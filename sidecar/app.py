@@ -33,6 +33,9 @@ from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.tls import ensure_self_signed
+from sidecar.observe.admin import admin_app
+from sidecar.observe.observer import Observer
+from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
 from sidecar.publish.api import PublishApi, json_error, json_errors
 from sidecar.publish.fastpath import FastPublishSite
 from sidecar.publish.unix import claim_socket_path
@@ -216,13 +219,37 @@ def redirect_application(
     return app
 
 
-def admin_application(health: Callable[[], dict[str, object]]) -> web.Application:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **health()})
+def admin_application(observer: Observer, token: str | None) -> web.Application:
+    """/healthz, /readyz, /metrics, /status and /dashboard (sidecar/observe/admin.py)."""
+    return admin_app(observer, token)
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    return app
+
+def make_observer(prepared: Prepared, workers: int) -> Observer | None:
+    """What the admin listener reports from; None when there is none (`admin: null`): then
+    nothing is counted beyond the relay's own plain counters."""
+    if prepared.admin_socket is None:
+        return None
+    broker = "memory" if workers == 1 else "pipe"
+    return Observer(prepared.cert, workers=workers, broker=broker)
+
+
+def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:
+    """One process: the observer reads the relay directly and counts both publish APIs; the
+    broker returned is the one for the TLS port's API."""
+    probe = RelayProbe(relay)
+    probe.start()
+    observer.add_local(probe)
+    return observer.count_publishes(broker)  # type: ignore[return-value]
+
+
+def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, RequestCounter]:
+    """A relay process's probe, and the broker and request counter for its own publish API
+    (the signed API on the TLS port) that the probe reports from."""
+    publishes = PublishCounter(broker)
+    requests = RequestCounter()
+    probe = RelayProbe(relay, publishers=[publishes], requests=requests, share_names=True)
+    probe.start()
+    return probe, publishes, requests  # type: ignore[return-value]
 
 
 # Serving ------------------------------------------------------------------------------------
@@ -294,12 +321,19 @@ def start_certificates(config: Config) -> CertificateManager | None:
 
 
 async def serve_edge(
-    sites: Sites, prepared: Prepared, relay: Relay, broker: Broker, sock: socket.socket
+    sites: Sites,
+    prepared: Prepared,
+    relay: Relay,
+    broker: Broker,
+    sock: socket.socket,
+    requests: RequestCounter | None = None,
 ) -> CertificateManager | None:
     config = prepared.config
     certificates = start_certificates(config)
     ssl_context = certificates.context if certificates is not None else None
     app = edge_application(config, prepared.apps, broker, relay.state)
+    if requests is not None:
+        app.middlewares.insert(0, requests.middleware("tls"))
     websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
     await sites.serve(
         app,
@@ -320,19 +354,28 @@ async def serve_publish_side(
     prepared: Prepared,
     broker: Broker,
     state: ChannelState,
-    health: Callable[[], dict[str, object]],
+    observer: Observer | None,
 ) -> None:
     """The Unix socket and the admin listener."""
     config = prepared.config
+    requests = None
+    if observer is not None:
+        broker, requests = observer.count_publishes(broker), observer.requests
     api = PublishApi(prepared.apps, broker, signed=False, state=state)
+    app = publish_application(api)
+    if requests is not None:
+        app.middlewares.insert(0, requests.middleware("unix"))
     await sites.serve(
-        publish_application(api),
-        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024),
+        app,
+        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024, requests=requests),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
     admin = prepared.admin_socket
-    if admin is not None:
-        await sites.serve(admin_application(health), lambda r: web.SockSite(r, admin))
+    if admin is not None and observer is not None:
+        observer.start()
+        await sites.serve(
+            admin_application(observer, config.admin.token), lambda r: web.SockSite(r, admin)
+        )
 
 
 async def serve_plain_http(sites: Sites, prepared: Prepared) -> ChallengeStore | None:
@@ -397,22 +440,27 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
     acme: AcmeService | None = None
     certificates: CertificateManager | None = None
     webhooks = await start_webhooks(prepared, relay.state)
+    observer = make_observer(prepared, 1)
+    if observer is not None and webhooks is not None:
+        observer.webhooks = webhooks.counters
     try:
         ready, acme = await obtain_certificate(sites, prepared, stopping)
         if ready:
+            edge_broker = broker
+            if observer is not None:
+                edge_broker = observe_single(observer, relay, broker)
             certificates = await serve_edge(
-                sites, prepared, relay, broker, prepared.edge_sockets[0]
+                sites,
+                prepared,
+                relay,
+                edge_broker,
+                prepared.edge_sockets[0],
+                observer.requests if observer is not None else None,
             )
             if acme is not None and certificates is not None:
                 reload = certificates.reload
                 acme.on_new_certificate.append(lambda: reload(force=True))
-            await serve_publish_side(
-                sites,
-                prepared,
-                broker,
-                relay.state,
-                lambda: {"connections": len(relay.connections), "workers": 1},
-            )
+            await serve_publish_side(sites, prepared, broker, relay.state, observer)
             banner(prepared)
             log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
             await stopping.wait()
@@ -425,6 +473,8 @@ async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> 
             await acme.stop()
         if certificates is not None:
             await certificates.stop()
+        if observer is not None:
+            await observer.stop()
         await sites.cleanup()
         remove_socket_file(prepared.config.publish.socket)
         if webhooks is not None:

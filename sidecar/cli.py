@@ -1,4 +1,4 @@
-"""`sidecar`: run the relay, check a configuration, publish an event."""
+"""`sidecar`: run the relay, check a configuration, publish an event, ask a running one."""
 
 from __future__ import annotations
 
@@ -113,7 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from sidecar import cluster
 
-    return cluster.worker_main(args.config, args.worker_id, args.listen_fd, args.broker_fd)
+    return cluster.worker_main(
+        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd
+    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -189,6 +191,31 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from sidecar.observe.status import StatusError, fetch_status, format_status, where
+
+    try:
+        admin = _load(args.config).admin
+    except ConfigError as exc:
+        return fail(f"config error: {exc}", EXIT_CONFIG)
+    host, port, token = admin.host, admin.port, args.token or admin.token
+    if args.admin is not None:
+        name, _, number = args.admin.rpartition(":")
+        if not number.isdigit():
+            return fail(f"--admin: expected HOST:PORT, got {args.admin!r}", EXIT_CONFIG)
+        host, port = (name or "127.0.0.1").strip("[]"), int(number)
+    if port is None:
+        return fail("the admin listener is off (admin.port is null); nothing to ask", EXIT_START)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    try:
+        data = fetch_status(host, port, token)
+    except StatusError as exc:
+        return fail(str(exc), EXIT_START)
+    print(format_status(data, where(host, port)))
+    return 0 if data.get("ready") else EXIT_START
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -212,11 +239,17 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--app", help="app id (default: the first app, or 1)")
     pub.add_argument("--socket-id", help="leave out this connection (the publisher's own)")
     pub.set_defaults(func=cmd_publish)
+    status = sub.add_parser("status", help="a short table from a running sidecar's admin port")
+    status.add_argument("--config", "-c", help="take the admin address and token from this config")
+    status.add_argument("--admin", help="HOST:PORT of the admin listener (default 127.0.0.1:9601)")
+    status.add_argument("--token", help="the admin token (default: the config's admin.token)")
+    status.set_defaults(func=cmd_status)
     worker = sub.add_parser("_worker", help=argparse.SUPPRESS)  # started by the supervisor
     worker.add_argument("--config")
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--broker-fd", type=int, required=True)
+    worker.add_argument("--stats-fd", type=int)
     worker.set_defaults(func=cmd_worker)
     return p
 

@@ -34,6 +34,8 @@ from sidecar.app import (
     Prepared,
     Sites,
     drain_relay,
+    make_observer,
+    observe_relay,
     obtain_certificate,
     remove_socket_file,
     serve_edge,
@@ -45,7 +47,11 @@ from sidecar.app import (
 from sidecar.broker.changes import Change
 from sidecar.broker.pipe import HubBroker, WorkerBroker
 from sidecar.config import Config
+from sidecar.edge.certificates import CertificateManager
+from sidecar.observe.channel import serve_worker_stats
+from sidecar.observe.observer import Observer
 from sidecar.relay.channel_state import ChannelState
+from sidecar.relay.relay import Relay
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -76,6 +82,17 @@ class Supervisor:
         self.hub.snapshot = self.state.snapshot
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
+        self.observer = self._make_observer()
+
+    def _make_observer(self) -> Observer | None:
+        observer = make_observer(self.prepared, self.count)
+        if observer is not None:
+            observer.workers_alive = self.alive
+            observer.broker_ok = lambda: self.hub.workers == self.count
+        return observer
+
+    def alive(self) -> int:
+        return sum(1 for h in self.handles.values() if h.proc.returncode is None)
 
     def _changed(self, origin: int, changes: list[Change]) -> None:
         self.state.apply_all(origin, changes)
@@ -86,6 +103,17 @@ class Supervisor:
             self.state.on_event(app_id, event)
 
     async def spawn(self, worker_id: int, failures: int = 0) -> None:
+        stats = socket.socketpair() if self.observer is not None else None
+        try:
+            await self._spawn(worker_id, failures, stats[1] if stats else None)
+        finally:
+            if stats is not None:
+                stats[1].close()
+        if stats is not None and self.observer is not None:
+            pid = self.handles[worker_id].proc.pid
+            await self.observer.attach_worker(worker_id, stats[0], pid)
+
+    async def _spawn(self, worker_id: int, failures: int, stats: socket.socket | None) -> None:
         hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen = self.prepared.edge_sockets[worker_id]
         command = [
@@ -102,10 +130,12 @@ class Supervisor:
         ]
         if self.config_path is not None:
             command += ["--config", self.config_path]
+        fds = [listen.fileno(), worker_end.fileno()]
+        if stats is not None:
+            command += ["--stats-fd", str(stats.fileno())]
+            fds.append(stats.fileno())
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(listen.fileno(), worker_end.fileno())
-            )
+            proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             worker_end.close()
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
@@ -119,6 +149,8 @@ class Supervisor:
         if self.stopping:
             return
         self.hub.detach(handle.worker_id)
+        if self.observer is not None:
+            self.observer.worker_exited(handle.worker_id)
         lived = time.monotonic() - handle.started
         failures = 0 if lived > STABLE_AFTER else handle.failures + 1
         delay = RESPAWN_BACKOFF[min(failures, len(RESPAWN_BACKOFF) - 1)]
@@ -137,10 +169,6 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     handle.proc.send_signal(signal.SIGHUP)
 
-    def health(self) -> dict[str, object]:
-        alive = sum(1 for h in self.handles.values() if h.proc.returncode is None)
-        return {"workers": alive, "workers_configured": self.count}
-
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
@@ -148,6 +176,8 @@ class Supervisor:
         acme = None
         await self.hub.start(lambda publication: None, self._changed, self._reported)
         webhooks = await start_webhooks(self.prepared, self.state)
+        if self.observer is not None and webhooks is not None:
+            self.observer.webhooks = webhooks.counters
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
@@ -158,6 +188,8 @@ class Supervisor:
                 await self._serve(sites, banner, stopping)
         finally:
             self.stopping = True
+            if self.observer is not None:
+                await self.observer.stop()
             if acme is not None:
                 await acme.stop()
             await sites.cleanup()  # no new publishes
@@ -173,7 +205,7 @@ class Supervisor:
     ) -> None:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
-        await serve_publish_side(sites, self.prepared, self.hub, self.state, self.health)
+        await serve_publish_side(sites, self.prepared, self.hub, self.state, self.observer)
         banner(self.prepared)
         log.info(
             "ready",
@@ -203,7 +235,9 @@ class Supervisor:
 # The worker process -------------------------------------------------------------------------
 
 
-async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: int) -> None:
+async def run_worker(
+    config: Config, worker_id: int, listen_fd: int, broker_fd: int, stats_fd: int | None = None
+) -> None:
     from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
 
     tune_garbage_collector()
@@ -222,7 +256,7 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     certificates = None
     try:
-        certificates = await serve_edge(sites, prepared, relay, broker, listen)
+        certificates = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
@@ -236,14 +270,37 @@ async def run_worker(config: Config, worker_id: int, listen_fd: int, broker_fd: 
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
-def worker_main(config_path: str | None, worker_id: int, listen_fd: int, broker_fd: int) -> int:
+async def serve_observed_edge(
+    sites: Sites,
+    prepared: Prepared,
+    relay: Relay,
+    broker: WorkerBroker,
+    listen: socket.socket,
+    stats_fd: int | None,
+) -> CertificateManager | None:
+    """The TLS port; with a stats line, the worker's probe too, answering once listening."""
+    if stats_fd is None:
+        return await serve_edge(sites, prepared, relay, broker, listen)
+    probe, edge_broker, requests = observe_relay(relay, broker)
+    certificates = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
+    await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
+    return certificates
+
+
+def worker_main(
+    config_path: str | None,
+    worker_id: int,
+    listen_fd: int,
+    broker_fd: int,
+    stats_fd: int | None = None,
+) -> int:
     from sidecar.observe.logging import setup
 
     # A SIGHUP (certificate reload) may come before the loop's handler is in place.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = config_module.load(config_path) if config_path else Config()
     setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd))
+    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd))
     return 0
 
 

@@ -118,7 +118,8 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     host: str = "127.0.0.1"
-    port: int | None = 9601
+    port: int | None = 9601  # None (or `admin: null`): no admin listener, no metrics kept
+    token: str | None = field(default=None, repr=False)  # required off loopback
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,36 @@ def _networks(
                 f"{key}.{name}[{i}]", f"must be an address or a CIDR like 10.0.0.0/8, got {value!r}"
             ) from None
     return tuple(networks)
+
+
+# The admin token travels in a header or a URL: long enough not to be guessed.
+MIN_ADMIN_TOKEN = 16
+
+
+def _admin(top: dict[str, Any]) -> AdminConfig:
+    if "admin" in top and top["admin"] is None:
+        return AdminConfig(port=None)
+    raw = _mapping(top.get("admin"), "admin")
+    _only(raw, "admin", {"host", "port", "token"})
+    host = _str(raw, "admin", "host", "127.0.0.1") or "127.0.0.1"
+    port = _port(raw, "admin", "port", 9601)
+    token = _str(raw, "admin", "token", None)
+    if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError("admin.token", f"must be at least {MIN_ADMIN_TOKEN} characters")
+    if port is not None and token is None and not is_loopback(host):
+        raise ConfigError(
+            "admin.token", f"required when admin.host ({host}) is not a loopback address"
+        )
+    return AdminConfig(host=host, port=port, token=token)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _publish(raw: Any) -> PublishConfig:
@@ -419,8 +450,6 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     )
     http = _mapping(raw.get("http"), "http")
     _only(http, "http", {"port"})
-    admin = _mapping(raw.get("admin"), "admin")
-    _only(admin, "admin", {"host", "port"})
     log = _mapping(raw.get("log"), "log")
     _only(log, "log", {"level"})
     upstream = raw.get("upstream")
@@ -442,10 +471,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         apps=_apps(raw.get("apps")),
         allowed_origins=_origins(raw.get("cors")),
         broker=_broker(raw.get("broker")),
-        admin=AdminConfig(
-            host=_str(admin, "admin", "host", "127.0.0.1") or "127.0.0.1",
-            port=_port(admin, "admin", "port", 9601),
-        ),
+        admin=_admin(raw),
         limits=_limits(raw.get("limits")),
         webhooks=_webhooks(raw.get("webhooks")),
         log=LogConfig(

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (Python packages in .venv, pusher-js from npm, Node.js and
-# the pebble ACME test CA if missing) and runs the whole suite. Arguments go to pytest:
-# bash tests/run.sh -k relay -x
+# the pebble ACME test CA, Chromium if missing) and runs the whole suite. Arguments go to pytest:
+#   bash tests/run.sh -k relay -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "tests/run.sh: installing Node.js and npm (apt)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+if ! command -v chromium >/dev/null; then
+  echo "tests/run.sh: installing Chromium (apt), for the dashboard's page tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
 
 if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then

@@ -262,3 +262,60 @@ async def test_a_broadcast_after_the_queue_drained_is_scheduled_again() -> None:
     queue.broadcast("news", b"2", subscribers(conns), None)
     await turn()
     assert all(c.received == [b"1", b"2"] for c in conns)
+
+
+# What the fan-out tells sidecar/observe: bytes delivered, one timed broadcast -----------------
+
+
+async def test_delivered_bytes_count_each_subscriber_that_got_the_frame(small_slices: int) -> None:
+    queue = new_queue()
+    conns = channel_of(10)
+    conns[3].subscriptions.clear()  # left before its turn: not delivered, not counted
+    queue.broadcast("news", b"12345", subscribers(conns), "1.7")  # 1.7: the publisher
+    queue.broadcast("news", (b"ab", b"cdef"), subscribers(conns[:2]), None)
+    for _ in range(10):
+        await turn()
+    assert queue.delivered == 8 + 2
+    assert queue.delivered_bytes == 8 * 5 + 2 * 6
+
+
+async def test_a_timed_broadcast_reports_once_its_last_subscriber_has_it(
+    small_slices: int,
+) -> None:
+    queue = new_queue()
+    timed: list[float] = []
+    queue.on_timed = timed.append
+    queue.broadcast("news", b"untimed", subscribers(channel_of(2)), None)
+    queue.time_next()
+    conns = channel_of(10)
+    queue.broadcast("news", b"timed", subscribers(conns), None)
+    assert "broadcast" not in vars(queue)  # one broadcast is timed, not the next ones
+    queue.broadcast("news", b"after", subscribers(channel_of(2)), None)
+    await turn()
+    assert timed == []  # 2 + 2 of 10 handed over: not done
+    while not conns[-1].received:
+        await turn()
+    assert len(timed) == 1 and timed[0] >= 0
+    for _ in range(5):
+        await turn()
+    assert len(timed) == 1
+
+
+async def test_nothing_is_timed_unless_asked() -> None:
+    queue = new_queue()
+    timed: list[float] = []
+    queue.on_timed = timed.append
+    queue.broadcast("news", b"x", subscribers(channel_of(3)), None)
+    await turn()
+    assert timed == []
+
+
+async def test_timing_stopped_before_the_next_broadcast_times_nothing() -> None:
+    queue = new_queue()
+    timed: list[float] = []
+    queue.on_timed = timed.append
+    queue.time_next()
+    queue.stop_timing()
+    queue.broadcast("news", b"x", subscribers(channel_of(3)), None)
+    await turn()
+    assert timed == [] and queue.delivered == 3

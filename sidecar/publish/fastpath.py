@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.edge.listener import hand_over
+from sidecar.observe.probe import RequestCounter
 from sidecar.publish.api import PublishApi
 from sidecar.publish.events import ApiError, parse_batch, parse_events
 from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_head
@@ -32,6 +33,11 @@ PUBLISH_PATH = re.compile(r"/apps/([^/%]+)/(events|batch_events)")
 # Longer Content-Length values are no body this path could take (and int() refuses 4300+).
 MAX_LENGTH_DIGITS = 18
 OK_KEEP_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+# The route each fast-path request is counted under: aiohttp's pattern for the same request.
+ROUTES = {
+    "events": "/apps/{app_id}/events",
+    "batch_events": "/apps/{app_id}/batch_events",
+}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
 
 
@@ -54,12 +60,28 @@ def wants_close(head: RequestHead) -> bool:
 class FastPublishProtocol(asyncio.Protocol):
     """Serves publish requests itself; steps aside to aiohttp for anything else."""
 
-    __slots__ = ("_api", "_body", "_buffer", "_chunks", "_http", "_needed", "_size", "_transport")
+    __slots__ = (
+        "_api",
+        "_body",
+        "_buffer",
+        "_chunks",
+        "_http",
+        "_needed",
+        "_requests",
+        "_size",
+        "_transport",
+    )
 
-    def __init__(self, api: PublishApi, http: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        api: PublishApi,
+        http: Callable[[], asyncio.Protocol],
+        requests: RequestCounter | None = None,
+    ) -> None:
         assert not api.signed, "the Unix socket's API: trusted, never signed"
         self._api = api
         self._http = http
+        self._requests = requests
         # Bytes not yet answered: pieces as they came, joined once a request is complete, so a
         # large body is copied once, not once per piece.
         self._chunks: list[bytes] = []
@@ -154,7 +176,11 @@ class FastPublishProtocol(asyncio.Protocol):
                 "api request refused",
                 extra={"path": path[:200], "status": exc.status, "reason": exc.message},
             )
+            if self._requests is not None:
+                self._requests.count("unix", ROUTES[kind], exc.status)
             return response(exc.status, orjson.dumps({"error": exc.message}), close=close)
+        if self._requests is not None:
+            self._requests.count("unix", ROUTES[kind], 200)
         return response(200, b"{}", close=True) if close else OK_KEEP_ALIVE
 
     # A publisher that pipelines without reading its replies is not read from either.
@@ -176,16 +202,24 @@ class FastPublishProtocol(asyncio.Protocol):
 class FastPublishSite(web.UnixSite):
     """aiohttp's Unix site with `FastPublishProtocol` in front of its request handler."""
 
-    def __init__(self, runner: web.BaseRunner, path: str, api: PublishApi, backlog: int) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        path: str,
+        api: PublishApi,
+        backlog: int,
+        requests: RequestCounter | None = None,
+    ) -> None:
         super().__init__(runner, path, backlog=backlog)
         self._api = api
+        self._requests = requests
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         http = self._runner.server
         assert http is not None
-        api = self._api
+        api, requests = self._api, self._requests
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
-            lambda: FastPublishProtocol(api, http), self._path, backlog=self._backlog
+            lambda: FastPublishProtocol(api, http, requests), self._path, backlog=self._backlog
         )

@@ -10,7 +10,9 @@ first out, and each connection writes its own queue in order.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.relay.frames import Frame
@@ -82,6 +84,33 @@ class FanoutQueue:
         self._loop = loop
         self._pending: deque[_Broadcast] = deque()
         self.delivered = 0  # events handed to subscribers, one per subscriber per event
+        self.delivered_bytes = 0  # their frames' bytes
+        # Latency sampling (sidecar/observe): see time_next().
+        self.on_timed: Callable[[float], None] | None = None
+        self._timed: _Broadcast | None = None
+        self._timed_at = 0.0
+
+    def time_next(self) -> None:
+        """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
+        it. Costs nothing per broadcast meanwhile: the next call to `broadcast` finds this
+        instance's timed variant, which puts the class's method back."""
+        self.broadcast = self._timed_broadcast  # type: ignore[method-assign]
+
+    def stop_timing(self) -> None:
+        self.__dict__.pop("broadcast", None)
+        self._timed = None
+
+    def _timed_broadcast(
+        self,
+        channel: str,
+        frame: Frame,
+        subscribers: dict[Connection, None],
+        excluded: str | None,
+    ) -> None:
+        del self.broadcast
+        started = time.monotonic()
+        self.broadcast(channel, frame, subscribers, excluded)
+        self._timed, self._timed_at = self._pending[-1], started
 
     def broadcast(
         self,
@@ -99,14 +128,16 @@ class FanoutQueue:
         budget = DELIVER_SLICE
         pending = self._pending
         delivered = 0
+        delivered_bytes = 0
         while pending and budget > 0:
             job = pending[0]
+            channel, frame, excluded = job.channel, job.frame, job.excluded
             # Write directly only while nothing else waits: otherwise queue, so this event
             # and the next ones reach each connection in one write.
-            direct = len(pending) == 1 and type(job.frame) is bytes
-            channel, frame, excluded = job.channel, job.frame, job.excluded
+            direct = len(pending) == 1 and type(frame) is bytes
             subscribers = job.subscribers
             position, end = job.position, len(subscribers)
+            before = delivered
             while position < end and budget > 0:
                 conn = subscribers[position]
                 position += 1
@@ -120,9 +151,17 @@ class FanoutQueue:
                     conn.send(frame)
                     budget -= 1
             job.position = position
+            if delivered != before:
+                size = len(frame) if type(frame) is bytes else sum(map(len, frame))
+                delivered_bytes += (delivered - before) * size
             if position == end:
                 pending.popleft()
+                if job is self._timed:
+                    self._timed = None
+                    if self.on_timed is not None:
+                        self.on_timed(time.monotonic() - self._timed_at)
         self.delivered += delivered
+        self.delivered_bytes += delivered_bytes
         if pending:
             self._loop.call_soon(self._deliver_slice)
 
