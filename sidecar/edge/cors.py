@@ -48,6 +48,10 @@ class PolicyOrigins(Mapping[str, aiohttp_cors.ResourceOptions]):
     def __len__(self) -> int:
         return 1 if self.policy.allow_all else 0
 
+    def __bool__(self) -> bool:
+        # aiohttp-cors takes an empty configuration for "no origin at all": ask per origin.
+        return True
+
 
 def resource_options(allow_credentials: bool) -> aiohttp_cors.ResourceOptions:
     return aiohttp_cors.ResourceOptions(
