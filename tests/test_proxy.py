@@ -145,9 +145,13 @@ class Upstream:
         )
 
 
+CYCLE = bytes(range(251))  # a prime length: no chunk size lines up with it
+
+
 def pattern(offset: int, size: int) -> bytes:
     """Bytes whose position is visible in their value, so a reordering would show."""
-    return bytes((offset + i) % 251 for i in range(size))
+    start = offset % len(CYCLE)
+    return (CYCLE * ((start + size) // len(CYCLE) + 1))[start : start + size]
 
 
 Front = Callable[..., Awaitable[TestClient]]
