@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.config_edge import UpstreamConfig
-from sidecar.edge.forwarded import TrustedProxies
+from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.proxy import ReverseProxy
 from sidecar.publish.api import json_errors
 from tests.support import free_port
@@ -244,8 +245,6 @@ async def test_forwarding_headers_and_hop_by_hop_dropped(
 
 
 async def test_a_trusted_proxy_in_front_is_believed(front: Front, tcp_upstream: TestServer) -> None:
-    import ipaddress
-
     trusted = TrustedProxies((ipaddress.ip_network("127.0.0.0/8"),))
     client = await front(tcp(tcp_upstream), trusted)
     response = await client.get(
@@ -472,3 +471,30 @@ async def test_a_stale_kept_alive_connection_is_retried_for_a_get_not_a_post(
     finally:
         server.close()
         await server.wait_closed()
+
+
+# Details -----------------------------------------------------------------------------------
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy_not_passed_on(
+    front: Front, tcp_upstream: TestServer
+) -> None:
+    client = await front(tcp(tcp_upstream))
+    response = await client.put("/echo/form", data=b"a=1", expect100=True)
+    assert response.status == 200
+    seen = await response.json()
+    assert seen["body"] == "a=1"
+    assert "Expect" not in dict(seen["headers"])
+
+
+async def test_hsts_is_added_to_https_responses(
+    aiohttp_client: Any, tcp_upstream: TestServer
+) -> None:
+    trusted = TrustedProxies((ipaddress.ip_network("127.0.0.1/32"),))
+    app = web.Application(middlewares=[forwarded_middleware(trusted), json_errors])
+    ReverseProxy(tcp(tcp_upstream), trusted, hsts="max-age=600").install(app)
+    client = await aiohttp_client(app)
+    secure = await client.get("/echo", headers={"X-Forwarded-Proto": "https"})
+    assert secure.headers["Strict-Transport-Security"] == "max-age=600"
+    plain = await client.get("/echo")
+    assert "Strict-Transport-Security" not in plain.headers
