@@ -295,3 +295,7 @@ async def test_unix_socket_app_502_until_it_listens(
             assert await ws.receive_str(timeout=5) == "over unix"
     finally:
         await served.close()
+
+
+def test_the_banner_names_the_app(sidecar: SidecarProcess, app_port: int) -> None:
+    assert f"https://localhost:{sidecar.port}/ -> http://127.0.0.1:{app_port}" in sidecar.stdout()
