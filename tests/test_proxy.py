@@ -498,3 +498,27 @@ async def test_hsts_is_added_to_https_responses(
     assert secure.headers["Strict-Transport-Security"] == "max-age=600"
     plain = await client.get("/echo")
     assert "Strict-Transport-Security" not in plain.headers
+
+
+async def test_a_client_leaving_mid_upload_is_not_the_apps_failure(
+    aiohttp_client: Any,
+    tcp_upstream: TestServer,
+    upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = ReverseProxy(tcp(tcp_upstream), TrustedProxies())
+    app = web.Application(middlewares=[json_errors])
+    proxy.install(app)
+    client = await aiohttp_client(app)
+    _, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * CHUNK
+    )
+    await writer.drain()
+    await asyncio.wait_for(upstream.first_chunk.wait(), 5)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.3)  # for the proxy to notice the loss
+    assert not [r for r in caplog.records if r.name == "sidecar.proxy"]
+    assert proxy.down is False
+    assert (await client.get("/echo")).status == 200

@@ -94,6 +94,9 @@ class ReverseProxy:
         try:
             upstream = await self._send(request)
         except UpstreamFailed as exc:
+            if request.transport is None or request.transport.is_closing():
+                # The client left mid-upload: not the app's failure, and no one to tell.
+                return web.Response(status=exc.status)
             self._failed(request, exc.reason)
             return failure_page(request, exc.status, exc.reason)
         if self.down:
