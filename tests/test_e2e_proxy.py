@@ -18,8 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.support import SidecarProcess, free_port, running_sidecar
-from tests.test_passthrough import PROTOCOL, Cable
-from tests.test_proxy import CHUNK, Upstream, pattern
+from tests.upstream_apps import CHUNK, PROTOCOL, Cable, Upstream, pattern
 
 pytestmark = pytest.mark.e2e
 

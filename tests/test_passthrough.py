@@ -19,36 +19,7 @@ from sidecar.edge.listener import EdgeProtocol
 from sidecar.edge.passthrough import Splice, UpgradePassthrough
 from sidecar.relay.handshake import RequestHead
 from tests.support import free_port
-
-PROTOCOL = "actioncable-v1-json"
-
-
-class Cable:
-    """The app's WebSocket endpoint (ActionCable-like): echoes, closes when asked to."""
-
-    def __init__(self) -> None:
-        self.heads: list[dict[str, str]] = []
-        self.closed = asyncio.Event()
-        self.app = web.Application()
-        self.app.router.add_get("/cable", self.cable)
-        self.app.router.add_get("/plain", self.plain)
-
-    async def cable(self, request: web.Request) -> web.WebSocketResponse:
-        self.heads.append(dict(request.headers))
-        ws = web.WebSocketResponse(protocols=(PROTOCOL,), compress=True, max_msg_size=0)
-        await ws.prepare(request)
-        async for message in ws:
-            if message.type is aiohttp.WSMsgType.TEXT and message.data == "close-me":
-                await ws.close(code=4001, message=b"asked to")
-            elif message.type is aiohttp.WSMsgType.TEXT:
-                await ws.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(message.data)
-        self.closed.set()
-        return ws
-
-    async def plain(self, request: web.Request) -> web.Response:
-        return web.Response(status=404, text="no socket here")
+from tests.upstream_apps import PROTOCOL, Cable
 
 
 class RelayStandIn:
