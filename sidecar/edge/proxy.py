@@ -28,6 +28,10 @@ log = logging.getLogger("sidecar.proxy")
 # A request without a body may be sent again when a kept-alive connection turns out to have
 # been closed by the app as it was reused (the app's keep-alive timeout ran out first).
 REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Idle connections to the app are closed after this long: sooner than any app server closes them
+# (gunicorn after 2 s, uvicorn 5 s, Puma 20 s), so that a request with a body, which cannot be
+# sent twice, is rarely written to a connection the app is closing at that moment.
+IDLE_KEEPALIVE = 1.0
 # aiohttp's client adds these when they are missing; a proxy passes on what the client sent.
 NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 PAGE = """<!doctype html>
@@ -66,9 +70,11 @@ class ReverseProxy:
         upstream = self.upstream
         connector: aiohttp.BaseConnector
         if upstream.socket is not None:
-            connector = aiohttp.UnixConnector(path=upstream.socket, limit=0)
+            connector = aiohttp.UnixConnector(
+                path=upstream.socket, limit=0, keepalive_timeout=IDLE_KEEPALIVE
+            )
         else:
-            connector = aiohttp.TCPConnector(limit=0, use_dns_cache=True)
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_KEEPALIVE)
         self.session = aiohttp.ClientSession(
             connector=connector,
             # Connecting has its own limit; after that the app may take `timeout` to start its
