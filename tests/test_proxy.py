@@ -394,3 +394,27 @@ async def test_a_client_leaving_mid_upload_is_not_the_apps_failure(
     assert not [r for r in caplog.records if r.name == "sidecar.proxy"]
     assert proxy.down is False
     assert (await client.get("/echo")).status == 200
+
+
+class Garbage(asyncio.Protocol):
+    """Answers any request with something that is not HTTP."""
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")  # type: ignore[attr-defined]
+        self.transport.close()  # type: ignore[attr-defined]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+
+async def test_an_answer_that_is_not_http_is_502(front: Front) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await front(UpstreamConfig(url="x", host="127.0.0.1", port=port))
+        response = await client.post("/", data=b"x")
+        assert response.status == 502
+        assert (await response.json())["error"].startswith("the app's answer broke off")
+    finally:
+        server.close()

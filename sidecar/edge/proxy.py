@@ -135,8 +135,10 @@ class ReverseProxy:
                 raise UpstreamFailed(502, "the app closed the connection unanswered") from exc
             except TimeoutError as exc:  # aiohttp's connect and read timeouts included
                 raise UpstreamFailed(504, "the app did not answer in time") from exc
-            except (aiohttp.ClientError, OSError) as exc:
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
                 raise UpstreamFailed(502, f"the app is not reachable: {describe(exc)}") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise UpstreamFailed(502, f"the app's answer broke off: {describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _relay(
