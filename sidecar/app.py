@@ -28,10 +28,13 @@ from sidecar.config import CertFiles, Config
 from sidecar.edge.acme import AcmeFiles, AcmeService, answer_challenges, start_acme
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import CertificateManager, check_certificates
+from sidecar.edge.cors import allow_cross_origin
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
+from sidecar.edge.passthrough import UpgradePassthrough
+from sidecar.edge.proxy import ReverseProxy
 from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe.admin import admin_app
 from sidecar.observe.observer import Observer
@@ -173,14 +176,34 @@ def edge_application(
         middlewares=[*edge_middlewares(config), json_errors], client_max_size=api.max_body
     )
     api.add_routes(app)
-
-    async def elsewhere(request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return json_error(400, "open each WebSocket on a new connection, not after a request")
-        return json_error(404, f"nothing at {request.path[:100]}")
-
-    app.router.add_route("*", "/{tail:.*}", elsewhere)
+    allow_cross_origin(
+        app, OriginPolicy(config.allowed_origins), allow_credentials=config.cors_allow_credentials
+    )
+    add_fallback_routes(app, config)
     return app
+
+
+async def elsewhere(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return json_error(400, "open each WebSocket on a new connection, not after a request")
+    return json_error(404, f"nothing at {request.path[:100]}")
+
+
+def add_fallback_routes(app: web.Application, config: Config) -> None:
+    """What the API does not route: 404, or with an upstream the app's (all but /apps/...)."""
+    if config.upstream is None:
+        app.router.add_route("*", "/{tail:.*}", elsewhere)
+        return
+    app.router.add_route("*", "/apps/{tail:.*}", elsewhere)
+    hsts = config.tls.hsts.header() if config.tls.hsts is not None else None
+    ReverseProxy(config.upstream, TrustedProxies(config.listen.trusted_proxies), hsts).install(app)
+
+
+def upgrade_passthrough(config: Config) -> UpgradePassthrough | None:
+    """With an upstream, WebSocket upgrades off the relay's /app/ path are the app's."""
+    if config.upstream is None:
+        return None
+    return UpgradePassthrough(config.upstream, TrustedProxies(config.listen.trusted_proxies))
 
 
 def edge_middlewares(config: Config) -> list[Callable[..., object]]:
@@ -335,6 +358,7 @@ async def serve_edge(
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("tls"))
     websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
+    passthrough = upgrade_passthrough(config)
     await sites.serve(
         app,
         lambda r: EdgeSite(
@@ -344,6 +368,7 @@ async def serve_edge(
             ssl_context=ssl_context,
             handshake_timeout=config.tls.handshake_timeout,
             backlog=LISTEN_BACKLOG,
+            passthrough=passthrough,
         ),
     )
     return certificates

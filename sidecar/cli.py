@@ -50,6 +50,11 @@ def banner(prepared: Prepared) -> None:
         "Sidecar is running.",
         f"  WebSocket  {scheme}://{host}:{cfg.listen.port}/app/{app.key}?protocol=7",
         f"  Publish    unix socket {cfg.publish.socket} (POST /apps/{app.id}/events)",
+    ]
+    if cfg.upstream is not None:
+        page = "http" if scheme == "ws" else "https"
+        lines.append(f"  App        {page}://{host}:{cfg.listen.port}/ -> {cfg.upstream.url}")
+    lines += [
         "",
         "Connect with pusher-js:",
         f"  new Pusher({json.dumps(app.key)}, {json.dumps(options)})",

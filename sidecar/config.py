@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.config_edge import UpstreamConfig, check_upstream_loop, parse_cors, parse_upstream
 from sidecar.config_tls import AcmeConfig, CertFiles, EabConfig, HstsConfig, TlsConfig, parse_tls
 from sidecar.config_values import ConfigError, MiB
 from sidecar.config_values import choice as _choice
@@ -26,7 +27,7 @@ from sidecar.config_values import port as _port
 from sidecar.config_values import size as _bytes
 from sidecar.config_values import string as _str
 from sidecar.config_values import string_list as _str_list
-from sidecar.edge.origin import LOCAL_ORIGINS, parse_origin_pattern
+from sidecar.edge.origin import LOCAL_ORIGINS
 
 __all__ = [
     "AcmeConfig",
@@ -36,6 +37,7 @@ __all__ = [
     "EabConfig",
     "HstsConfig",
     "TlsConfig",
+    "UpstreamConfig",
     "from_mapping",
     "load",
 ]
@@ -173,7 +175,8 @@ class Config:
     publish: PublishConfig = PublishConfig()
     apps: tuple[AppConfig, ...] | None = None  # None: generate one on first run, kept in tls.dir
     allowed_origins: tuple[str, ...] = LOCAL_ORIGINS
-    upstream: str | None = None
+    cors_allow_credentials: bool = False  # Access-Control-Allow-Credentials on the HTTP API
+    upstream: UpstreamConfig | None = None  # None: paths the sidecar does not own are 404
     broker: BrokerConfig = BrokerConfig()
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -373,22 +376,6 @@ def _webhooks(raw: Any) -> WebhookSettings:
     return settings
 
 
-def _origins(raw: Any) -> tuple[str, ...]:
-    raw = _mapping(raw, "cors")
-    _only(raw, "cors", {"allowed_origins"})
-    origins = raw.get("allowed_origins", list(LOCAL_ORIGINS))
-    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-        raise ConfigError("cors.allowed_origins", "must be a list of origins")
-    for i, origin in enumerate(origins):
-        if origin == "*":
-            continue
-        try:
-            parse_origin_pattern(origin)
-        except ValueError as exc:
-            raise ConfigError(f"cors.allowed_origins[{i}]", str(exc)) from None
-    return tuple(origins)
-
-
 def _broker(raw: Any) -> BrokerConfig:
     raw = _mapping(raw, "broker")
     _only(raw, "broker", {"kind", "url"})
@@ -452,16 +439,12 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     _only(http, "http", {"port"})
     log = _mapping(raw.get("log"), "log")
     _only(log, "log", {"level"})
-    upstream = raw.get("upstream")
-    if upstream is not None:
-        raise ConfigError(
-            "upstream", "the reverse proxy is not available in this version; leave it null"
-        )
     workers = raw.get("workers", "auto")
     if workers != "auto" and (
         isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256
     ):
         raise ConfigError("workers", f"must be auto or a number from 1 to 256, got {workers!r}")
+    origins, credentials = parse_cors(raw.get("cors"))
     config = Config(
         workers=workers,
         listen=_listen(raw.get("listen")),
@@ -469,7 +452,9 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         tls=parse_tls(raw.get("tls")),
         publish=_publish(raw.get("publish")),
         apps=_apps(raw.get("apps")),
-        allowed_origins=_origins(raw.get("cors")),
+        allowed_origins=origins,
+        cors_allow_credentials=credentials,
+        upstream=parse_upstream(raw.get("upstream")),
         broker=_broker(raw.get("broker")),
         admin=_admin(raw),
         limits=_limits(raw.get("limits")),
@@ -478,6 +463,9 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
             level=_choice(log, "log", "level", "info", ("debug", "info", "warning", "error"))
         ),
         source=source,
+    )
+    check_upstream_loop(
+        config.upstream, config.listen.host, config.listen.port, config.publish.socket
     )
     if config.tls.mode == "acme" and config.http.port is None:
         raise ConfigError(

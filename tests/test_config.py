@@ -167,7 +167,7 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"publish": {"socket": ""}}, "publish.socket"),
         ({"broker": {"kind": "kafka"}}, "broker.kind"),
         ({"broker": {"kind": "redis"}}, "broker.kind"),
-        ({"upstream": "http://localhost:3000"}, "upstream"),
+        ({"upstream": "ftp://localhost:3000"}, "upstream"),
         ({"log": {"level": "verbose"}}, "log.level"),
         ({"limits": {"activity_timeout": 0}}, "limits.activity_timeout"),
         ({"limits": {"pong_timeout": 601}}, "limits.pong_timeout"),

@@ -94,12 +94,25 @@ class FakeEndpoint:
         self.upgrades.append((transport, head, rest))
 
 
+class FakePassthrough:
+    """Stands in for UpgradePassthrough: wants every path but the relay's."""
+
+    def __init__(self) -> None:
+        self.upgrades: list[tuple[Any, bytes, bytes]] = []
+
+    def wants(self, head: RequestHead) -> bool:
+        return not head.path.startswith("/app/")
+
+    def upgrade(self, transport: Any, raw_head: bytes, rest: bytes) -> None:
+        self.upgrades.append((transport, raw_head, rest))
+
+
 class Edge:
-    def __init__(self, websockets: Any = None) -> None:
+    def __init__(self, websockets: Any = None, passthrough: Any = None) -> None:
         self.transport = FakeTransport()
         self.http_made: list[FakeHttp] = []
         self.endpoint = websockets or FakeEndpoint()
-        self.protocol = EdgeProtocol(self._make_http, self.endpoint)
+        self.protocol = EdgeProtocol(self._make_http, self.endpoint, passthrough)
         self.protocol.connection_made(self.transport)  # type: ignore[arg-type]
 
     def _make_http(self) -> FakeHttp:
@@ -176,6 +189,49 @@ async def test_upgrade_with_keep_alive_in_connection() -> None:
     edge.feed(UPGRADE.replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade"))
     assert len(edge.endpoint.upgrades) == 1
     edge.protocol.connection_lost(None)
+
+
+# With an upstream: the app's upgrades pass through ------------------------------------------
+
+
+CABLE_UPGRADE = UPGRADE.replace(b"/app/key-one?protocol=7&client=js", b"/cable?token=t")
+
+
+async def test_an_upgrade_off_the_relay_path_passes_through_with_its_raw_head() -> None:
+    passthrough = FakePassthrough()
+    edge = Edge(passthrough=passthrough)
+    frame = b"\x81\x80\x00\x00\x00\x00"
+    edge.feed(CABLE_UPGRADE[:20], CABLE_UPGRADE[20:] + frame)
+    ((transport, raw_head, rest),) = passthrough.upgrades
+    assert transport is edge.transport
+    assert raw_head + b"\r\n\r\n" == CABLE_UPGRADE
+    assert rest == frame
+    assert edge.endpoint.upgrades == []
+    assert edge.http_made == []
+    edge.protocol.connection_lost(None)
+
+
+async def test_relay_upgrades_stay_with_the_relay_when_an_upstream_is_set() -> None:
+    passthrough = FakePassthrough()
+    edge = Edge(passthrough=passthrough)
+    edge.feed(UPGRADE)
+    assert len(edge.endpoint.upgrades) == 1
+    assert passthrough.upgrades == []
+    edge.protocol.connection_lost(None)
+
+
+async def test_without_an_upstream_every_upgrade_is_the_relays() -> None:
+    edge = Edge()
+    edge.feed(CABLE_UPGRADE)  # the relay answers it with 4005 (path not found)
+    ((_transport, head, _rest),) = edge.endpoint.upgrades
+    assert head.path == "/cable"
+    edge.protocol.connection_lost(None)
+
+
+async def test_a_plain_request_goes_to_http_with_an_upstream_too() -> None:
+    edge = Edge(passthrough=FakePassthrough())
+    edge.feed(API_REQUEST)
+    assert_handed_to_http(edge, API_REQUEST)
 
 
 # Everything else goes to HTTP ---------------------------------------------------------------

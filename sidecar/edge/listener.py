@@ -1,10 +1,11 @@
 """The browser-facing port: each connection's first request decides who serves it.
 
 A WebSocket upgrade is answered here and the socket is handed to the relay's own small
-protocol object; anything else (the signed HTTP API, errors) goes to aiohttp with the bytes
-already read. aiohttp then owns that connection for good, so an upgrade sent later on a
-keep-alive HTTP connection is refused there with a clear message (browsers and pusher-js open
-a new connection for each WebSocket).
+protocol object, or, with an `upstream` and a path that is not the relay's, spliced to the app
+(sidecar/edge/passthrough.py); anything else (the signed HTTP API, the reverse proxy, errors)
+goes to aiohttp with the bytes already read. aiohttp then owns that connection for good, so an
+upgrade sent later on a keep-alive HTTP connection is refused there with a clear message
+(browsers and pusher-js open a new connection for each WebSocket).
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import asyncio
 import socket
 from collections.abc import Callable
 from ssl import SSLContext
-from typing import cast
+from typing import Protocol, cast
 
 from aiohttp import web
 
-from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, http_response, read_head
+from sidecar.relay.handshake import (
+    HEAD_END,
+    MAX_HEAD_BYTES,
+    RequestHead,
+    http_response,
+    read_head,
+)
 from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 
 # A client has this long to send its first request head (after TLS, which has its own limit).
@@ -31,14 +38,28 @@ def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: by
     protocol.data_received(read)
 
 
+class Passthrough(Protocol):
+    """Who takes the upgrades the relay does not serve (sidecar/edge/passthrough.py)."""
+
+    def wants(self, head: RequestHead) -> bool: ...
+
+    def upgrade(self, transport: asyncio.Transport, raw_head: bytes, rest: bytes) -> None: ...
+
+
 class EdgeProtocol(asyncio.Protocol):
     """Reads a connection's first request head, then steps aside for whoever serves it."""
 
-    __slots__ = ("_buffer", "_http", "_timer", "_transport", "_websockets")
+    __slots__ = ("_buffer", "_http", "_passthrough", "_timer", "_transport", "_websockets")
 
-    def __init__(self, http: Callable[[], asyncio.Protocol], websockets: WebSocketEndpoint) -> None:
+    def __init__(
+        self,
+        http: Callable[[], asyncio.Protocol],
+        websockets: WebSocketEndpoint,
+        passthrough: Passthrough | None = None,
+    ) -> None:
         self._http = http
         self._websockets = websockets
+        self._passthrough = passthrough
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -61,8 +82,11 @@ class EdgeProtocol(asyncio.Protocol):
         if head is None or not head.is_websocket_upgrade:
             self._hand_to_http()
             return
-        rest = self._buffer[end + len(HEAD_END) :]
-        self._websockets.upgrade(self._step_aside(), head, rest)
+        raw_head, rest = self._buffer[:end], self._buffer[end + len(HEAD_END) :]
+        if self._passthrough is not None and self._passthrough.wants(head):
+            self._passthrough.upgrade(self._step_aside(), raw_head, rest)
+        else:
+            self._websockets.upgrade(self._step_aside(), head, rest)
 
     def _step_aside(self) -> asyncio.Transport:
         if self._timer is not None:
@@ -100,16 +124,18 @@ class EdgeSite(web.SockSite):
         ssl_context: SSLContext | None,
         handshake_timeout: float,
         backlog: int,
+        passthrough: Passthrough | None = None,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
         self._websockets = websockets
+        self._passthrough = passthrough
         self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         http = self._runner.server
         assert http is not None
-        websockets = self._websockets
+        websockets, passthrough = self._websockets, self._passthrough
         # aiohttp's own sites do not pass a handshake deadline on; the loop's default is 60 s,
         # during which a client that connects and says nothing holds a socket.
         extra = {}
@@ -117,7 +143,7 @@ class EdgeSite(web.SockSite):
             extra["ssl_handshake_timeout"] = self._handshake_timeout
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: EdgeProtocol(http, websockets),
+            lambda: EdgeProtocol(http, websockets, passthrough),
             sock=self._sock,
             ssl=self._ssl_context,
             backlog=self._backlog,

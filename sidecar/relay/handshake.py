@@ -108,7 +108,14 @@ def accept_response(key: str) -> bytes:
     )
 
 
-REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 426: "Upgrade Required"}
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    426: "Upgrade Required",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
 
 
 def http_response(status: int, body: dict[str, str], extra_headers: str = "") -> bytes:

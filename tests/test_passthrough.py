@@ -1,0 +1,280 @@
+"""sidecar.edge.passthrough: the app's WebSocket upgrades spliced through EdgeProtocol."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.config_edge import UpstreamConfig
+from sidecar.edge.forwarded import TrustedProxies
+from sidecar.edge.listener import EdgeProtocol
+from sidecar.edge.passthrough import Splice, UpgradePassthrough
+from sidecar.relay.handshake import RequestHead
+from tests.support import free_port
+from tests.upstream_apps import PROTOCOL, Cable
+
+
+class RelayStandIn:
+    """Stands in for the relay's endpoint: /app/ upgrades must still land here."""
+
+    def __init__(self) -> None:
+        self.heads: list[RequestHead] = []
+
+    def upgrade(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
+        self.heads.append(head)
+        transport.close()
+
+
+def http_not_expected() -> asyncio.Protocol:
+    raise AssertionError("an upgrade was handed to the HTTP server")
+
+
+@pytest.fixture
+def cable() -> Cable:
+    return Cable()
+
+
+@pytest.fixture
+async def cable_server(cable: Cable) -> AsyncIterator[TestServer]:
+    server = TestServer(cable.app, host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+class Front:
+    """EdgeProtocol on a loopback port (plain TCP), with the passthrough to `upstream`."""
+
+    def __init__(self, upstream: UpstreamConfig) -> None:
+        self.relay = RelayStandIn()
+        self.passthrough = UpgradePassthrough(upstream, TrustedProxies())
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> Front:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: EdgeProtocol(http_not_expected, self.relay, self.passthrough),  # type: ignore[arg-type]
+            "127.0.0.1",
+            0,
+        )
+        return self
+
+    def url(self, path: str) -> str:
+        assert self.server is not None
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}{path}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def front_factory() -> AsyncIterator[Any]:
+    fronts: list[Front] = []
+
+    async def make(upstream: UpstreamConfig) -> Front:
+        front = await Front(upstream).start()
+        fronts.append(front)
+        return front
+
+    yield make
+    for front in fronts:
+        await front.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def tcp(server: TestServer, **timeouts: float) -> UpstreamConfig:
+    assert server.port is not None
+    return UpstreamConfig(url="test", host="127.0.0.1", port=server.port, **timeouts)
+
+
+# Through to the app ------------------------------------------------------------------------
+
+
+async def test_frames_are_echoed_through_with_subprotocol_and_extension(
+    front_factory: Any, cable_server: TestServer, cable: Cable, session: aiohttp.ClientSession
+) -> None:
+    front = await front_factory(tcp(cable_server))
+    async with session.ws_connect(
+        front.url("/cable?token=abc"),
+        protocols=(PROTOCOL,),
+        compress=15,
+        origin="https://app.example.com",
+        headers={"X-Forwarded-For": "6.6.6.6"},
+        max_msg_size=0,
+    ) as ws:
+        assert ws.protocol == PROTOCOL  # negotiated by the app, through the splice
+        assert ws.compress == 15  # permessage-deflate too
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=5) == "hello"
+        big = os.urandom(2 * 1024 * 1024)
+        await ws.send_bytes(big)
+        assert await ws.receive_bytes(timeout=10) == big
+    await asyncio.wait_for(cable.closed.wait(), 5)
+    (head,) = cable.heads
+    assert head["Origin"] == "https://app.example.com"
+    assert head["X-Forwarded-For"] == "127.0.0.1"  # the client's own claim is not passed on
+    assert head["X-Forwarded-Proto"] == "http"
+    assert head["X-Forwarded-Host"] == head["Host"]
+    assert front.relay.heads == []
+
+
+async def test_the_app_closing_reaches_the_client(
+    front_factory: Any, cable_server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    front = await front_factory(tcp(cable_server))
+    async with session.ws_connect(front.url("/cable"), protocols=(PROTOCOL,)) as ws:
+        await ws.send_str("close-me")
+        message = await ws.receive(timeout=5)
+        assert message.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4001
+
+
+async def test_the_apps_refusal_passes_through(
+    front_factory: Any, cable_server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    front = await front_factory(tcp(cable_server))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await session.ws_connect(front.url("/plain"))
+    assert info.value.status == 404
+
+
+async def test_relay_paths_still_go_to_the_relay(
+    front_factory: Any, cable_server: TestServer, cable: Cable, session: aiohttp.ClientSession
+) -> None:
+    front = await front_factory(tcp(cable_server))
+    with pytest.raises(aiohttp.ClientError):
+        await session.ws_connect(front.url("/app/some-key?protocol=7"))
+    # (aiohttp's client tries a GET twice when the connection closes unanswered)
+    assert {head.path for head in front.relay.heads} == {"/app/some-key"}
+    assert cable.heads == []
+
+
+async def test_over_a_unix_socket(
+    front_factory: Any, cable: Cable, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "app.sock")
+    front = await front_factory(UpstreamConfig(url=f"unix:{path}", socket=path))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await session.ws_connect(front.url("/cable"))
+    assert info.value.status == 502  # the socket is not there yet
+    runner = web.AppRunner(cable.app)
+    await runner.setup()
+    await web.UnixSite(runner, path).start()
+    try:
+        async with session.ws_connect(front.url("/cable"), protocols=(PROTOCOL,)) as ws:
+            await ws.send_str("over unix")
+            assert await ws.receive_str(timeout=5) == "over unix"
+    finally:
+        await runner.cleanup()
+
+
+# The app unavailable ------------------------------------------------------------------------
+
+
+async def test_app_down_is_502_before_the_upgrade(
+    front_factory: Any, session: aiohttp.ClientSession
+) -> None:
+    front = await front_factory(UpstreamConfig(url="test", host="127.0.0.1", port=free_port()))
+    async with session.get(
+        front.url("/cable").replace("ws:", "http:"),
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+    ) as response:
+        assert response.status == 502
+        assert (await response.json())["error"].startswith("the app is not reachable")
+
+
+class Silent(asyncio.Protocol):
+    """Accepts connections and never says a word."""
+
+
+async def test_app_silent_is_504(front_factory: Any, session: aiohttp.ClientSession) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        front = await front_factory(
+            UpstreamConfig(url="test", host="127.0.0.1", port=port, timeout=0.2)
+        )
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(front.url("/cable"))
+        assert info.value.status == 504
+    finally:
+        server.close()
+
+
+# Flow control, with stand-in transports ----------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def spliced() -> tuple[Splice, Splice]:
+    client, app = Splice(FakeTransport()), Splice(FakeTransport())  # type: ignore[arg-type]
+    Splice.join(client, app)
+    return client, app
+
+
+def test_a_full_side_stops_reading_from_the_other() -> None:
+    client, app = spliced()
+    app.pause_writing()  # the app's socket is full: stop taking bytes from the client
+    assert not client.transport.reading  # type: ignore[union-attr]
+    assert app.transport.reading  # type: ignore[union-attr]
+    app.resume_writing()
+    assert client.transport.reading  # type: ignore[union-attr]
+    client.pause_writing()
+    assert not app.transport.reading  # type: ignore[union-attr]
+
+
+def test_bytes_cross_and_an_end_closes_the_other_side() -> None:
+    client, app = spliced()
+    client.data_received(b"to the app")
+    app.data_received(b"to the client")
+    assert client.transport.written == b"to the client"  # type: ignore[union-attr]
+    assert app.transport.written == b"to the app"  # type: ignore[union-attr]
+    assert client.eof_received() is False
+    assert app.transport.closed  # type: ignore[union-attr]
+    client2, app2 = spliced()
+    app2.connection_lost(None)
+    assert client2.transport.closed  # type: ignore[union-attr]
+
+
+def test_bytes_read_before_the_join_are_kept() -> None:
+    client, app = Splice(FakeTransport()), Splice(FakeTransport())  # type: ignore[arg-type]
+    client.data_received(b"early")
+    Splice.join(client, app)
+    assert app.transport.written == b"early"  # type: ignore[union-attr]
