@@ -151,6 +151,7 @@ async def test_client_events_over_the_rate_get_4301_and_are_dropped(
     }
     assert [e["data"] for e in other.events()] == ["0", "1", "2", "3", "4"]
     assert sender.conn.subscriptions == {"private-chat"}  # still connected, still subscribed
+    assert (relay.stats.client_events, relay.stats.client_events_rate_limited) == (5, 3)
 
 
 # Cache channels -----------------------------------------------------------------------------

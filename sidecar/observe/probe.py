@@ -247,9 +247,6 @@ class RelayProbe:
         return snap
 
 
-# RelayStats fields read with getattr are hooks the relay may not have yet: closed_by_code,
-# client_events, client_events_rate_limited. Until it has them they read as 0 (and closes
-# are reported under code="unknown").
 def write_counters(
     counters: dict[Any, float],
     relay: Relay,
@@ -259,16 +256,12 @@ def write_counters(
     stats = relay.stats
     fanout = relay.fanout
     counters[key("connections_opened")] = stats.connections_opened
-    by_code: dict[int, int] | None = getattr(stats, "closed_by_code", None)
-    if by_code is None:
-        counters[key("connections_closed", code="unknown")] = stats.connections_closed
-    else:
-        for code, n in by_code.items():
-            k = key("connections_closed", code=close_code_label(code))
-            counters[k] = counters.get(k, 0) + n
+    for code, n in stats.closed_by_code.items():
+        k = key("connections_closed", code=close_code_label(code))
+        counters[k] = counters.get(k, 0) + n
     counters[key("slow_client_closes")] = stats.slow_client_closes
-    counters[key("client_events")] = getattr(stats, "client_events", 0)
-    counters[key("client_events_rate_limited")] = getattr(stats, "client_events_rate_limited", 0)
+    counters[key("client_events")] = stats.client_events
+    counters[key("client_events_rate_limited")] = stats.client_events_rate_limited
     counters[key("messages_delivered")] = fanout.delivered if fanout is not None else 0
     counters[key("delivered_bytes")] = getattr(fanout, "delivered_bytes", 0)
     published = published_bytes = 0

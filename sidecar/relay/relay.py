@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -84,6 +84,9 @@ class RelayStats:
     connections_closed: int = 0
     publications: int = 0
     slow_client_closes: int = 0
+    closed_by_code: dict[int, int] = field(default_factory=dict)  # close code -> connections
+    client_events: int = 0  # accepted and published
+    client_events_rate_limited: int = 0  # refused with 4301
 
 
 class Relay:
@@ -148,6 +151,8 @@ class Relay:
             return
         conn.closed()
         self.stats.connections_closed += 1
+        code = conn.close_code or 1006  # no close frame: as the "connection closed" log says
+        self.stats.closed_by_code[code] = self.stats.closed_by_code.get(code, 0) + 1
         registry = self.channels[conn.app_id]
         session = self.sessions.pop(conn.socket_id, None)
         for channel in conn.subscriptions:
@@ -178,6 +183,8 @@ class Relay:
             message = parse_client_frame(text)
             self._handle(conn, message)
         except ProtocolError as exc:
+            if exc.code == ErrorCode.CLIENT_EVENT_RATE_LIMITED:
+                self.stats.client_events_rate_limited += 1
             conn.send_json(encode_error(exc.message, exc.code))
             if exc.close is not None:
                 conn.close(exc.close)
@@ -318,6 +325,7 @@ class Relay:
             time.monotonic(),
         )
         self.broker.publish(publication)
+        self.stats.client_events += 1
         self._report(conn.app_id, report)
 
     def _signin(self, conn: Connection, signin: Signin) -> None:
