@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -277,6 +278,19 @@ async def test_delivered_bytes_count_each_subscriber_that_got_the_frame(small_sl
         await turn()
     assert queue.delivered == 8 + 2
     assert queue.delivered_bytes == 8 * 5 + 2 * 6
+
+
+async def test_a_timed_broadcast_counts_from_when_the_publication_was_accepted() -> None:
+    queue = new_queue()
+    timed: list[float] = []
+    queue.on_timed = timed.append
+    queue.accepted_at = time.monotonic() - 5.0  # accepted by another process 5 s ago
+    queue.time_next()
+    conns = channel_of(3)
+    queue.broadcast("news", b"timed", subscribers(conns), None)
+    while not conns[-1].received:
+        await turn()
+    assert len(timed) == 1 and timed[0] >= 5.0
 
 
 async def test_a_timed_broadcast_reports_once_its_last_subscriber_has_it(

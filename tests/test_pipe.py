@@ -34,6 +34,8 @@ def test_round_trip_keeps_every_field_and_the_data_literal() -> None:
     head, data = encode_publication(pub)
     assert data is pub.data_json  # the data literal is written as is, never copied
     assert decode_publication(head, data) == pub
+    # The acceptance time crosses too: latency is measured from the publisher's reply.
+    assert decode_publication(head, data).accepted_at == pub.accepted_at
 
 
 def test_stream_splits_frames_across_any_chunking() -> None:

@@ -10,8 +10,9 @@ serves one process; a Redis broker takes its place for several processes or mach
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -34,6 +35,9 @@ class Publication:
     data_json: bytes
     socket_id: str | None = None  # the publisher's own connection, left out of the delivery
     user_id: str | None = None  # a client event on a presence channel: who sent it
+    # time.monotonic() where it was accepted, for publish-to-delivery latency. The monotonic
+    # clock is the machine's, so it compares across this machine's processes (not machines).
+    accepted_at: float = field(default_factory=time.monotonic, compare=False)
 
     @classmethod
     def of(

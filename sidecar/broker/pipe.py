@@ -47,13 +47,15 @@ HUB_ORIGIN = 0
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
     """Header + meta, and the data literal: written one after the other, never joined."""
-    meta = orjson.dumps([pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id])
+    meta = orjson.dumps(
+        [pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id, pub.accepted_at]
+    )
     return _HEADER.pack(PUBLICATION, len(meta), len(pub.data_json)) + meta, pub.data_json
 
 
 def decode_publication(head: bytes, data_json: bytes) -> Publication:
-    app_id, channels, name, socket_id, user_id = orjson.loads(head[_HEADER.size :])
-    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id)
+    app_id, channels, name, socket_id, user_id, accepted_at = orjson.loads(head[_HEADER.size :])
+    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id, accepted_at)
 
 
 def _meta_frame(kind: int, meta: bytes) -> bytes:

@@ -116,8 +116,8 @@ CATALOGUE = (
 )
 LATENCY = (
     "delivery_latency_seconds",
-    "Sampled: from a publication reaching a relay process to its frame handed to the last "
-    "subscriber there (written, or queued behind that connection's earlier frames)",
+    "Sampled: from a publication accepted by the publish API to its frame handed to the last "
+    "subscriber of a relay process (written, or queued behind that connection's earlier frames)",
 )
 # Present only when TLS is on; everything else is always exported.
 OPTIONAL = frozenset(("certificate_expiry_seconds", "certificate_valid"))

@@ -89,6 +89,9 @@ class FanoutQueue:
         self.on_timed: Callable[[float], None] | None = None
         self._timed: _Broadcast | None = None
         self._timed_at = 0.0
+        # When the publication being fanned out was accepted (Relay.deliver sets it): a timed
+        # broadcast measures from there, the publish API's reply, not from reaching this process.
+        self.accepted_at = 0.0
 
     def time_next(self) -> None:
         """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
@@ -108,7 +111,7 @@ class FanoutQueue:
         excluded: str | None,
     ) -> None:
         del self.broadcast
-        started = time.monotonic()
+        started = self.accepted_at or time.monotonic()
         self.broadcast(channel, frame, subscribers, excluded)
         self._timed, self._timed_at = self._pending[-1], started
 

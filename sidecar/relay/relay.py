@@ -398,6 +398,7 @@ class Relay:
             return
         assert self.fanout is not None, "Relay.start() first"
         self.stats.publications += 1
+        self.fanout.accepted_at = pub.accepted_at
         end = b"}" if pub.user_id is None else b',"user_id":' + orjson.dumps(pub.user_id) + b"}"
         for channel in pub.channels:
             if is_cache(channel) and not pub.name.startswith("client-"):
