@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -415,3 +416,19 @@ async def test_terminate_connections_the_way_the_python_library_sends_it(make: M
     )
     assert await json_reply(response, 200) == {}
     assert broker.changes == [TerminateUser("1", "ann")]
+
+
+async def test_an_unsigned_request_is_refused_before_its_body_is_read(make: Make) -> None:
+    # Headers announce 10 MB and only a few bytes follow: a server that read the body before
+    # checking the signature would wait for the rest (and hold it all in memory).
+    client, broker = await make(signed=True)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 10000000\r\n\r\n{"name":'
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    assert status_line.startswith(b"HTTP/1.1 401")
+    assert broker.publications == []
+    writer.close()

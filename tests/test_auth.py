@@ -20,6 +20,7 @@ from sidecar.relay.auth import (
     user_string,
     verify_auth,
     verify_request,
+    verify_signature,
 )
 
 # The test vector of PROTOCOL.md (from Pusher's documentation of the HTTP API).
@@ -119,8 +120,16 @@ def test_missing_or_non_numeric_timestamp_is_refused(timestamp: str | None) -> N
     assert "auth_timestamp" in refusal(vector_params(auth_timestamp=timestamp))
 
 
+def resigned(**changes: str | None) -> dict[str, str]:
+    """The vector with `changes`, signed again: the signature holds, only the body check can
+    refuse it."""
+    params = vector_params(**changes, auth_signature=None)
+    params["auth_signature"] = hmac_sha256_hex(SECRET, string_to_sign("POST", PATH, params))
+    return params
+
+
 def test_wrong_body_md5_is_refused() -> None:
-    message = refusal(vector_params(body_md5="0" * 32))
+    message = refusal(resigned(body_md5="0" * 32))
     assert "body_md5 does not match" in message
 
 
@@ -129,11 +138,24 @@ def test_body_that_does_not_match_its_md5_is_refused() -> None:
 
 
 def test_missing_body_md5_with_a_body_is_refused() -> None:
-    assert "body_md5 is missing" in refusal(vector_params(body_md5=None))
+    assert "body_md5 is missing" in refusal(resigned(body_md5=None))
 
 
 def test_non_ascii_body_md5_is_a_signature_error() -> None:
-    assert "body_md5" in refusal(vector_params(body_md5="é" * 32))
+    assert "body_md5" in refusal(resigned(body_md5="é" * 32))
+
+
+def test_a_changed_body_md5_breaks_the_signature_before_the_body_is_read() -> None:
+    # The signature covers body_md5, so the API checks it before reading a byte of the body.
+    with pytest.raises(SignatureError, match="auth_signature does not match"):
+        verify_signature(
+            method="POST",
+            path=PATH,
+            params=vector_params(body_md5="0" * 32),
+            key=KEY,
+            secret=SECRET,
+            now=TIMESTAMP + 10,
+        )
 
 
 def test_wrong_signature_is_refused() -> None:

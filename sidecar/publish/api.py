@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionError, web
 
 from sidecar.apps import AppRegistry
 from sidecar.broker.base import Broker
@@ -15,7 +15,7 @@ from sidecar.broker.changes import TerminateUser
 from sidecar.config import AppConfig
 from sidecar.publish import queries
 from sidecar.publish.events import ApiError, parse_batch, parse_events
-from sidecar.relay.auth import SignatureError, verify_request
+from sidecar.relay.auth import SignatureError, verify_body, verify_signature
 from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.client_messages import USER_ID_RE
 
@@ -121,29 +121,37 @@ class PublishApi:
         the reply is sent: the caller passes it straight to the parser, which drops it once
         decoded, so a large event is not held three times over.
         """
+        params = dict(request.query)
+        if self.signed:
+            try:
+                verify_signature(
+                    method=request.method,
+                    path=request.path,
+                    params=params,
+                    key=app.key,
+                    secret=app.secret,
+                    now=time.time(),
+                )
+            except SignatureError as exc:
+                raise ApiError(401, str(exc)) from None
         limit = self.max_body
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-            chunks.append(chunk)
+        try:
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                chunks.append(chunk)
+        except (ConnectionError, ClientConnectionError):
+            raise ApiError(400, "the client went away while sending the body") from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         del chunks
         if self.signed:
             try:
-                verify_request(
-                    method=request.method,
-                    path=request.path,
-                    params=dict(request.query),
-                    body=body,
-                    key=app.key,
-                    secret=app.secret,
-                    now=time.time(),
-                )
+                verify_body(params, body)
             except SignatureError as exc:
                 raise ApiError(401, str(exc)) from None
         return body
