@@ -327,3 +327,19 @@ def test_handshake_error_response_is_an_http_response() -> None:
     error = HandshakeError(400, "bad")
     assert error.response() == http_response(400, {"error": "bad"})
     assert str(error) == "bad"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /app/k HTTP/1.1\r\nUser-Agent: x\nX-Forwarded-For: 6.6.6.6",  # bare LF
+        b"GET /app/k HTTP/1.1\r\nUser-Agent: x\rX-Real-IP: 7.7.7.7",  # bare CR
+        b"GET /app/k HTTP/1.1\r\nHost: a\x00b",  # NUL
+        b"GET /app/k HTTP/1.1\r\nHost: a\x1bb",  # another control character
+        b"GET /app/k HTTP/1.1\r\nBad Name: x",  # a space in a header name
+        b"GET /app/k HTTP/1.1\r\nBad(name): x",  # a separator in a header name
+        b"GET //[x/app/k HTTP/1.1\r\nHost: a",  # a target urlsplit cannot read
+    ],
+)
+def test_heads_that_could_smuggle_or_break_are_not_read(raw: bytes) -> None:
+    assert read_head(raw) is None

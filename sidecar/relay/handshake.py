@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +20,10 @@ import orjson
 # Request heads longer than this are not upgrades we answer: the HTTP server refuses them.
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_END = b"\r\n\r\n"
+# A CR not followed by LF, an LF not preceded by CR, or a control character other than tab.
+FORBIDDEN_IN_HEAD = re.compile(rb"\r(?!\n)|(?<!\r)\n|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A header name: RFC 9110's token characters (no spaces, no separators).
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -46,10 +51,11 @@ class RequestHead:
 
 def read_head(raw: bytes) -> RequestHead | None:
     """The request line and headers of `raw` (everything before the blank line), or None."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+    if FORBIDDEN_IN_HEAD.search(raw):
+        # A bare CR or LF inside a line would reach an upstream as a line of its own (a header
+        # this parser never saw); NUL and other controls have no place in a head either.
         return None
+    text = raw.decode("latin-1")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -58,12 +64,15 @@ def read_head(raw: bytes) -> RequestHead | None:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
+        if not colon or TOKEN.fullmatch(name) is None:
             return None
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. "//[x/": an unclosed IPv6 bracket
+        return None
     query = {name: values[-1] for name, values in parse_qs(url.query).items()}
     return RequestHead(method, url.path, version, query, headers)
 
