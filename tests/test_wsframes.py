@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.relay.wsframes import (
     INVALID_DATA,
+    MAX_FRAGMENTS,
     MESSAGE_TOO_BIG,
     PROTOCOL_ERROR,
     FrameError,
@@ -466,3 +467,12 @@ def test_close_with_a_code_not_allowed_on_the_wire_is_a_protocol_error(code: int
 def test_frame_error_carries_code_and_reason() -> None:
     error = FrameError(1009, "too big")
     assert (error.code, error.reason, str(error)) == (1009, "too big", "too big")
+
+
+def test_endless_empty_fragments_are_refused_not_kept() -> None:
+    reader = FrameReader(64 * 1024)
+    assert reader.feed(client_frame(Opcode.TEXT, b"{", fin=False)) == []
+    empty = client_frame(Opcode.CONTINUATION, b"", fin=False)
+    for _ in range(MAX_FRAGMENTS - 1):
+        assert reader.feed(empty) == []
+    assert feed_error(reader, empty).code == 1009

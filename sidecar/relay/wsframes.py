@@ -14,6 +14,7 @@ from enum import IntEnum
 HEADER_MIN = 2
 MASK_LENGTH = 4
 CONTROL_PAYLOAD_MAX = 125
+MAX_FRAGMENTS = 1024  # frames one message may come in
 
 
 class Opcode(IntEnum):
@@ -133,6 +134,10 @@ class FrameReader:
             return
         if opcode not in (Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY):
             raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if opcode == Opcode.CONTINUATION and len(self._fragments) >= MAX_FRAGMENTS:
+            # Empty fragments add nothing to the size: count them, or a client could grow the
+            # list (and this process) without end.
+            raise FrameError(MESSAGE_TOO_BIG, f"message in over {MAX_FRAGMENTS} fragments")
         if self._fragments_size + length > self.max_message:
             raise FrameError(MESSAGE_TOO_BIG, f"message over {self.max_message} bytes")
 
