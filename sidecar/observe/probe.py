@@ -28,6 +28,8 @@ from sidecar.observe.snapshot import (
     Snapshot,
     key,
 )
+from sidecar.relay.subscriptions import channel_kind as relay_channel_kind
+from sidecar.relay.subscriptions import is_cache
 
 if TYPE_CHECKING:
     from sidecar.relay.relay import Relay
@@ -53,22 +55,12 @@ LATENCY_BUCKETS = (
 # At most one timed broadcast per this many seconds: a bound on what sampling costs when
 # broadcasts are tiny and many (each sample is two clock reads and a bisect).
 SAMPLE_GAP = 0.001
-# Channel kinds, by prefix; the first that matches. Cache channels of every kind are "cache".
-CHANNEL_KINDS = (
-    ("cache", ("cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-")),
-    ("encrypted", ("private-encrypted-",)),
-    ("private", ("private-",)),
-    ("presence", ("presence-",)),
-    ("user", ("#server-to-user-",)),
-)
-KINDS = ("public", *(kind for kind, _ in CHANNEL_KINDS))
+# Metric kinds: the relay's own channel kinds, but cache channels of every kind are "cache".
+KINDS = ("public", "cache", "encrypted", "private", "presence", "user")
 
 
 def channel_kind(channel: str) -> str:
-    for kind, prefixes in CHANNEL_KINDS:
-        if channel.startswith(prefixes):
-            return kind
-    return "public"
+    return "cache" if is_cache(channel) else relay_channel_kind(channel).value
 
 
 class LatencyHistogram:
