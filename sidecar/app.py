@@ -2,8 +2,10 @@
 
 `prepare()` does everything that can fail with a plain message and must happen once: apps and
 certificates made, the publish socket claimed, the TCP ports bound (so a taken port is reported
-before anything starts, and worker processes inherit listening sockets). `run_single()` serves
-it all from one process; sidecar/cluster.py splits it between a supervisor and workers.
+before anything starts, and worker processes inherit listening sockets). The serve_* functions
+return handles (`Edge`, `PublishSide`, `PlainHttp`) through which a stop shuts each door and
+a reload reaches what it may change. sidecar/single.py serves it all from one process;
+sidecar/cluster.py splits it between a supervisor and workers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import gc
 import logging
 import os
 import resource
-import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +24,12 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.apps import AppRegistry, ensure_development_app
-from sidecar.broker import Broker, MemoryBroker
+from sidecar.broker import Broker
 from sidecar.config import CertFiles, Config
 from sidecar.edge.acme import AcmeFiles, AcmeService, answer_challenges, start_acme
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import CertificateManager, check_certificates
-from sidecar.edge.cors import allow_cross_origin
+from sidecar.edge.cors import PolicyOrigins, allow_cross_origin
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.listener import EdgeSite
@@ -39,19 +40,16 @@ from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe.admin import admin_app
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
-from sidecar.publish.api import PublishApi, json_error, json_errors
+from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
 from sidecar.publish.fastpath import FastPublishSite
+from sidecar.publish.gate import PublishGate
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.channel_state import ChannelState
-from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
 from sidecar.relay.websocket import WebSocketEndpoint
-from sidecar.webhooks import Webhooks
 
 log = logging.getLogger("sidecar")
 
-# On SIGTERM clients get 4200 (reconnect at once) and this long to go before the process exits.
-SHUTDOWN_DEADLINE = 10.0
 LISTEN_BACKLOG = 4096
 
 
@@ -167,17 +165,33 @@ def prepare(config: Config, workers: int) -> Prepared:
 # The applications ---------------------------------------------------------------------------
 
 
+# What edge_application made, for a reload to reach: the signed API and its CORS answers.
+EDGE_API = web.AppKey("edge_api", PublishApi)
+EDGE_CORS = web.AppKey("edge_cors", PolicyOrigins)
+
+
 def edge_application(
-    config: Config, apps: AppRegistry, broker: Broker, state: ChannelState
+    config: Config,
+    apps: AppRegistry,
+    broker: Broker,
+    state: ChannelState,
+    policy: OriginPolicy | None = None,
 ) -> web.Application:
-    """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here)."""
+    """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here).
+
+    `policy` is the Origin allow-list the WebSocket upgrades are checked against too.
+    """
     api = PublishApi(apps, broker, signed=True, state=state)
     app = web.Application(
         middlewares=[*edge_middlewares(config), json_errors], client_max_size=api.max_body
     )
+    app[LISTENER] = "tls"
+    app[EDGE_API] = api
     api.add_routes(app)
-    allow_cross_origin(
-        app, OriginPolicy(config.allowed_origins), allow_credentials=config.cors_allow_credentials
+    if policy is None:
+        policy = OriginPolicy(config.allowed_origins)
+    app[EDGE_CORS] = allow_cross_origin(
+        app, policy, allow_credentials=config.cors_allow_credentials
     )
     add_fallback_routes(app, config)
     return app
@@ -219,6 +233,7 @@ def edge_middlewares(config: Config) -> list[Callable[..., object]]:
 def publish_application(api: PublishApi) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
+    app[LISTENER] = "unix"
     api.add_routes(app)
     return app
 
@@ -293,6 +308,12 @@ class Sites:
         await make_site(runner).start()
         return runner
 
+    async def close(self, runner: web.AppRunner | None) -> None:
+        """Stop one listener now: no new connections, requests in flight given a second."""
+        if runner is not None and runner in self.runners:
+            self.runners.remove(runner)
+            await runner.cleanup()
+
     async def cleanup(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
@@ -310,7 +331,6 @@ def start_relay(prepared: Prepared, broker: Broker) -> Relay:
 # What a worker sees first-hand and reports for webhooks; the rest (occupied, vacated, members)
 # comes from the cluster-wide channel state, in the one process that sends webhooks.
 LOCAL_WEBHOOK_KINDS = frozenset({"client_event", "cache_miss"})
-WEBHOOKS_CLOSE_TIMEOUT = 3.0
 
 
 def locally_reported_kinds(apps: AppRegistry) -> dict[str, frozenset[str]]:
@@ -322,16 +342,6 @@ def locally_reported_kinds(apps: AppRegistry) -> dict[str, frozenset[str]]:
     return {app_id: wanted for app_id, wanted in kinds.items() if wanted}
 
 
-async def start_webhooks(prepared: Prepared, state: ChannelState) -> Webhooks | None:
-    """The webhook sender, fed by `state` (which reported events reach too); None if unused."""
-    webhooks = Webhooks(prepared.apps, prepared.config.webhooks)
-    if not webhooks.enabled:
-        return None
-    state.on_event = webhooks.emit
-    await webhooks.start()
-    return webhooks
-
-
 def start_certificates(config: Config) -> CertificateManager | None:
     """The TLS port's certificates, loaded and watched (files, SIGHUP); None with tls off."""
     files = served_certificates(config)
@@ -339,8 +349,27 @@ def start_certificates(config: Config) -> CertificateManager | None:
         return None
     manager = CertificateManager(files, reload_interval=config.tls.reload_interval)
     manager.load()
-    manager.start()
+    manager.start(signals=False)  # SIGHUP is the process's: config and certificates both
     return manager
+
+
+@dataclass
+class Edge:
+    """A relay process's TLS port, as shutdown and reload need to reach it."""
+
+    runner: web.AppRunner
+    websockets: WebSocketEndpoint
+    api: PublishApi
+    gate: PublishGate
+    policy: OriginPolicy
+    cors: PolicyOrigins
+    certificates: CertificateManager | None
+
+    async def stop_accepting(self, sites: Sites) -> None:
+        """No new connections nor publishes; upgrades already under way are told 4200."""
+        self.gate.shut()
+        self.websockets.closing = True
+        await sites.close(self.runner)
 
 
 async def serve_edge(
@@ -350,16 +379,18 @@ async def serve_edge(
     broker: Broker,
     sock: socket.socket,
     requests: RequestCounter | None = None,
-) -> CertificateManager | None:
+) -> Edge:
     config = prepared.config
     certificates = start_certificates(config)
     ssl_context = certificates.context if certificates is not None else None
-    app = edge_application(config, prepared.apps, broker, relay.state)
+    gate = PublishGate(broker)
+    policy = OriginPolicy(config.allowed_origins)
+    app = edge_application(config, prepared.apps, gate, relay.state, policy)  # type: ignore[arg-type]
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("tls"))
-    websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
+    websockets = WebSocketEndpoint(relay, policy)
     passthrough = upgrade_passthrough(config)
-    await sites.serve(
+    runner = await sites.serve(
         app,
         lambda r: EdgeSite(
             r,
@@ -371,7 +402,20 @@ async def serve_edge(
             passthrough=passthrough,
         ),
     )
-    return certificates
+    return Edge(runner, websockets, app[EDGE_API], gate, policy, app[EDGE_CORS], certificates)
+
+
+@dataclass
+class PublishSide:
+    """The Unix socket's API, as shutdown and reload need to reach it."""
+
+    runner: web.AppRunner
+    api: PublishApi
+    gate: PublishGate
+
+    async def stop_accepting(self, sites: Sites) -> None:
+        self.gate.shut()  # a publisher still connected gets 503 from now on
+        await sites.close(self.runner)
 
 
 async def serve_publish_side(
@@ -380,128 +424,77 @@ async def serve_publish_side(
     broker: Broker,
     state: ChannelState,
     observer: Observer | None,
-) -> None:
-    """The Unix socket and the admin listener."""
+) -> PublishSide:
+    """The Unix socket."""
     config = prepared.config
     requests = None
     if observer is not None:
         broker, requests = observer.count_publishes(broker), observer.requests
-    api = PublishApi(prepared.apps, broker, signed=False, state=state)
+    gate = PublishGate(broker)
+    api = PublishApi(prepared.apps, gate, signed=False, state=state)  # type: ignore[arg-type]
     app = publish_application(api)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("unix"))
-    await sites.serve(
+    runner = await sites.serve(
         app,
         lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024, requests=requests),
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
+    return PublishSide(runner, api, gate)
+
+
+async def serve_admin(sites: Sites, prepared: Prepared, observer: Observer | None) -> None:
+    """The admin listener, when there is one: served until the process ends."""
     admin = prepared.admin_socket
     if admin is not None and observer is not None:
         observer.start()
         await sites.serve(
-            admin_application(observer, config.admin.token), lambda r: web.SockSite(r, admin)
+            admin_application(observer, prepared.config.admin.token),
+            lambda r: web.SockSite(r, admin),
         )
 
 
-async def serve_plain_http(sites: Sites, prepared: Prepared) -> ChallengeStore | None:
+async def serve_plain_http(
+    sites: Sites, prepared: Prepared
+) -> tuple[web.AppRunner | None, ChallengeStore | None]:
     """The redirect to https, with ACME's challenges answered when tls.mode is acme."""
     sock = prepared.redirect_socket
     challenges = ChallengeStore() if prepared.config.tls.mode == "acme" else None
+    runner = None
     if sock is not None:
         app = redirect_application(prepared.config.listen.port, challenges)
-        await sites.serve(app, lambda r: web.SockSite(r, sock))
-    return challenges
+        runner = await sites.serve(app, lambda r: web.SockSite(r, sock))
+    return runner, challenges
+
+
+@dataclass
+class PlainHttp:
+    """The plain-HTTP port and, with tls.mode acme, the service that orders certificates."""
+
+    runner: web.AppRunner | None
+    acme: AcmeService | None
+    ready: bool  # False: stopped before a certificate could be had
+
+    async def stop(self, sites: Sites) -> None:
+        """No new redirects nor challenges; an order or renewal under way is abandoned (the
+        next start takes it up: the account and any certificate are on disk)."""
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
+        await sites.close(self.runner)
 
 
 async def obtain_certificate(
     sites: Sites, prepared: Prepared, stopping: asyncio.Event
-) -> tuple[bool, AcmeService | None]:
-    """Serve the plain-HTTP port; with ACME, wait for a usable certificate (False: stopped)."""
-    challenges = await serve_plain_http(sites, prepared)
+) -> PlainHttp:
+    """Serve the plain-HTTP port; with ACME, wait for a usable certificate (or a stop)."""
+    runner, challenges = await serve_plain_http(sites, prepared)
     if challenges is None:
-        return True, None
+        return PlainHttp(runner, None, True)
     acme = await start_acme(prepared.config.tls, challenges, stopping)
-    return acme is not None, acme
-
-
-async def drain_relay(relay: Relay, broker: Broker, deadline: float) -> None:
-    """Accepted publications are delivered, then every client gets 4200 and time to go."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(broker.close(), timeout=max(deadline, 0.1))
-    relay.close_all(CloseCode.RECONNECT)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(relay.wait_until_empty(), timeout=deadline)
-    relay.stop()
+    return PlainHttp(runner, acme, acme is not None)
 
 
 def remove_socket_file(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def stop_signal() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    return stopping
-
-
-async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> None:
-    """Everything in one process, with the in-memory broker."""
-    tune_garbage_collector()
-    broker = MemoryBroker()
-    relay = start_relay(prepared, broker)
-    # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
-    await broker.start(relay.deliver, relay.on_changes, relay.notify)
-    sites = Sites()
-    stopping = stop_signal()
-    # SIGHUP reloads certificates once they are served (CertificateManager takes the signal
-    # over then); until then, and with tls off, it must not end the process as by default.
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload")
-    )
-    acme: AcmeService | None = None
-    certificates: CertificateManager | None = None
-    webhooks = await start_webhooks(prepared, relay.state)
-    observer = make_observer(prepared, 1)
-    if observer is not None and webhooks is not None:
-        observer.webhooks = webhooks.counters
-    try:
-        ready, acme = await obtain_certificate(sites, prepared, stopping)
-        if ready:
-            edge_broker = broker
-            if observer is not None:
-                edge_broker = observe_single(observer, relay, broker)
-            certificates = await serve_edge(
-                sites,
-                prepared,
-                relay,
-                edge_broker,
-                prepared.edge_sockets[0],
-                observer.requests if observer is not None else None,
-            )
-            if acme is not None and certificates is not None:
-                reload = certificates.reload
-                acme.on_new_certificate.append(lambda: reload(force=True))
-            await serve_publish_side(sites, prepared, broker, relay.state, observer)
-            banner(prepared)
-            log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
-            await stopping.wait()
-        log.info("stopping", extra={"connections": len(relay.connections)})
-        # As with workers: a restart's clients come straight back, so their leaving is not news.
-        relay.state.on_event = None
-        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
-    finally:
-        if acme is not None:
-            await acme.stop()
-        if certificates is not None:
-            await certificates.stop()
-        if observer is not None:
-            await observer.stop()
-        await sites.cleanup()
-        remove_socket_file(prepared.config.publish.socket)
-        if webhooks is not None:
-            await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
-    log.info("stopped")

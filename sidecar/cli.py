@@ -85,7 +85,7 @@ def banner(prepared: Prepared) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar import app as app_module
-    from sidecar import cluster
+    from sidecar import cluster, single
     from sidecar.edge.certinfo import CertificateError
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
     try:
         if workers == 1:
-            cluster.run_loop(app_module.run_single(prepared, banner))
+            cluster.run_loop(single.run_single(prepared, banner, args.config))
         else:
             supervisor = cluster.Supervisor(prepared, args.config, workers)
             cluster.run_loop(supervisor.run(banner))

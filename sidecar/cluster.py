@@ -8,9 +8,21 @@ every publication. A publish is acknowledged once the hub has written it to the 
 supervisor never fans out, so publishing stays fast however many subscribers there are.
 
 A worker that dies is started again (its listening socket stays open in the supervisor, so
-connections wait in the backlog meanwhile). SIGTERM: the supervisor stops taking publishes,
-flushes and closes the pipes; each worker delivers what it received, closes its clients with
-4200 and exits.
+connections wait in the backlog meanwhile).
+
+SIGTERM, within `shutdown.deadline`: the supervisor shuts the publish socket (a publisher
+still connected gets 503) and the plain-HTTP port, closes its copies of the TLS listening
+sockets and passes the signal on; each worker shuts its TLS port and its signed API and tells
+the hub it has finished; the hub writes everything accepted, then closes the pipes; each
+worker delivers what it received, closes its clients with 4200 and exits. The supervisor
+sends the webhooks still waiting meanwhile, kills a worker still there at the deadline, and
+exits.
+
+SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
+socket's apps, webhooks, the log level); if the file is valid it passes SIGHUP on and each
+worker re-reads it and applies its own (apps and limits of its relay, the Origin allow-list,
+its signed API) and reloads its certificates. A file that does not validate is refused by the
+supervisor; the workers then get SIGUSR1, which reloads certificates only (as ACME renewals do).
 """
 
 from __future__ import annotations
@@ -29,25 +41,32 @@ from typing import Any
 
 from sidecar import config as config_module
 from sidecar.app import (
-    SHUTDOWN_DEADLINE,
-    WEBHOOKS_CLOSE_TIMEOUT,
+    Edge,
+    PlainHttp,
     Prepared,
+    PublishSide,
     Sites,
-    drain_relay,
     make_observer,
     observe_relay,
     obtain_certificate,
     remove_socket_file,
+    serve_admin,
     serve_edge,
     serve_publish_side,
     start_relay,
-    start_webhooks,
-    stop_signal,
 )
 from sidecar.broker.changes import Change
 from sidecar.broker.pipe import HubBroker, WorkerBroker
 from sidecar.config import Config
-from sidecar.edge.certificates import CertificateManager
+from sidecar.lifecycle import (
+    WEBHOOKS_CLOSE_TIMEOUT,
+    Deadline,
+    bounded,
+    close_broker,
+    drain_relay,
+    stop_signal,
+)
+from sidecar.live import EdgeOrigins, LiveWebhooks, Reloader
 from sidecar.observe.channel import serve_worker_stats
 from sidecar.observe.observer import Observer
 from sidecar.relay.channel_state import ChannelState
@@ -59,6 +78,13 @@ log = logging.getLogger("sidecar.cluster")
 RESPAWN_BACKOFF = (0.5, 1, 2, 5, 10)
 # A worker that lived this long before dying starts the back-off again from the beginning.
 STABLE_AFTER = 30.0
+# A worker's share of the deadline ends this much before the supervisor's, which kills a
+# worker still there at its own end: a worker closing clients on time is never killed.
+WORKER_MARGIN = 0.5
+# Seconds kept back for the last steps of the supervisor (killing, cleaning up).
+SUPERVISOR_MARGIN = 0.25
+# Certificates only (ACME renewals, and a SIGHUP whose configuration was refused).
+RELOAD_CERTIFICATES = signal.SIGUSR1
 
 
 @dataclass
@@ -83,6 +109,10 @@ class Supervisor:
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
         self.observer = self._make_observer()
+        self.webhooks = LiveWebhooks(self.state, self.observer)
+        self.reloader = Reloader(
+            prepared.config, prepared.apps, config_path, webhooks=self.webhooks
+        )
 
     def _make_observer(self) -> Observer | None:
         observer = make_observer(self.prepared, self.count)
@@ -162,66 +192,99 @@ class Supervisor:
         if not self.stopping:
             await self.spawn(handle.worker_id, failures)
 
-    def reload_workers(self) -> None:
-        """SIGHUP to every worker: each reloads its certificates now (not at its next check)."""
+    def signal_workers(self, sig: int) -> None:
         for handle in self.handles.values():
             if handle.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    handle.proc.send_signal(signal.SIGHUP)
+                    handle.proc.send_signal(sig)
+
+    def reload_workers(self) -> None:
+        """Every worker reloads its certificates now (not at its next check)."""
+        self.signal_workers(RELOAD_CERTIFICATES)
+
+    async def reload(self) -> None:
+        """SIGHUP: validated and applied here first; then the workers do their part."""
+        plan = await self.reloader.reload()
+        self.signal_workers(signal.SIGHUP if plan is not None else RELOAD_CERTIFICATES)
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
-        acme = None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        plain: PlainHttp | None = None
+        publish: PublishSide | None = None
         await self.hub.start(lambda publication: None, self._changed, self._reported)
-        webhooks = await start_webhooks(self.prepared, self.state)
-        if self.observer is not None and webhooks is not None:
-            self.observer.webhooks = webhooks.counters
+        await self.webhooks.start(self.prepared.apps, self.prepared.config.webhooks)
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
-            ready, acme = await obtain_certificate(sites, self.prepared, stopping)
-            if acme is not None:
-                acme.on_new_certificate.append(self.reload_workers)
-            if ready:
-                await self._serve(sites, banner, stopping)
+            plain = await obtain_certificate(sites, self.prepared, stopping)
+            if plain.acme is not None:
+                plain.acme.on_new_certificate.append(self.reload_workers)
+            if plain.ready:
+                publish = await self._serve(sites, banner, stopping)
+            await self._stop(sites, plain, publish)
         finally:
             self.stopping = True
             if self.observer is not None:
                 await self.observer.stop()
-            if acme is not None:
-                await acme.stop()
-            await sites.cleanup()  # no new publishes
-            await self.hub.close()  # workers deliver what they have, then close their clients
-            await self._reap(SHUTDOWN_DEADLINE + 2)
+            if plain is not None:
+                await plain.stop(sites)
+            await sites.cleanup()
+            await self.hub.close()
+            await self._reap(0)
             remove_socket_file(self.prepared.config.publish.socket)
-            if webhooks is not None:
-                await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
+            await self.webhooks.close(timeout=0)
         log.info("stopped")
 
     async def _serve(
         self, sites: Sites, banner: Callable[[Prepared], None], stopping: asyncio.Event
-    ) -> None:
+    ) -> PublishSide:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
-        await serve_publish_side(sites, self.prepared, self.hub, self.state, self.observer)
+        publish = await serve_publish_side(
+            sites, self.prepared, self.hub, self.state, self.observer
+        )
+        self.reloader.apis.append(publish.api)
+        await serve_admin(sites, self.prepared, self.observer)
         banner(self.prepared)
         log.info(
             "ready",
             extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
         )
         await stopping.wait()
-        log.info("stopping", extra={"workers": self.count})
+        return publish
 
-    async def _reap(self, deadline: float) -> None:
+    async def _stop(self, sites: Sites, plain: PlainHttp, publish: PublishSide | None) -> None:
+        """The stop in order (module docstring), within the deadline."""
+        deadline = Deadline(self.reloader.config.shutdown.deadline)
+        log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
+        self.stopping = True
+        if self.observer is not None:
+            self.observer.stopping = True
+        for sock in self.prepared.edge_sockets:
+            sock.close()  # the workers' copies stay open until each shuts its own
+        doors = [plain.stop(sites)]
+        if publish is not None:
+            doors.append(publish.stop_accepting(sites))
+        await asyncio.gather(*doors)
+        self.webhooks.mute()
+        self.signal_workers(signal.SIGTERM)
+        # Every worker says when it has shut its own doors; half the time at most, so that
+        # a stuck one leaves the others time to close their clients.
+        await self.hub.close(wait=deadline.remaining() / 2)
+        await asyncio.gather(
+            self._reap(deadline.remaining(SUPERVISOR_MARGIN)),
+            self.webhooks.close(
+                timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(SUPERVISOR_MARGIN))
+            ),
+        )
+
+    async def _reap(self, seconds: float) -> None:
+        """Wait up to `seconds` for the workers to exit; kill those still there."""
         procs = [h.proc for h in self.handles.values() if h.proc.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), deadline)
-        except TimeoutError:
+        if not await bounded(asyncio.gather(*(p.wait() for p in procs)), seconds):
             for proc in procs:
                 if proc.returncode is None:
                     log.error("worker did not stop in time; killed", extra={"pid": proc.pid})
@@ -236,7 +299,12 @@ class Supervisor:
 
 
 async def run_worker(
-    config: Config, worker_id: int, listen_fd: int, broker_fd: int, stats_fd: int | None = None
+    config: Config,
+    worker_id: int,
+    listen_fd: int,
+    broker_fd: int,
+    stats_fd: int | None = None,
+    config_path: str | None = None,
 ) -> None:
     from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
 
@@ -254,20 +322,42 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    certificates = None
+    reloader = Reloader(config, apps, config_path, quiet=True, relay=relay)
+    edge: Edge | None = None
     try:
-        certificates = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
+        edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
+        reloader.apis.append(edge.api)
+        reloader.origins = EdgeOrigins(edge.policy, edge.cors)
+        reloader.certificates = edge.certificates
+        listen_for_reloads(reloader)
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
         await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
+        deadline = Deadline(reloader.config.shutdown.deadline - WORKER_MARGIN)
+        await edge.stop_accepting(sites)
+        if not pipe_closed.done():
+            broker.finish()
+        await close_broker(broker, deadline)
+        await drain_relay(relay, deadline)
     finally:
-        if certificates is not None:
-            await certificates.stop()
+        if edge is not None and edge.certificates is not None:
+            await edge.certificates.stop()
         await sites.cleanup()
     log.debug("worker stopped", extra={"worker": worker_id})
+
+
+def listen_for_reloads(reloader: Reloader) -> None:
+    """SIGHUP: the configuration file, then certificates; SIGUSR1: certificates only."""
+
+    async def reload() -> None:
+        await reloader.reload()
+        reloader.reload_certificates()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    loop.add_signal_handler(RELOAD_CERTIFICATES, reloader.reload_certificates)
 
 
 async def serve_observed_edge(
@@ -277,14 +367,14 @@ async def serve_observed_edge(
     broker: WorkerBroker,
     listen: socket.socket,
     stats_fd: int | None,
-) -> CertificateManager | None:
+) -> Edge:
     """The TLS port; with a stats line, the worker's probe too, answering once listening."""
     if stats_fd is None:
         return await serve_edge(sites, prepared, relay, broker, listen)
     probe, edge_broker, requests = observe_relay(relay, broker)
-    certificates = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
+    edge = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
     await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
-    return certificates
+    return edge
 
 
 def worker_main(
@@ -296,11 +386,12 @@ def worker_main(
 ) -> int:
     from sidecar.observe.logging import setup
 
-    # A SIGHUP (certificate reload) may come before the loop's handler is in place.
+    # A reload may be asked for before the loop's handlers are in place: not an end.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(RELOAD_CERTIFICATES, signal.SIG_IGN)
     config = config_module.load(config_path) if config_path else Config()
     setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd))
+    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path))
     return 0
 
 

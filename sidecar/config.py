@@ -167,6 +167,17 @@ class LogConfig:
     level: str = "info"
 
 
+# SIGTERM: clients get 4200 and pusher-js reconnects at once; this long (seconds) is what a
+# stop may take in all: accepted publishes delivered, clients closed, webhooks flushed. Below
+# the 90 s systemd and 30 s Kubernetes give before SIGKILL, with room for both.
+DEFAULT_SHUTDOWN_DEADLINE = 10.0
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    deadline: float = DEFAULT_SHUTDOWN_DEADLINE
+
+
 @dataclass(frozen=True)
 class Config:
     listen: ListenConfig = ListenConfig()
@@ -182,6 +193,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhooks: WebhookSettings = WebhookSettings()
     log: LogConfig = LogConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     workers: int | str = "auto"  # "auto": one per core this process may run on
     source: str | None = None  # the file it came from, for messages
 
@@ -432,6 +444,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
             "limits",
             "webhooks",
             "log",
+            "shutdown",
             "workers",
         },
     )
@@ -439,6 +452,8 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     _only(http, "http", {"port"})
     log = _mapping(raw.get("log"), "log")
     _only(log, "log", {"level"})
+    shutdown = _mapping(raw.get("shutdown"), "shutdown")
+    _only(shutdown, "shutdown", {"deadline"})
     workers = raw.get("workers", "auto")
     if workers != "auto" and (
         isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256
@@ -461,6 +476,9 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         webhooks=_webhooks(raw.get("webhooks")),
         log=LogConfig(
             level=_choice(log, "log", "level", "info", ("debug", "info", "warning", "error"))
+        ),
+        shutdown=ShutdownConfig(
+            deadline=_seconds(shutdown, "shutdown", "deadline", DEFAULT_SHUTDOWN_DEADLINE, 1, 3600)
         ),
         source=source,
     )

@@ -14,12 +14,20 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
 - a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
   literal as it will sit in every frame (a worker never decodes event data, it only splices it);
 - changes: meta `[origin, [change, ...]]` (sidecar/broker/changes.py), no data;
-- a report (worker to hub only): meta `[app_id, event]`, no data.
+- a report (worker to hub only): meta `[app_id, event]`, no data;
+- finished (worker to hub only, at shutdown): nothing after it is a publication the worker
+  answered 200 for; the hub may close that worker's pipe once it has written it everything
+  accepted before, which is the worker's signal that nothing more is coming.
+
+Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
+sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
+the pipes; each worker delivers what it read, then closes its clients with 4200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -39,10 +47,15 @@ from sidecar.broker.changes import (
 )
 
 _HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT = 1, 2, 3
+PUBLICATION, CHANGES, REPORT, FINISHED = 1, 2, 3, 4
 # The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
 # workers get 1, 2, ... in the order they attach, a restarted worker a new one.
 HUB_ORIGIN = 0
+# A worker that finishes while the supervisor is not stopping was signalled alone, or the
+# whole process group was (systemd's default) and the supervisor's own signal is a moment
+# behind: its pipe is closed only after this long, so that a publication the supervisor
+# accepts in that moment still reaches the worker's clients.
+ALONE_GRACE = 0.5
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
@@ -152,6 +165,11 @@ class WorkerBroker:
         assert self._stream is not None
         self._stream.write(encode_report(app_id, event))
 
+    def finish(self) -> None:
+        """No more publications from this worker: what it accepted is ahead of this frame."""
+        assert self._stream is not None
+        self._stream.write(_meta_frame(FINISHED, b""))
+
     async def close(self) -> None:
         """Wait until the hub has closed the pipe: everything it accepted was delivered."""
         await self._closed.wait()
@@ -173,6 +191,8 @@ class HubBroker:
         self._changed: OnChanges | None = None
         self._reported: Report | None = None
         self._closing = False
+        self._finished: set[int] = set()  # workers that sent FINISHED
+        self._settled: asyncio.Event | None = None  # closing: every worker has finished
         # The state a worker that attaches starts from (the supervisor's ChannelState).
         self.snapshot: Callable[[], Any] | None = None
 
@@ -199,10 +219,13 @@ class HubBroker:
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
+            elif kind == FINISHED and holder:
+                self._on_finished(worker_id, holder[0])
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
                 del self._workers[worker_id]
+            self._check_settled()
             # At shutdown nothing is released: the state ends with the process, and a restart
             # should not look like every channel vacated to the app's webhooks.
             if not self._closing:
@@ -217,6 +240,7 @@ class HubBroker:
         if self._pending:
             self._write_pending()
         self._workers[worker_id] = stream
+        self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
 
@@ -257,9 +281,35 @@ class HubBroker:
     def workers(self) -> int:
         return len(self._workers)
 
-    async def close(self) -> None:
-        """Close each pipe once what was written to it is flushed: the workers' signal to stop."""
+    def _on_finished(self, worker_id: int, stream: PublicationStream) -> None:
+        self._finished.add(worker_id)
+        if self._closing:
+            self._check_settled()
+            return
+
+        def release() -> None:
+            if not self._closing and self._workers.get(worker_id) is stream:
+                self._write_pending()
+                self.detach(worker_id)
+
+        asyncio.get_running_loop().call_later(ALONE_GRACE, release)
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and self._finished.issuperset(self._workers):
+            self._settled.set()
+
+    async def close(self, wait: float = 0.0) -> None:
+        """Close each pipe once what was written to it is flushed: the workers' signal to stop.
+
+        With `wait`, first up to that many seconds for every worker's FINISHED, so that what
+        they accepted themselves (the signed API) is in the order before the pipes close.
+        """
         self._closing = True
+        if wait > 0:
+            self._settled = asyncio.Event()
+            self._check_settled()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), wait)
         if self._pending:
             self._write_pending()
         workers = list(self._workers.values())
