@@ -90,8 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
 
+    text = None
     try:
-        cfg = _load(args.config)
+        if args.config is None:
+            cfg = Config()
+        else:
+            text = config_module.read_text(args.config)
+            cfg = config_module.parse(text, args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     setup(cfg.log.level)
@@ -108,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if workers == 1:
             cluster.run_loop(single.run_single(prepared, banner, args.config))
         else:
-            supervisor = cluster.Supervisor(prepared, args.config, workers)
+            supervisor = cluster.Supervisor(prepared, args.config, workers, text)
             cluster.run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
@@ -119,7 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sidecar import cluster
 
     return cluster.worker_main(
-        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd
+        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd, args.config_fd
     )
 
 
@@ -255,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--broker-fd", type=int, required=True)
     worker.add_argument("--stats-fd", type=int)
+    worker.add_argument("--config-fd", type=int)  # the text of --config, as validated
     worker.set_defaults(func=cmd_worker)
     return p
 

@@ -18,11 +18,17 @@ worker delivers what it received, closes its clients with 4200 and exits. The su
 sends the webhooks still waiting meanwhile, kills a worker still there at the deadline, and
 exits.
 
+Workers never read the configuration file: the supervisor hands each the text it validated
+(an inherited memfd at start, the pipe on reload), so a file edited meanwhile can neither make
+a worker disagree with the supervisor nor stop a restarted worker from starting.
+
 SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
-socket's apps, webhooks, the log level); if the file is valid it passes SIGHUP on and each
-worker re-reads it and applies its own (apps and limits of its relay, the Origin allow-list,
-its signed API) and reloads its certificates. A file that does not validate is refused by the
-supervisor; the workers then get SIGUSR1, which reloads certificates only (as ACME renewals do).
+socket's apps, webhooks, the log level); if the file is valid it sends each worker, over its
+pipe, the text to apply its own part from (apps and limits of its relay, the Origin
+allow-list, its signed API), and each reloads its certificates. A file that does not validate is
+refused by the supervisor; the workers then reload their certificates only (as they do after
+an ACME renewal). Workers ignore SIGHUP itself: a terminal's hangup reaches the whole process
+group, and the supervisor decides.
 """
 
 from __future__ import annotations
@@ -83,8 +89,6 @@ STABLE_AFTER = 30.0
 WORKER_MARGIN = 0.5
 # Seconds kept back for the last steps of the supervisor (killing, cleaning up).
 SUPERVISOR_MARGIN = 0.25
-# Certificates only (ACME renewals, and a SIGHUP whose configuration was refused).
-RELOAD_CERTIFICATES = signal.SIGUSR1
 
 
 @dataclass
@@ -97,7 +101,13 @@ class WorkerHandle:
 
 
 class Supervisor:
-    def __init__(self, prepared: Prepared, config_path: str | None, workers: int) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        config_path: str | None,
+        workers: int,
+        config_text: str | None = None,
+    ) -> None:
         self.prepared = prepared
         self.config_path = config_path
         self.count = workers
@@ -111,7 +121,7 @@ class Supervisor:
         self.observer = self._make_observer()
         self.webhooks = LiveWebhooks(self.state, self.observer)
         self.reloader = Reloader(
-            prepared.config, prepared.apps, config_path, webhooks=self.webhooks
+            prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
         )
 
     def _make_observer(self) -> Observer | None:
@@ -158,9 +168,12 @@ class Supervisor:
             "--broker-fd",
             str(worker_end.fileno()),
         ]
-        if self.config_path is not None:
-            command += ["--config", self.config_path]
         fds = [listen.fileno(), worker_end.fileno()]
+        config_fd = None
+        if self.config_path is not None and self.reloader.text is not None:
+            config_fd = text_fd(self.reloader.text)
+            command += ["--config", self.config_path, "--config-fd", str(config_fd)]
+            fds.append(config_fd)
         if stats is not None:
             command += ["--stats-fd", str(stats.fileno())]
             fds.append(stats.fileno())
@@ -168,6 +181,8 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             worker_end.close()
+            if config_fd is not None:
+                os.close(config_fd)
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
         self.handles[worker_id] = handle
         await self.hub.attach(worker_id, hub_end)
@@ -200,12 +215,12 @@ class Supervisor:
 
     def reload_workers(self) -> None:
         """Every worker reloads its certificates now (not at its next check)."""
-        self.signal_workers(RELOAD_CERTIFICATES)
+        self.hub.reload(None)
 
     async def reload(self) -> None:
         """SIGHUP: validated and applied here first; then the workers do their part."""
         plan = await self.reloader.reload()
-        self.signal_workers(signal.SIGHUP if plan is not None else RELOAD_CERTIFICATES)
+        self.hub.reload(self.reloader.text if plan is not None else None)
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
@@ -305,6 +320,7 @@ async def run_worker(
     broker_fd: int,
     stats_fd: int | None = None,
     config_path: str | None = None,
+    config_text: str | None = None,
 ) -> None:
     from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
 
@@ -315,6 +331,9 @@ async def run_worker(
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = WorkerBroker(socket.socket(fileno=broker_fd))
     relay = start_relay(prepared, broker)
+    reloader = Reloader(config, apps, config_path, config_text, quiet=True, relay=relay)
+    reloads = WorkerReloads(reloader)
+    broker.on_reload = reloads.request
     await broker.start(relay.deliver, relay.on_changes)
     sites = Sites()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
@@ -322,14 +341,13 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    reloader = Reloader(config, apps, config_path, quiet=True, relay=relay)
     edge: Edge | None = None
     try:
         edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
         reloader.apis.append(edge.api)
         reloader.origins = EdgeOrigins(edge.policy, edge.cors)
         reloader.certificates = edge.certificates
-        listen_for_reloads(reloader)
+        reloads.start()
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
@@ -348,16 +366,34 @@ async def run_worker(
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
-def listen_for_reloads(reloader: Reloader) -> None:
-    """SIGHUP: the configuration file, then certificates; SIGUSR1: certificates only."""
+class WorkerReloads:
+    """Reloads the supervisor asks for; one asked for before the worker serves waits for it
+    (the worker read the file before, but maybe not the one the supervisor validated)."""
 
-    async def reload() -> None:
-        await reloader.reload()
-        reloader.reload_certificates()
+    def __init__(self, reloader: Reloader) -> None:
+        self.reloader = reloader
+        self.serving = False
+        self.waiting: list[str | None] = []  # asked for before serving, in order
 
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-    loop.add_signal_handler(RELOAD_CERTIFICATES, reloader.reload_certificates)
+    def request(self, config_text: str | None) -> None:
+        if not self.serving:
+            self.waiting.append(config_text)
+            return
+        asyncio.get_running_loop().create_task(self._reload(config_text))
+
+    def start(self) -> None:
+        self.serving = True
+        for config_text in self.waiting:
+            self.request(config_text)
+        self.waiting.clear()
+
+    async def _reload(self, config_text: str | None) -> None:
+        try:
+            if config_text is not None:
+                await self.reloader.reload(config_text)
+            self.reloader.reload_certificates()
+        except Exception:  # a bug must not pass silently in a task nobody awaits
+            log.exception("reload failed in a worker")
 
 
 async def serve_observed_edge(
@@ -383,16 +419,33 @@ def worker_main(
     listen_fd: int,
     broker_fd: int,
     stats_fd: int | None = None,
+    config_fd: int | None = None,
 ) -> int:
     from sidecar.observe.logging import setup
 
-    # A reload may be asked for before the loop's handlers are in place: not an end.
+    # Reloads come from the supervisor over the pipe; a hangup of the terminal (to the whole
+    # process group) is the supervisor's to act on, not an end of this worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(RELOAD_CERTIFICATES, signal.SIG_IGN)
-    config = config_module.load(config_path) if config_path else Config()
+    text = None
+    if config_fd is not None:
+        with os.fdopen(config_fd, encoding="utf-8") as f:
+            text = f.read()
+    config = Config()
+    if config_path is not None:
+        if text is None:
+            text = config_module.read_text(config_path)
+        config = config_module.parse(text, config_path)
     setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path))
+    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path, text))
     return 0
+
+
+def text_fd(text: str) -> int:
+    """A file descriptor to hand a worker `text` by (read from the start, then closed)."""
+    fd = os.memfd_create("sidecar-config", 0)  # not inheritable, but for pass_fds
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def run_loop(main: object) -> None:

@@ -506,18 +506,31 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML file; ConfigError names the key, or the line of a syntax error."""
+    return parse(read_text(path), str(path))
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text, or ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "is not UTF-8 text") from None
+
+
+def parse(text: str, source: str) -> Config:
+    """Validate the text of a configuration file (`source` names it in messages).
+
+    The supervisor hands workers the very text it validated, rather than the file's name: a
+    file edited since would make a worker disagree with it, or fail to start.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}: {where}", problem) from None
-    return from_mapping(raw, source=str(path))
+        raise ConfigError(f"{source}: {where}", problem) from None
+    return from_mapping(raw, source=source)

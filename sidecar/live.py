@@ -9,9 +9,10 @@ for a restart. An app removed by the reload has its connections closed with 4200
 reconnects at once and, its key gone, is refused with 4001 and stops.
 
 The one process (workers: 1) does all of it. With workers, the supervisor (apps of the Unix
-socket's API, webhooks) validates first and then signals the workers, which re-read the file
-and apply their part (relay, signed API, origins); they log at debug, the supervisor's line
-is the one at info.
+socket's API, webhooks) reads and validates the file first, then hands the workers the text it
+validated (they never read the file themselves, so they cannot disagree with it) and they
+apply their part (relay, signed API, origins); they log at debug, the supervisor's line is the
+one at info.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Reloader:
     config: Config
     apps: AppRegistry
     path: str | None = None  # the file to re-read; None: started without one
+    text: str | None = None  # the file's text that `config` was made from
     quiet: bool = False  # a worker: its supervisor writes the line at info
     relay: Relay | None = None
     apis: list[PublishApi] = field(default_factory=list)
@@ -116,13 +118,16 @@ class Reloader:
     certificates: CertificateManager | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
-    def read(self) -> tuple[Config, AppRegistry] | None:
-        """The file as it is now, validated, with the apps it serves; None (logged): refused."""
+    def read(self, text: str | None = None) -> tuple[Config, AppRegistry, str] | None:
+        """The file as it is now (or `text`, as the supervisor read it), validated, with the
+        apps it serves; None (logged): refused."""
         if self.path is None:
             log.info("SIGHUP: started without --config; no configuration to reload")
             return None
         try:
-            new = config_module.load(self.path)
+            if text is None:
+                text = config_module.read_text(self.path)
+            new = config_module.parse(text, self.path)
             apps = resolve_apps(new)
         except ConfigError as exc:
             log.error(
@@ -136,18 +141,18 @@ class Reloader:
                 extra={"config": self.path, "error": f"apps: {exc}"},
             )
             return None
-        return new, apps
+        return new, apps, text
 
-    async def reload(self) -> ReloadPlan | None:
-        """Re-read the file and apply what can change now; None when it was refused."""
+    async def reload(self, text: str | None = None) -> ReloadPlan | None:
+        """Re-read the file (or take `text`) and apply what can change now; None: refused."""
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
-            return await self._reload()
+            return await self._reload(text)
 
-    async def _reload(self) -> ReloadPlan | None:
-        read = self.read()
+    async def _reload(self, text: str | None) -> ReloadPlan | None:
+        read = self.read(text)
         if read is None:
             return None
-        new, apps = read
+        new, apps, self.text = read
         plan = plan_reload(self.config, new, self.apps, apps)
         await self.apply(plan, apps)
         level = logging.DEBUG if self.quiet else logging.INFO
@@ -191,7 +196,7 @@ class Reloader:
 
     def reload_certificates(self) -> None:
         if self.certificates is not None:
-            log.log(logging.DEBUG if self.quiet else logging.INFO, "SIGHUP: reloading certificates")
+            log.log(logging.DEBUG if self.quiet else logging.INFO, "reloading certificates")
             self.certificates.reload(force=True)
 
 

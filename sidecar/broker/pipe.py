@@ -17,7 +17,11 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
 - a report (worker to hub only): meta `[app_id, event]`, no data;
 - finished (worker to hub only, at shutdown): nothing after it is a publication the worker
   answered 200 for; the hub may close that worker's pipe once it has written it everything
-  accepted before, which is the worker's signal that nothing more is coming.
+  accepted before, which is the worker's signal that nothing more is coming;
+- reload (hub to worker): data the text of the configuration file the supervisor validated
+  (then certificates), or nothing (certificates only). By the pipe, not by a signal: a signal
+  sent while a worker is still starting would be lost (or end it); a frame waits in the pipe
+  until the worker reads it.
 
 Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
 sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
@@ -47,7 +51,7 @@ from sidecar.broker.changes import (
 )
 
 _HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT, FINISHED = 1, 2, 3, 4
+PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD = 1, 2, 3, 4, 5
 # The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
 # workers get 1, 2, ... in the order they attach, a restarted worker a new one.
 HUB_ORIGIN = 0
@@ -135,6 +139,9 @@ class WorkerBroker:
         self._sock = sock
         self._stream: PublicationStream | None = None
         self._closed = asyncio.Event()
+        # Called with the configuration's text (then certificates) or None (certificates
+        # only). Set before start(): frames already in the pipe are read as it connects.
+        self.on_reload: Callable[[str | None], None] | None = None
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -147,6 +154,8 @@ class WorkerBroker:
             elif kind == CHANGES and changed is not None:
                 origin, changes = decode_changes(meta_of(head))
                 changed(origin, changes)
+            elif kind == RELOAD and self.on_reload is not None:
+                self.on_reload(data.decode() if data else None)
 
         _, self._stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
@@ -243,6 +252,12 @@ class HubBroker:
         self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
+
+    def reload(self, config_text: str | None) -> None:
+        """Ask every worker to reload: the configuration (the text the supervisor has just
+        validated) and certificates, or with None certificates only."""
+        data = config_text.encode() if config_text is not None else b""
+        self._queue((_HEADER.pack(RELOAD, 0, len(data)), data))
 
     def detach(self, worker_id: int) -> None:
         stream = self._workers.get(worker_id)
