@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,9 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sidecar import app as app_module
     from sidecar import cluster, single
     from sidecar.edge.certinfo import CertificateError
+    from sidecar.lifecycle import run_loop
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
 
+    # A SIGHUP while starting (a deploy script reloading early) is not an end: the file is
+    # read next, and the loop's handler reloads from then on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     text = None
     try:
         if args.config is None:
@@ -111,19 +116,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
     try:
         if workers == 1:
-            cluster.run_loop(single.run_single(prepared, banner, args.config))
+            run_loop(single.run_single(prepared, banner, args.config))
         else:
             supervisor = cluster.Supervisor(prepared, args.config, workers, text)
-            cluster.run_loop(supervisor.run(banner))
+            run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from sidecar import cluster
+    from sidecar import worker
 
-    return cluster.worker_main(
+    return worker.worker_main(
         args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd, args.config_fd
     )
 

@@ -69,3 +69,12 @@ def stop_signal() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     return stopping
+
+
+def run_loop(main: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        asyncio.run(main)  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sidecar import config as config_module
-from sidecar.app import locally_reported_kinds
 from sidecar.app import resolve_apps as resolve_apps_of
 from sidecar.apps import AppRegistry
 from sidecar.config import AppConfig, Config, ConfigError, WebhookSettings
@@ -37,6 +36,7 @@ from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
 from sidecar.reload import ReloadPlan, plan_reload
+from sidecar.serving import locally_reported_kinds
 from sidecar.webhooks import WebhookCounters, Webhooks
 
 log = logging.getLogger("sidecar.reload")
@@ -146,7 +146,11 @@ class Reloader:
     async def reload(self, text: str | None = None) -> ReloadPlan | None:
         """Re-read the file (or take `text`) and apply what can change now; None: refused."""
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
-            return await self._reload(text)
+            try:
+                return await self._reload(text)
+            except Exception:  # a bug: said, and the process carries on
+                log.exception("config reload failed")
+                return None
 
     async def _reload(self, text: str | None) -> ReloadPlan | None:
         read = self.read(text)

@@ -15,22 +15,7 @@ import logging
 import signal
 from collections.abc import Callable
 
-from sidecar.app import (
-    Edge,
-    PlainHttp,
-    Prepared,
-    PublishSide,
-    Sites,
-    make_observer,
-    observe_single,
-    obtain_certificate,
-    remove_socket_file,
-    serve_admin,
-    serve_edge,
-    serve_publish_side,
-    start_relay,
-    tune_garbage_collector,
-)
+from sidecar.app import Prepared, make_observer, observe_single, tune_garbage_collector
 from sidecar.broker import MemoryBroker
 from sidecar.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
@@ -42,6 +27,18 @@ from sidecar.lifecycle import (
 from sidecar.live import EdgeOrigins, LiveWebhooks, Reloader
 from sidecar.observe.observer import Observer
 from sidecar.relay.relay import Relay
+from sidecar.serving import (
+    Edge,
+    PlainHttp,
+    PublishSide,
+    Sites,
+    obtain_certificate,
+    remove_socket_file,
+    serve_admin,
+    serve_edge,
+    serve_publish_side,
+    start_relay,
+)
 
 log = logging.getLogger("sidecar")
 
