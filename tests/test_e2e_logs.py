@@ -66,7 +66,7 @@ async def test_no_secret_signature_token_or_payload_is_ever_logged(
         apps=[{**APP, "webhooks": [{"url": hook, "events": ["channel_occupied"]}]}],
         admin=admin_block(token=TOKEN),
         log={"level": "debug"},
-        webhooks={"retry_initial_delay": 0.05, "batch_window": 0.01},
+        webhooks={"retry_initial_delay": 0.05, "batch_window": 0.01, "retry_horizon": 0.2},
     )
     await wait_ready(sidecar)
     # pusher's Python client signs with the secret it is given: this one's.
