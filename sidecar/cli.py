@@ -129,7 +129,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sidecar import worker
 
     return worker.worker_main(
-        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd, args.config_fd
+        args.config,
+        args.worker_id,
+        args.listen_fd,
+        args.broker_fd,
+        args.stats_fd,
+        args.config_fd,
+        args.reloaded_config_fd,
     )
 
 
@@ -266,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--broker-fd", type=int, required=True)
     worker.add_argument("--stats-fd", type=int)
     worker.add_argument("--config-fd", type=int)  # the text of --config, as validated
+    worker.add_argument("--reloaded-config-fd", type=int)  # as the latest reload applied it
     worker.set_defaults(func=cmd_worker)
     return p
 

@@ -20,8 +20,9 @@ sends the webhooks still waiting meanwhile, kills a worker still there at the de
 exits.
 
 Workers never read the configuration file: the supervisor hands each the text it validated
-(an inherited memfd at start, the pipe on reload), so a file edited meanwhile can neither make
-a worker disagree with the supervisor nor stop a restarted worker from starting.
+(inherited memfds at start: the text the cluster started with and the latest reloaded one; the
+pipe on reload), so a file edited meanwhile can neither make a worker disagree with the
+others nor stop a restarted worker from starting.
 
 SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
 socket's apps, webhooks, the log level); if the file is valid it sends each worker, over its
@@ -108,6 +109,9 @@ class Supervisor:
         self.stopping = False
         self.observer = self._make_observer()
         self.webhooks = LiveWebhooks(self.state, self.observer)
+        # What the cluster started with: restart-only settings stay as in it (sidecar/reload.py),
+        # for a worker started later too (sidecar/worker.py: worker_config).
+        self.started_text = config_text
         self.reloader = Reloader(
             prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
         )
@@ -157,11 +161,16 @@ class Supervisor:
             str(worker_end.fileno()),
         ]
         fds = [listen.fileno(), worker_end.fileno()]
-        config_fd = None
-        if self.config_path is not None and self.reloader.text is not None:
-            config_fd = text_fd(self.reloader.text)
-            command += ["--config", self.config_path, "--config-fd", str(config_fd)]
-            fds.append(config_fd)
+        texts = []
+        if self.config_path is not None and self.started_text is not None:
+            command += ["--config", self.config_path]
+            texts.append(("--config-fd", self.started_text))
+            if self.reloader.text != self.started_text and self.reloader.text is not None:
+                texts.append(("--reloaded-config-fd", self.reloader.text))
+        text_fds = [text_fd(text) for _, text in texts]
+        for (option, _), fd in zip(texts, text_fds, strict=True):
+            command += [option, str(fd)]
+        fds += text_fds
         if stats is not None:
             command += ["--stats-fd", str(stats.fileno())]
             fds.append(stats.fileno())
@@ -169,8 +178,8 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             worker_end.close()
-            if config_fd is not None:
-                os.close(config_fd)
+            for fd in text_fds:
+                os.close(fd)
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
         self.handles[worker_id] = handle
         await self.hub.attach(worker_id, hub_end)

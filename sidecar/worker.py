@@ -30,6 +30,7 @@ from sidecar.lifecycle import Deadline, close_broker, drain_relay, run_loop
 from sidecar.live import EdgeOrigins, Reloader
 from sidecar.observe.channel import serve_worker_stats
 from sidecar.relay.relay import Relay
+from sidecar.reload import plan_reload
 from sidecar.serving import Edge, Sites, serve_edge, start_relay
 
 log = logging.getLogger("sidecar.cluster")
@@ -144,21 +145,40 @@ def worker_main(
     broker_fd: int,
     stats_fd: int | None = None,
     config_fd: int | None = None,
+    reloaded_fd: int | None = None,
 ) -> int:
     from sidecar.observe.logging import setup
 
     # Reloads come from the supervisor over the pipe; a hangup of the terminal (to the whole
     # process group) is the supervisor's to act on, not an end of this worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    text = None
-    if config_fd is not None:
-        with os.fdopen(config_fd, encoding="utf-8") as f:
-            text = f.read()
-    config = Config()
-    if config_path is not None:
-        if text is None:
-            text = config_module.read_text(config_path)
-        config = config_module.parse(text, config_path)
+    config, text = worker_config(config_path, read_fd(config_fd), read_fd(reloaded_fd))
     setup(config.log.level)
     run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path, text))
     return 0
+
+
+def read_fd(fd: int | None) -> str | None:
+    if fd is None:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        return f.read()
+
+
+def worker_config(
+    path: str | None, started: str | None, reloaded: str | None
+) -> tuple[Config, str | None]:
+    """What a worker runs with, and the text it came from.
+
+    `started` is the text the cluster started with; `reloaded`, the one its latest reload
+    applied. A worker (re)started after reloads runs as the others do: the reloaded settings,
+    with those that need a restart as they were at the start (sidecar/reload.py).
+    """
+    if path is None:
+        return Config(), None
+    if started is None:  # started by hand, or by an older supervisor
+        started = config_module.read_text(path)
+    config = config_module.parse(started, path)
+    if reloaded is None:
+        return config, started
+    return plan_reload(config, config_module.parse(reloaded, path)).effective, reloaded

@@ -17,6 +17,7 @@ import yaml
 
 from sidecar.publish.client import SidecarClient
 from tests.support import SidecarProcess, free_port
+from tests.test_e2e_cluster import worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -150,6 +151,31 @@ async def test_a_broken_file_is_refused_and_the_running_config_stays(
             assert await refused(session, sidecar, LATER) == 0
         await still_receives(existing, sidecar)
         await existing.close()
+
+
+async def test_a_worker_restarted_after_a_reload_runs_the_reloaded_config_not_the_file(
+    reloadable: SidecarProcess,
+) -> None:
+    """A worker that dies is started again with what the others run, even while the file on
+    disk is being edited (here: broken)."""
+    sidecar = reloadable
+    write_config(sidecar, cors={"allowed_origins": [ALLOWED, LATER]})
+    sighup(sidecar)
+    await reload_lines(sidecar, "config reloaded", "debug", 2)
+    sidecar.config_path.write_text("cors: {allowed_origins: [unclosed\n")
+    before = worker_pids(sidecar)
+    os.kill(before[0], signal.SIGKILL)
+    for _ in range(200):
+        now = worker_pids(sidecar)
+        if len(now) == 2 and before[0] not in now:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"worker not restarted: {sidecar.stderr()[-2000:]}")
+    await reload_lines(sidecar, "certificate loaded", "info", 3)  # the new one serves
+    async with aiohttp.ClientSession() as session:
+        for _ in range(8):
+            assert await refused(session, sidecar, LATER) == 0
 
 
 async def test_apps_added_and_removed_in_one_process(
