@@ -2,36 +2,33 @@
 
 `prepare()` does everything that can fail with a plain message and must happen once: apps and
 certificates made, the publish socket claimed, the TCP ports bound (so a taken port is reported
-before anything starts, and worker processes inherit listening sockets). `run_single()` serves
-it all from one process; sidecar/cluster.py splits it between a supervisor and workers.
+before anything starts, and worker processes inherit listening sockets). sidecar/serving.py
+serves them; sidecar/single.py runs it all in one process, sidecar/cluster.py and
+sidecar/worker.py split it between a supervisor and workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import os
 import resource
-import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from sidecar.apps import AppRegistry, ensure_development_app
-from sidecar.broker import Broker, MemoryBroker
+from sidecar.broker import Broker
 from sidecar.config import CertFiles, Config
-from sidecar.edge.acme import AcmeFiles, AcmeService, answer_challenges, start_acme
+from sidecar.edge.acme import AcmeFiles, answer_challenges
 from sidecar.edge.acme_client import ChallengeStore
-from sidecar.edge.certificates import CertificateManager, check_certificates
-from sidecar.edge.cors import allow_cross_origin
+from sidecar.edge.certificates import check_certificates
+from sidecar.edge.cors import PolicyOrigins, allow_cross_origin
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.hsts import hsts_middleware
-from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.passthrough import UpgradePassthrough
 from sidecar.edge.proxy import ReverseProxy
@@ -39,19 +36,13 @@ from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe.admin import admin_app
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
-from sidecar.publish.api import PublishApi, json_error, json_errors
-from sidecar.publish.fastpath import FastPublishSite
+from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.channel_state import ChannelState
-from sidecar.relay.protocol import CloseCode
 from sidecar.relay.relay import Relay
-from sidecar.relay.websocket import WebSocketEndpoint
-from sidecar.webhooks import Webhooks
 
 log = logging.getLogger("sidecar")
 
-# On SIGTERM clients get 4200 (reconnect at once) and this long to go before the process exits.
-SHUTDOWN_DEADLINE = 10.0
 LISTEN_BACKLOG = 4096
 
 
@@ -167,17 +158,33 @@ def prepare(config: Config, workers: int) -> Prepared:
 # The applications ---------------------------------------------------------------------------
 
 
+# What edge_application made, for a reload to reach: the signed API and its CORS answers.
+EDGE_API = web.AppKey("edge_api", PublishApi)
+EDGE_CORS = web.AppKey("edge_cors", PolicyOrigins)
+
+
 def edge_application(
-    config: Config, apps: AppRegistry, broker: Broker, state: ChannelState
+    config: Config,
+    apps: AppRegistry,
+    broker: Broker,
+    state: ChannelState,
+    policy: OriginPolicy | None = None,
 ) -> web.Application:
-    """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here)."""
+    """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here).
+
+    `policy` is the Origin allow-list the WebSocket upgrades are checked against too.
+    """
     api = PublishApi(apps, broker, signed=True, state=state)
     app = web.Application(
         middlewares=[*edge_middlewares(config), json_errors], client_max_size=api.max_body
     )
+    app[LISTENER] = "tls"
+    app[EDGE_API] = api
     api.add_routes(app)
-    allow_cross_origin(
-        app, OriginPolicy(config.allowed_origins), allow_credentials=config.cors_allow_credentials
+    if policy is None:
+        policy = OriginPolicy(config.allowed_origins)
+    app[EDGE_CORS] = allow_cross_origin(
+        app, policy, allow_credentials=config.cors_allow_credentials
     )
     add_fallback_routes(app, config)
     return app
@@ -219,6 +226,7 @@ def edge_middlewares(config: Config) -> list[Callable[..., object]]:
 def publish_application(api: PublishApi) -> web.Application:
     """The Unix socket: the same API, trusted by file permissions, no signature."""
     app = web.Application(middlewares=[json_errors], client_max_size=api.max_body)
+    app[LISTENER] = "unix"
     api.add_routes(app)
     return app
 
@@ -273,235 +281,3 @@ def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, Req
     probe = RelayProbe(relay, publishers=[publishes], requests=requests, share_names=True)
     probe.start()
     return probe, publishes, requests  # type: ignore[return-value]
-
-
-# Serving ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sites:
-    """The aiohttp runners of one process, cleaned up in reverse order."""
-
-    runners: list[web.AppRunner] = field(default_factory=list)
-
-    async def serve(
-        self, app: web.Application, make_site: Callable[[web.AppRunner], web.BaseSite]
-    ) -> web.AppRunner:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        self.runners.append(runner)
-        await make_site(runner).start()
-        return runner
-
-    async def cleanup(self) -> None:
-        for runner in reversed(self.runners):
-            await runner.cleanup()
-        self.runners.clear()
-
-
-def start_relay(prepared: Prepared, broker: Broker) -> Relay:
-    """A started relay; the caller starts `broker` with relay.deliver and relay.on_changes."""
-    relay = Relay(prepared.apps, prepared.config.limits, broker)
-    relay.report_events = locally_reported_kinds(prepared.apps)
-    relay.start()
-    return relay
-
-
-# What a worker sees first-hand and reports for webhooks; the rest (occupied, vacated, members)
-# comes from the cluster-wide channel state, in the one process that sends webhooks.
-LOCAL_WEBHOOK_KINDS = frozenset({"client_event", "cache_miss"})
-WEBHOOKS_CLOSE_TIMEOUT = 3.0
-
-
-def locally_reported_kinds(apps: AppRegistry) -> dict[str, frozenset[str]]:
-    kinds = {
-        app.id: frozenset(kind for hook in app.webhooks for kind in hook.events)
-        & LOCAL_WEBHOOK_KINDS
-        for app in apps
-    }
-    return {app_id: wanted for app_id, wanted in kinds.items() if wanted}
-
-
-async def start_webhooks(prepared: Prepared, state: ChannelState) -> Webhooks | None:
-    """The webhook sender, fed by `state` (which reported events reach too); None if unused."""
-    webhooks = Webhooks(prepared.apps, prepared.config.webhooks)
-    if not webhooks.enabled:
-        return None
-    state.on_event = webhooks.emit
-    await webhooks.start()
-    return webhooks
-
-
-def start_certificates(config: Config) -> CertificateManager | None:
-    """The TLS port's certificates, loaded and watched (files, SIGHUP); None with tls off."""
-    files = served_certificates(config)
-    if not files:
-        return None
-    manager = CertificateManager(files, reload_interval=config.tls.reload_interval)
-    manager.load()
-    manager.start()
-    return manager
-
-
-async def serve_edge(
-    sites: Sites,
-    prepared: Prepared,
-    relay: Relay,
-    broker: Broker,
-    sock: socket.socket,
-    requests: RequestCounter | None = None,
-) -> CertificateManager | None:
-    config = prepared.config
-    certificates = start_certificates(config)
-    ssl_context = certificates.context if certificates is not None else None
-    app = edge_application(config, prepared.apps, broker, relay.state)
-    if requests is not None:
-        app.middlewares.insert(0, requests.middleware("tls"))
-    websockets = WebSocketEndpoint(relay, OriginPolicy(config.allowed_origins))
-    passthrough = upgrade_passthrough(config)
-    await sites.serve(
-        app,
-        lambda r: EdgeSite(
-            r,
-            sock,
-            websockets,
-            ssl_context=ssl_context,
-            handshake_timeout=config.tls.handshake_timeout,
-            backlog=LISTEN_BACKLOG,
-            passthrough=passthrough,
-        ),
-    )
-    return certificates
-
-
-async def serve_publish_side(
-    sites: Sites,
-    prepared: Prepared,
-    broker: Broker,
-    state: ChannelState,
-    observer: Observer | None,
-) -> None:
-    """The Unix socket and the admin listener."""
-    config = prepared.config
-    requests = None
-    if observer is not None:
-        broker, requests = observer.count_publishes(broker), observer.requests
-    api = PublishApi(prepared.apps, broker, signed=False, state=state)
-    app = publish_application(api)
-    if requests is not None:
-        app.middlewares.insert(0, requests.middleware("unix"))
-    await sites.serve(
-        app,
-        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024, requests=requests),
-    )
-    os.chmod(config.publish.socket, config.publish.socket_mode)
-    admin = prepared.admin_socket
-    if admin is not None and observer is not None:
-        observer.start()
-        await sites.serve(
-            admin_application(observer, config.admin.token), lambda r: web.SockSite(r, admin)
-        )
-
-
-async def serve_plain_http(sites: Sites, prepared: Prepared) -> ChallengeStore | None:
-    """The redirect to https, with ACME's challenges answered when tls.mode is acme."""
-    sock = prepared.redirect_socket
-    challenges = ChallengeStore() if prepared.config.tls.mode == "acme" else None
-    if sock is not None:
-        app = redirect_application(prepared.config.listen.port, challenges)
-        await sites.serve(app, lambda r: web.SockSite(r, sock))
-    return challenges
-
-
-async def obtain_certificate(
-    sites: Sites, prepared: Prepared, stopping: asyncio.Event
-) -> tuple[bool, AcmeService | None]:
-    """Serve the plain-HTTP port; with ACME, wait for a usable certificate (False: stopped)."""
-    challenges = await serve_plain_http(sites, prepared)
-    if challenges is None:
-        return True, None
-    acme = await start_acme(prepared.config.tls, challenges, stopping)
-    return acme is not None, acme
-
-
-async def drain_relay(relay: Relay, broker: Broker, deadline: float) -> None:
-    """Accepted publications are delivered, then every client gets 4200 and time to go."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(broker.close(), timeout=max(deadline, 0.1))
-    relay.close_all(CloseCode.RECONNECT)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(relay.wait_until_empty(), timeout=deadline)
-    relay.stop()
-
-
-def remove_socket_file(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def stop_signal() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    return stopping
-
-
-async def run_single(prepared: Prepared, banner: Callable[[Prepared], None]) -> None:
-    """Everything in one process, with the in-memory broker."""
-    tune_garbage_collector()
-    broker = MemoryBroker()
-    relay = start_relay(prepared, broker)
-    # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
-    await broker.start(relay.deliver, relay.on_changes, relay.notify)
-    sites = Sites()
-    stopping = stop_signal()
-    # SIGHUP reloads certificates once they are served (CertificateManager takes the signal
-    # over then); until then, and with tls off, it must not end the process as by default.
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload")
-    )
-    acme: AcmeService | None = None
-    certificates: CertificateManager | None = None
-    webhooks = await start_webhooks(prepared, relay.state)
-    observer = make_observer(prepared, 1)
-    if observer is not None and webhooks is not None:
-        observer.webhooks = webhooks.counters
-    try:
-        ready, acme = await obtain_certificate(sites, prepared, stopping)
-        if ready:
-            edge_broker = broker
-            if observer is not None:
-                edge_broker = observe_single(observer, relay, broker)
-            certificates = await serve_edge(
-                sites,
-                prepared,
-                relay,
-                edge_broker,
-                prepared.edge_sockets[0],
-                observer.requests if observer is not None else None,
-            )
-            if acme is not None and certificates is not None:
-                reload = certificates.reload
-                acme.on_new_certificate.append(lambda: reload(force=True))
-            await serve_publish_side(sites, prepared, broker, relay.state, observer)
-            banner(prepared)
-            log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
-            await stopping.wait()
-        log.info("stopping", extra={"connections": len(relay.connections)})
-        # As with workers: a restart's clients come straight back, so their leaving is not news.
-        relay.state.on_event = None
-        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
-    finally:
-        if acme is not None:
-            await acme.stop()
-        if certificates is not None:
-            await certificates.stop()
-        if observer is not None:
-            await observer.stop()
-        await sites.cleanup()
-        remove_socket_file(prepared.config.publish.socket)
-        if webhooks is not None:
-            await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
-    log.info("stopped")

@@ -13,10 +13,13 @@ DEV_APP_FILE = "app.json"
 
 
 class AppRegistry:
-    def __init__(self, apps: tuple[AppConfig, ...]) -> None:
+    """The apps served. `retired` apps (removed by a reload) are still found by id, for their
+    connections that are closing, but never by key: nobody new connects to them."""
+
+    def __init__(self, apps: tuple[AppConfig, ...], retired: tuple[AppConfig, ...] = ()) -> None:
         self.apps = apps
         self._by_key = {app.key: app for app in apps}
-        self._by_id = {app.id: app for app in apps}
+        self._by_id = {app.id: app for app in (*retired, *apps)}
 
     def by_key(self, key: str) -> AppConfig | None:
         return self._by_key.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,13 +86,22 @@ def banner(prepared: Prepared) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar import app as app_module
-    from sidecar import cluster
+    from sidecar import cluster, single
     from sidecar.edge.certinfo import CertificateError
+    from sidecar.lifecycle import run_loop
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
 
+    # A SIGHUP while starting (a deploy script reloading early) is not an end: the file is
+    # read next, and the loop's handler reloads from then on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    text = None
     try:
-        cfg = _load(args.config)
+        if args.config is None:
+            cfg = Config()
+        else:
+            text = config_module.read_text(args.config)
+            cfg = config_module.parse(text, args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     setup(cfg.log.level)
@@ -106,20 +116,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
     try:
         if workers == 1:
-            cluster.run_loop(app_module.run_single(prepared, banner))
+            run_loop(single.run_single(prepared, banner, args.config))
         else:
-            supervisor = cluster.Supervisor(prepared, args.config, workers)
-            cluster.run_loop(supervisor.run(banner))
+            supervisor = cluster.Supervisor(prepared, args.config, workers, text)
+            run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from sidecar import cluster
+    from sidecar import worker
 
-    return cluster.worker_main(
-        args.config, args.worker_id, args.listen_fd, args.broker_fd, args.stats_fd
+    return worker.worker_main(
+        args.config,
+        args.worker_id,
+        args.listen_fd,
+        args.broker_fd,
+        args.stats_fd,
+        args.config_fd,
+        args.reloaded_config_fd,
     )
 
 
@@ -255,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--broker-fd", type=int, required=True)
     worker.add_argument("--stats-fd", type=int)
+    worker.add_argument("--config-fd", type=int)  # the text of --config, as validated
+    worker.add_argument("--reloaded-config-fd", type=int)  # as the latest reload applied it
     worker.set_defaults(func=cmd_worker)
     return p
 

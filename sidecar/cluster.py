@@ -1,16 +1,36 @@
 """Every core: a supervisor process and one worker per core.
 
 The supervisor owns what exists once: the publish socket, the plain-HTTP redirect, the admin
-listener, and the hub of the pipe broker. Each worker is a fresh interpreter (`sidecar _worker`)
+listener, and the hub of the pipe broker. Each worker is a fresh interpreter (`sidecar _worker`,
+sidecar/worker.py)
 that inherits its own SO_REUSEPORT listening socket on the TLS port, so the kernel spreads
 browser connections across workers, and one end of a pipe to the hub, so every worker receives
 every publication. A publish is acknowledged once the hub has written it to the pipes: the
 supervisor never fans out, so publishing stays fast however many subscribers there are.
 
 A worker that dies is started again (its listening socket stays open in the supervisor, so
-connections wait in the backlog meanwhile). SIGTERM: the supervisor stops taking publishes,
-flushes and closes the pipes; each worker delivers what it received, closes its clients with
-4200 and exits.
+connections wait in the backlog meanwhile).
+
+SIGTERM, within `shutdown.deadline`: the supervisor shuts the publish socket (a publisher
+still connected gets 503) and the plain-HTTP port, closes its copies of the TLS listening
+sockets and passes the signal on; each worker shuts its TLS port and its signed API and tells
+the hub it has finished; the hub writes everything accepted, then closes the pipes; each
+worker delivers what it received, closes its clients with 4200 and exits. The supervisor
+sends the webhooks still waiting meanwhile, kills a worker still there at the deadline, and
+exits.
+
+Workers never read the configuration file: the supervisor hands each the text it validated
+(inherited memfds at start: the text the cluster started with and the latest reloaded one; the
+pipe on reload), so a file edited meanwhile can neither make a worker disagree with the
+others nor stop a restarted worker from starting.
+
+SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
+socket's apps, webhooks, the log level); if the file is valid it sends each worker, over its
+pipe, the text to apply its own part from (apps and limits of its relay, the Origin
+allow-list, its signed API), and each reloads its certificates. A file that does not validate is
+refused by the supervisor; the workers then reload their certificates only (as they do after
+an ACME renewal). Workers ignore SIGHUP itself: a terminal's hangup reaches the whole process
+group, and the supervisor decides.
 """
 
 from __future__ import annotations
@@ -27,31 +47,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar import config as config_module
-from sidecar.app import (
-    SHUTDOWN_DEADLINE,
+from sidecar.app import Prepared, make_observer
+from sidecar.broker.changes import Change
+from sidecar.broker.pipe import HubBroker
+from sidecar.config import Config
+from sidecar.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
-    Prepared,
-    Sites,
-    drain_relay,
-    make_observer,
-    observe_relay,
-    obtain_certificate,
-    remove_socket_file,
-    serve_edge,
-    serve_publish_side,
-    start_relay,
-    start_webhooks,
+    Deadline,
+    bounded,
     stop_signal,
 )
-from sidecar.broker.changes import Change
-from sidecar.broker.pipe import HubBroker, WorkerBroker
-from sidecar.config import Config
-from sidecar.edge.certificates import CertificateManager
-from sidecar.observe.channel import serve_worker_stats
+from sidecar.live import LiveWebhooks, Reloader
 from sidecar.observe.observer import Observer
 from sidecar.relay.channel_state import ChannelState
-from sidecar.relay.relay import Relay
+from sidecar.serving import (
+    PlainHttp,
+    PublishSide,
+    Sites,
+    obtain_certificate,
+    remove_socket_file,
+    serve_admin,
+    serve_publish_side,
+)
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -59,6 +76,8 @@ log = logging.getLogger("sidecar.cluster")
 RESPAWN_BACKOFF = (0.5, 1, 2, 5, 10)
 # A worker that lived this long before dying starts the back-off again from the beginning.
 STABLE_AFTER = 30.0
+# Seconds kept back for the last steps of the supervisor (killing, cleaning up).
+SUPERVISOR_MARGIN = 0.25
 
 
 @dataclass
@@ -71,7 +90,13 @@ class WorkerHandle:
 
 
 class Supervisor:
-    def __init__(self, prepared: Prepared, config_path: str | None, workers: int) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        config_path: str | None,
+        workers: int,
+        config_text: str | None = None,
+    ) -> None:
         self.prepared = prepared
         self.config_path = config_path
         self.count = workers
@@ -83,6 +108,13 @@ class Supervisor:
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
         self.observer = self._make_observer()
+        self.webhooks = LiveWebhooks(self.state, self.observer)
+        # What the cluster started with: restart-only settings stay as in it (sidecar/reload.py),
+        # for a worker started later too (sidecar/worker.py: worker_config).
+        self.started_text = config_text
+        self.reloader = Reloader(
+            prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
+        )
 
     def _make_observer(self) -> Observer | None:
         observer = make_observer(self.prepared, self.count)
@@ -128,9 +160,17 @@ class Supervisor:
             "--broker-fd",
             str(worker_end.fileno()),
         ]
-        if self.config_path is not None:
-            command += ["--config", self.config_path]
         fds = [listen.fileno(), worker_end.fileno()]
+        texts = []
+        if self.config_path is not None and self.started_text is not None:
+            command += ["--config", self.config_path]
+            texts.append(("--config-fd", self.started_text))
+            if self.reloader.text != self.started_text and self.reloader.text is not None:
+                texts.append(("--reloaded-config-fd", self.reloader.text))
+        text_fds = [text_fd(text) for _, text in texts]
+        for (option, _), fd in zip(texts, text_fds, strict=True):
+            command += [option, str(fd)]
+        fds += text_fds
         if stats is not None:
             command += ["--stats-fd", str(stats.fileno())]
             fds.append(stats.fileno())
@@ -138,6 +178,8 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             worker_end.close()
+            for fd in text_fds:
+                os.close(fd)
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
         self.handles[worker_id] = handle
         await self.hub.attach(worker_id, hub_end)
@@ -162,66 +204,99 @@ class Supervisor:
         if not self.stopping:
             await self.spawn(handle.worker_id, failures)
 
-    def reload_workers(self) -> None:
-        """SIGHUP to every worker: each reloads its certificates now (not at its next check)."""
+    def signal_workers(self, sig: int) -> None:
         for handle in self.handles.values():
             if handle.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    handle.proc.send_signal(signal.SIGHUP)
+                    handle.proc.send_signal(sig)
+
+    def reload_workers(self) -> None:
+        """Every worker reloads its certificates now (not at its next check)."""
+        self.hub.reload(None)
+
+    async def reload(self) -> None:
+        """SIGHUP: validated and applied here first; then the workers do their part."""
+        plan = await self.reloader.reload()
+        self.hub.reload(self.reloader.text if plan is not None else None)
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_workers)
-        acme = None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        plain: PlainHttp | None = None
+        publish: PublishSide | None = None
         await self.hub.start(lambda publication: None, self._changed, self._reported)
-        webhooks = await start_webhooks(self.prepared, self.state)
-        if self.observer is not None and webhooks is not None:
-            self.observer.webhooks = webhooks.counters
+        await self.webhooks.start(self.prepared.apps, self.prepared.config.webhooks)
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
-            ready, acme = await obtain_certificate(sites, self.prepared, stopping)
-            if acme is not None:
-                acme.on_new_certificate.append(self.reload_workers)
-            if ready:
-                await self._serve(sites, banner, stopping)
+            plain = await obtain_certificate(sites, self.prepared, stopping)
+            if plain.acme is not None:
+                plain.acme.on_new_certificate.append(self.reload_workers)
+            if plain.ready:
+                publish = await self._serve(sites, banner, stopping)
+            await self._stop(sites, plain, publish)
         finally:
             self.stopping = True
             if self.observer is not None:
                 await self.observer.stop()
-            if acme is not None:
-                await acme.stop()
-            await sites.cleanup()  # no new publishes
-            await self.hub.close()  # workers deliver what they have, then close their clients
-            await self._reap(SHUTDOWN_DEADLINE + 2)
+            if plain is not None:
+                await plain.stop(sites)
+            await sites.cleanup()
+            await self.hub.close()
+            await self._reap(0)
             remove_socket_file(self.prepared.config.publish.socket)
-            if webhooks is not None:
-                await webhooks.close(timeout=WEBHOOKS_CLOSE_TIMEOUT)
+            await self.webhooks.close(timeout=0)
         log.info("stopped")
 
     async def _serve(
         self, sites: Sites, banner: Callable[[Prepared], None], stopping: asyncio.Event
-    ) -> None:
+    ) -> PublishSide:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
-        await serve_publish_side(sites, self.prepared, self.hub, self.state, self.observer)
+        publish = await serve_publish_side(
+            sites, self.prepared, self.hub, self.state, self.observer
+        )
+        self.reloader.apis.append(publish.api)
+        await serve_admin(sites, self.prepared, self.observer)
         banner(self.prepared)
         log.info(
             "ready",
             extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
         )
         await stopping.wait()
-        log.info("stopping", extra={"workers": self.count})
+        return publish
 
-    async def _reap(self, deadline: float) -> None:
+    async def _stop(self, sites: Sites, plain: PlainHttp, publish: PublishSide | None) -> None:
+        """The stop in order (module docstring), within the deadline."""
+        deadline = Deadline(self.reloader.config.shutdown.deadline)
+        log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
+        self.stopping = True
+        if self.observer is not None:
+            self.observer.stopping = True
+        for sock in self.prepared.edge_sockets:
+            sock.close()  # the workers' copies stay open until each shuts its own
+        doors = [plain.stop(sites)]
+        if publish is not None:
+            doors.append(publish.stop_accepting(sites))
+        await asyncio.gather(*doors)
+        self.webhooks.mute()
+        self.signal_workers(signal.SIGTERM)
+        # Every worker says when it has shut its own doors; half the time at most, so that
+        # a stuck one leaves the others time to close their clients.
+        await self.hub.close(wait=deadline.remaining() / 2)
+        await asyncio.gather(
+            self._reap(deadline.remaining(SUPERVISOR_MARGIN)),
+            self.webhooks.close(
+                timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(SUPERVISOR_MARGIN))
+            ),
+        )
+
+    async def _reap(self, seconds: float) -> None:
+        """Wait up to `seconds` for the workers to exit; kill those still there."""
         procs = [h.proc for h in self.handles.values() if h.proc.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), deadline)
-        except TimeoutError:
+        if not await bounded(asyncio.gather(*(p.wait() for p in procs)), seconds):
             for proc in procs:
                 if proc.returncode is None:
                     log.error("worker did not stop in time; killed", extra={"pid": proc.pid})
@@ -232,85 +307,12 @@ class Supervisor:
                 handle.watcher.cancel()
 
 
-# The worker process -------------------------------------------------------------------------
-
-
-async def run_worker(
-    config: Config, worker_id: int, listen_fd: int, broker_fd: int, stats_fd: int | None = None
-) -> None:
-    from sidecar.app import certificate_files, resolve_apps, tune_garbage_collector
-
-    tune_garbage_collector()
-    apps, _ = resolve_apps(config)
-    cert, key = certificate_files(config)
-    listen = socket.socket(fileno=listen_fd)
-    prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
-    broker = WorkerBroker(socket.socket(fileno=broker_fd))
-    relay = start_relay(prepared, broker)
-    await broker.start(relay.deliver, relay.on_changes)
-    sites = Sites()
-    # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    certificates = None
-    try:
-        certificates = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
-        pipe_closed = asyncio.ensure_future(broker.close())
-        stopped = asyncio.ensure_future(stop.wait())
-        # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
-        await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        await drain_relay(relay, broker, SHUTDOWN_DEADLINE)
-    finally:
-        if certificates is not None:
-            await certificates.stop()
-        await sites.cleanup()
-    log.debug("worker stopped", extra={"worker": worker_id})
-
-
-async def serve_observed_edge(
-    sites: Sites,
-    prepared: Prepared,
-    relay: Relay,
-    broker: WorkerBroker,
-    listen: socket.socket,
-    stats_fd: int | None,
-) -> CertificateManager | None:
-    """The TLS port; with a stats line, the worker's probe too, answering once listening."""
-    if stats_fd is None:
-        return await serve_edge(sites, prepared, relay, broker, listen)
-    probe, edge_broker, requests = observe_relay(relay, broker)
-    certificates = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
-    await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
-    return certificates
-
-
-def worker_main(
-    config_path: str | None,
-    worker_id: int,
-    listen_fd: int,
-    broker_fd: int,
-    stats_fd: int | None = None,
-) -> int:
-    from sidecar.observe.logging import setup
-
-    # A SIGHUP (certificate reload) may come before the loop's handler is in place.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = config_module.load(config_path) if config_path else Config()
-    setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd))
-    return 0
-
-
-def run_loop(main: object) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(main)  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        asyncio.run(main)  # type: ignore[arg-type]
+def text_fd(text: str) -> int:
+    """A file descriptor to hand a worker `text` by (read from the start, then closed)."""
+    fd = os.memfd_create("sidecar-config", 0)  # not inheritable, but for pass_fds
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def worker_count(config: Config) -> int:

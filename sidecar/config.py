@@ -167,6 +167,17 @@ class LogConfig:
     level: str = "info"
 
 
+# SIGTERM: clients get 4200 and pusher-js reconnects at once; this long (seconds) is what a
+# stop may take in all: accepted publishes delivered, clients closed, webhooks flushed. Below
+# the 90 s systemd and 30 s Kubernetes give before SIGKILL, with room for both.
+DEFAULT_SHUTDOWN_DEADLINE = 10.0
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    deadline: float = DEFAULT_SHUTDOWN_DEADLINE
+
+
 @dataclass(frozen=True)
 class Config:
     listen: ListenConfig = ListenConfig()
@@ -182,6 +193,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhooks: WebhookSettings = WebhookSettings()
     log: LogConfig = LogConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     workers: int | str = "auto"  # "auto": one per core this process may run on
     source: str | None = None  # the file it came from, for messages
 
@@ -432,6 +444,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
             "limits",
             "webhooks",
             "log",
+            "shutdown",
             "workers",
         },
     )
@@ -439,6 +452,8 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     _only(http, "http", {"port"})
     log = _mapping(raw.get("log"), "log")
     _only(log, "log", {"level"})
+    shutdown = _mapping(raw.get("shutdown"), "shutdown")
+    _only(shutdown, "shutdown", {"deadline"})
     workers = raw.get("workers", "auto")
     if workers != "auto" and (
         isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256
@@ -461,6 +476,9 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         webhooks=_webhooks(raw.get("webhooks")),
         log=LogConfig(
             level=_choice(log, "log", "level", "info", ("debug", "info", "warning", "error"))
+        ),
+        shutdown=ShutdownConfig(
+            deadline=_seconds(shutdown, "shutdown", "deadline", DEFAULT_SHUTDOWN_DEADLINE, 1, 3600)
         ),
         source=source,
     )
@@ -488,18 +506,31 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML file; ConfigError names the key, or the line of a syntax error."""
+    return parse(read_text(path), str(path))
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text, or ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "is not UTF-8 text") from None
+
+
+def parse(text: str, source: str) -> Config:
+    """Validate the text of a configuration file (`source` names it in messages).
+
+    The supervisor hands workers the very text it validated, rather than the file's name: a
+    file edited since would make a worker disagree with it, or fail to start.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}: {where}", problem) from None
-    return from_mapping(raw, source=str(path))
+        raise ConfigError(f"{source}: {where}", problem) from None
+    return from_mapping(raw, source=source)

@@ -69,3 +69,10 @@ def test_an_existing_app_file_is_read_as_written(tmp_path: Path) -> None:
     app, created = ensure_development_app(tmp_path)
     assert created is False
     assert app == AppConfig(id="5", key="k", secret="s" * 8)
+
+
+def test_retired_apps_are_found_by_id_only_and_not_served() -> None:
+    registry = AppRegistry((TWO,), retired=(ONE,))
+    assert registry.by_id("1") is ONE  # a connection of it, still closing
+    assert registry.by_key("key-one") is None  # nobody new connects to it
+    assert list(registry) == [TWO]

@@ -169,6 +169,9 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"broker": {"kind": "redis"}}, "broker.kind"),
         ({"upstream": "ftp://localhost:3000"}, "upstream"),
         ({"log": {"level": "verbose"}}, "log.level"),
+        ({"shutdown": {"deadline": 0}}, "shutdown.deadline"),
+        ({"shutdown": {"deadline": "10s"}}, "shutdown.deadline"),
+        ({"shutdown": 10}, "shutdown"),
         ({"limits": {"activity_timeout": 0}}, "limits.activity_timeout"),
         ({"limits": {"pong_timeout": 601}}, "limits.pong_timeout"),
         ({"limits": {"idle_timeout": -1}}, "limits.idle_timeout"),
@@ -212,6 +215,7 @@ def test_top_level_must_be_a_mapping() -> None:
         ({"admin": {"path": "/"}}, "admin.path"),
         ({"limits": {"max_payload": 1}}, "limits.max_payload"),
         ({"log": {"format": "json"}}, "log.format"),
+        ({"shutdown": {"timeout": 5}}, "shutdown.timeout"),
         ({"apps": [APP, {**APP, "id": "2", "key": "k2", "name": "x"}]}, "apps[1].name"),
     ],
 )
@@ -503,3 +507,8 @@ def test_presence_client_event_and_cache_limits() -> None:
     assert config.limits.client_events_per_second == 50
     assert config.limits.cache_ttl == 60
     assert config.limits.cache_max_bytes == MiB
+
+
+def test_shutdown_deadline_defaults_to_ten_seconds_and_takes_fractions() -> None:
+    assert from_mapping({}).shutdown.deadline == 10.0
+    assert from_mapping({"shutdown": {"deadline": 2.5}}).shutdown.deadline == 2.5

@@ -333,3 +333,20 @@ async def test_timing_stopped_before_the_next_broadcast_times_nothing() -> None:
     queue.broadcast("news", b"x", subscribers(channel_of(3)), None)
     await turn()
     assert timed == [] and queue.delivered == 3
+
+
+async def test_wait_empty_returns_once_every_slice_is_handed_over(small_slices: int) -> None:
+    queue = new_queue()
+    conns = channel_of(10)
+    for c in conns:
+        c.idle = False
+    queue.broadcast("news", b"1", subscribers(conns), None)
+    queue.broadcast("news", b"2", subscribers(conns), None)
+    await queue.wait_empty()
+    assert all(c.received == [b"1", b"2"] for c in conns)
+    assert len(queue) == 0
+
+
+async def test_wait_empty_with_nothing_pending_returns_at_once() -> None:
+    queue = new_queue()
+    await asyncio.wait_for(queue.wait_empty(), 0.5)

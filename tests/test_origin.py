@@ -210,3 +210,15 @@ def test_policy_with_a_bad_pattern_raises() -> None:
 def test_patterns_that_can_never_match_are_refused(entry: str) -> None:
     with pytest.raises(ValueError):
         parse_origin_pattern(entry)
+
+
+def test_update_swaps_the_list_in_place_or_not_at_all() -> None:
+    policy = OriginPolicy(["https://app.example.com"])
+    policy.update(["*.example.org"])
+    assert policy.allows("https://a.example.org")
+    assert not policy.allows("https://app.example.com")
+    with pytest.raises(ValueError):
+        policy.update(["https://ok.example.com", "ftp://bad"])
+    assert policy.allows("https://a.example.org")  # the bad list changed nothing
+    policy.update(["*"])
+    assert policy.allows("https://anyone.test")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
+from sidecar.broker import pipe
 from sidecar.broker.base import Publication
 from sidecar.broker.changes import (
     Change,
@@ -222,3 +225,77 @@ async def test_closing_the_hub_releases_nothing() -> None:
     await asyncio.wait_for(worker.close(), 5)
     await asyncio.sleep(0.05)
     assert at_hub == []
+
+
+async def workers_of(hub: HubBroker, count: int) -> tuple[list[WorkerBroker], dict[int, list]]:
+    received: dict[int, list] = {i: [] for i in range(count)}
+    workers = []
+    for worker_id in range(count):
+        hub_end, worker_end = socket.socketpair()
+        await hub.attach(worker_id, hub_end)
+        worker = WorkerBroker(worker_end)
+        await worker.start(received[worker_id].append)
+        workers.append(worker)
+    return workers, received
+
+
+async def test_closing_waits_for_every_worker_to_finish_before_closing_the_pipes() -> None:
+    hub = HubBroker()
+    workers, received = await workers_of(hub, 2)
+    closing = asyncio.ensure_future(hub.close(wait=5))
+    await asyncio.sleep(0.05)
+    # Accepted by a worker's own API while the hub waits: it must reach everyone.
+    late = Publication.of("1", ("a",), "late", "x")
+    workers[0].publish(late)
+    workers[0].finish()
+    await asyncio.sleep(0.05)
+    assert not closing.done(), "closed before the second worker finished"
+    workers[1].finish()
+    await asyncio.wait_for(closing, 5)
+    await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers)), 5)
+    assert received == {0: [late], 1: [late]}
+
+
+async def test_closing_does_not_wait_past_its_time_for_a_worker_that_never_finishes() -> None:
+    hub = HubBroker()
+    workers, _ = await workers_of(hub, 2)
+    workers[0].finish()
+    await asyncio.wait_for(hub.close(wait=0.2), 5)
+    await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers)), 5)
+
+
+async def test_a_worker_that_finishes_alone_gets_its_pipe_closed_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipe, "ALONE_GRACE", 0.05)
+    hub = HubBroker()
+    gone: list[list[Change]] = []
+    await hub.start(lambda p: None, lambda origin, changes: gone.append(changes))
+    workers, received = await workers_of(hub, 2)
+    workers[0].finish()
+    hub.publish(Publication.of("1", ("a",), "before", "x"))  # within the grace: still theirs
+    await asyncio.wait_for(workers[0].close(), 5)
+    assert [p.name for p in received[0]] == ["before"]
+    assert hub.workers == 1
+    assert any(isinstance(c, OriginGone) for changes in gone for c in changes)
+    await hub.close()
+    await asyncio.wait_for(workers[1].close(), 5)
+
+
+async def test_reload_frames_carry_the_config_text_or_nothing() -> None:
+    hub = HubBroker()
+    hub_end, worker_end = socket.socketpair()
+    await hub.attach(0, hub_end)
+    worker = WorkerBroker(worker_end)
+    asked: list[str | None] = []
+    worker.on_reload = asked.append
+    hub.reload("log:\n  level: debug\n")  # written before the worker reads: still received
+    hub.reload(None)
+    await worker.start(lambda p: None)
+    for _ in range(100):
+        if len(asked) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert asked == ["log:\n  level: debug\n", None]
+    await hub.close()
+    await asyncio.wait_for(worker.close(), 5)

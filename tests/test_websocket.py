@@ -300,6 +300,18 @@ async def test_bad_version_gets_426(
     assert relay.connections == {}
 
 
+async def test_an_upgrade_finishing_while_stopping_is_told_4200_and_never_opened(
+    relay: Relay, endpoint: WebSocketEndpoint
+) -> None:
+    endpoint.closing = True
+    client = upgrade(endpoint)
+    assert client.http.startswith(b"HTTP/1.1 101 ")
+    (message,) = client.messages()
+    assert (message["event"], message["data"]["code"]) == ("pusher:error", 4200)
+    assert client.close_frame() == (4200, CLOSE_REASONS[CloseCode.RECONNECT])
+    assert relay.connections == {}
+
+
 # Refused after the upgrade, in Pusher's terms -----------------------------------------------
 
 

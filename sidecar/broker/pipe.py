@@ -14,12 +14,24 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
 - a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
   literal as it will sit in every frame (a worker never decodes event data, it only splices it);
 - changes: meta `[origin, [change, ...]]` (sidecar/broker/changes.py), no data;
-- a report (worker to hub only): meta `[app_id, event]`, no data.
+- a report (worker to hub only): meta `[app_id, event]`, no data;
+- finished (worker to hub only, at shutdown): nothing after it is a publication the worker
+  answered 200 for; the hub may close that worker's pipe once it has written it everything
+  accepted before, which is the worker's signal that nothing more is coming;
+- reload (hub to worker): data the text of the configuration file the supervisor validated
+  (then certificates), or nothing (certificates only). By the pipe, not by a signal: a signal
+  sent while a worker is still starting would be lost (or end it); a frame waits in the pipe
+  until the worker reads it.
+
+Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
+sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
+the pipes; each worker delivers what it read, then closes its clients with 4200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -39,10 +51,15 @@ from sidecar.broker.changes import (
 )
 
 _HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT = 1, 2, 3
+PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD = 1, 2, 3, 4, 5
 # The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
 # workers get 1, 2, ... in the order they attach, a restarted worker a new one.
 HUB_ORIGIN = 0
+# A worker that finishes while the supervisor is not stopping was signalled alone, or the
+# whole process group was (systemd's default) and the supervisor's own signal is a moment
+# behind: its pipe is closed only after this long, so that a publication the supervisor
+# accepts in that moment still reaches the worker's clients.
+ALONE_GRACE = 0.5
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
@@ -124,6 +141,9 @@ class WorkerBroker:
         self._sock = sock
         self._stream: PublicationStream | None = None
         self._closed = asyncio.Event()
+        # Called with the configuration's text (then certificates) or None (certificates
+        # only). Set before start(): frames already in the pipe are read as it connects.
+        self.on_reload: Callable[[str | None], None] | None = None
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -136,6 +156,8 @@ class WorkerBroker:
             elif kind == CHANGES and changed is not None:
                 origin, changes = decode_changes(meta_of(head))
                 changed(origin, changes)
+            elif kind == RELOAD and self.on_reload is not None:
+                self.on_reload(data.decode() if data else None)
 
         _, self._stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
@@ -153,6 +175,11 @@ class WorkerBroker:
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         assert self._stream is not None
         self._stream.write(encode_report(app_id, event))
+
+    def finish(self) -> None:
+        """No more publications from this worker: what it accepted is ahead of this frame."""
+        assert self._stream is not None
+        self._stream.write(_meta_frame(FINISHED, b""))
 
     async def close(self) -> None:
         """Wait until the hub has closed the pipe: everything it accepted was delivered."""
@@ -175,6 +202,8 @@ class HubBroker:
         self._changed: OnChanges | None = None
         self._reported: Report | None = None
         self._closing = False
+        self._finished: set[int] = set()  # workers that sent FINISHED
+        self._settled: asyncio.Event | None = None  # closing: every worker has finished
         # The state a worker that attaches starts from (the supervisor's ChannelState).
         self.snapshot: Callable[[], Any] | None = None
 
@@ -201,10 +230,13 @@ class HubBroker:
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
+            elif kind == FINISHED and holder:
+                self._on_finished(worker_id, holder[0])
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
                 del self._workers[worker_id]
+            self._check_settled()
             # At shutdown nothing is released: the state ends with the process, and a restart
             # should not look like every channel vacated to the app's webhooks.
             if not self._closing:
@@ -219,8 +251,15 @@ class HubBroker:
         if self._pending:
             self._write_pending()
         self._workers[worker_id] = stream
+        self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
+
+    def reload(self, config_text: str | None) -> None:
+        """Ask every worker to reload: the configuration (the text the supervisor has just
+        validated) and certificates, or with None certificates only."""
+        data = config_text.encode() if config_text is not None else b""
+        self._queue((_HEADER.pack(RELOAD, 0, len(data)), data))
 
     def detach(self, worker_id: int) -> None:
         stream = self._workers.get(worker_id)
@@ -259,9 +298,35 @@ class HubBroker:
     def workers(self) -> int:
         return len(self._workers)
 
-    async def close(self) -> None:
-        """Close each pipe once what was written to it is flushed: the workers' signal to stop."""
+    def _on_finished(self, worker_id: int, stream: PublicationStream) -> None:
+        self._finished.add(worker_id)
+        if self._closing:
+            self._check_settled()
+            return
+
+        def release() -> None:
+            if not self._closing and self._workers.get(worker_id) is stream:
+                self._write_pending()
+                self.detach(worker_id)
+
+        asyncio.get_running_loop().call_later(ALONE_GRACE, release)
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and self._finished.issuperset(self._workers):
+            self._settled.set()
+
+    async def close(self, wait: float = 0.0) -> None:
+        """Close each pipe once what was written to it is flushed: the workers' signal to stop.
+
+        With `wait`, first up to that many seconds for every worker's FINISHED, so that what
+        they accepted themselves (the signed API) is in the order before the pipes close.
+        """
         self._closing = True
+        if wait > 0:
+            self._settled = asyncio.Event()
+            self._check_settled()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), wait)
         if self._pending:
             self._write_pending()
         workers = list(self._workers.values())

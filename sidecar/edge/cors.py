@@ -64,8 +64,12 @@ def resource_options(allow_credentials: bool) -> aiohttp_cors.ResourceOptions:
 
 def allow_cross_origin(
     app: web.Application, policy: OriginPolicy, *, allow_credentials: bool = False
-) -> None:
-    """CORS for every resource routed in `app` so far (call it after adding the API routes)."""
+) -> PolicyOrigins:
+    """CORS for every resource routed in `app` so far (call it after adding the API routes).
+
+    Returns what answers for every Origin: a reload changes its `policy` (in place) and
+    `options` (credentials), and every later request sees them.
+    """
     origins = PolicyOrigins(policy, resource_options(allow_credentials))
     cors = aiohttp_cors.CorsConfig(
         app, router_adapter=ResourcesUrlDispatcherRouterAdapter(app.router, origins)
@@ -75,6 +79,7 @@ def allow_cross_origin(
     # Innermost, so that json_errors does not turn the refusal into a bare "Forbidden".
     app.middlewares.append(preflight_refusals)
     app.on_response_prepare.append(vary_on_origin)
+    return origins
 
 
 @web.middleware

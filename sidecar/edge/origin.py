@@ -78,9 +78,20 @@ def parse_origin_pattern(entry: str) -> OriginPattern:
 
 
 class OriginPolicy:
+    """One allow-list, shared by the WebSocket upgrade check and CORS on the API."""
+
     def __init__(self, entries: list[str] | tuple[str, ...]) -> None:
-        self.allow_all = "*" in entries
-        self.patterns = tuple(parse_origin_pattern(e) for e in entries if e != "*")
+        self.allow_all = False
+        self.patterns: tuple[OriginPattern, ...] = ()
+        self.update(entries)
+
+    def update(self, entries: list[str] | tuple[str, ...]) -> None:
+        """Take a new list (SIGHUP), in place: whoever holds this policy sees it at once.
+
+        Parsed whole before anything changes, so a bad entry (ValueError) leaves the old list.
+        """
+        patterns = tuple(parse_origin_pattern(e) for e in entries if e != "*")
+        self.allow_all, self.patterns = "*" in entries, patterns
 
     def allows(self, origin: str | None) -> bool:
         """True for an allowed Origin. No Origin header means a non-browser client: allowed."""

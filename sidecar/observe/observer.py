@@ -48,6 +48,8 @@ class Observer:
         self.listening: Callable[[], bool] = lambda: True
         self.broker_ok: Callable[[], bool] = lambda: True
         self.workers_alive: Callable[[], int] = lambda: workers
+        # From SIGTERM on: the doors are shut, so not ready (a load balancer moves on).
+        self.stopping = False
         # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them.
         self.webhooks: Any = None
         self.worker_restarts = 0
@@ -165,10 +167,11 @@ class Observer:
         answers = await self.ask_all(False, timeout=READY_TIMEOUT)
         answering = sum(1 for a in answers.values() if a is not None)
         alive = self.workers_alive()
-        listening = self.listening() and answering == self.workers_configured
+        listening = self.listening() and answering == self.workers_configured and not self.stopping
         checks: dict[str, dict[str, object]] = {
             "listening": {
                 "ok": listening,
+                "stopping": self.stopping,
                 "workers_answering": answering,
                 "workers_alive": alive,
                 "workers_configured": self.workers_configured,

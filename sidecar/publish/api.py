@@ -23,6 +23,8 @@ log = logging.getLogger("sidecar.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EMPTY_OK = b"{}"
+# Which listener an application serves ("unix" or "tls"), for the log lines of its refusals.
+LISTENER = web.AppKey("listener", str)
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -47,10 +49,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except ApiError as exc:
-        log.info(
-            "api request refused",
-            extra={"path": request.path, "status": exc.status, "reason": exc.message},
-        )
+        refused(request, exc.status, exc.message)
         return json_error(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -58,11 +57,27 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         message = exc.reason
         if exc.status == 413:
             message = "request body too large for this app's payload limit"
+        refused(request, exc.status, message)
         response = json_error(exc.status, message)
         for name, value in exc.headers.items():  # Allow on a 405, for one
             if name not in ("Content-Type", "Content-Length"):
                 response.headers[name] = value
         return response
+
+
+def refused(request: web.Request, status: int, reason: str) -> None:
+    """One line per refused API request: the path (never the query, which carries the
+    signature), the status and why; never the body."""
+    log.info(
+        "api request refused",
+        extra={
+            "listener": request.app.get(LISTENER, "tls"),
+            "method": request.method,
+            "path": request.path[:200],
+            "status": status,
+            "reason": reason,
+        },
+    )
 
 
 class PublishApi:

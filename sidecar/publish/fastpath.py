@@ -38,7 +38,13 @@ ROUTES = {
     "events": "/apps/{app_id}/events",
     "batch_events": "/apps/{app_id}/batch_events",
 }
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    503: "Service Unavailable",
+}
 
 
 def response(status: int, body: bytes, *, close: bool) -> bytes:
@@ -174,7 +180,12 @@ class FastPublishProtocol(asyncio.Protocol):
             self._body = None
             log.info(
                 "api request refused",
-                extra={"path": path[:200], "status": exc.status, "reason": exc.message},
+                extra={
+                    "listener": "unix",
+                    "path": path[:200],
+                    "status": exc.status,
+                    "reason": exc.message,
+                },
             )
             if self._requests is not None:
                 self._requests.count("unix", ROUTES[kind], exc.status)

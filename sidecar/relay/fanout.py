@@ -92,6 +92,7 @@ class FanoutQueue:
         # When the publication being fanned out was accepted (Relay.deliver sets it): a timed
         # broadcast measures from there, the publish API's reply, not from reaching this process.
         self.accepted_at = 0.0
+        self._emptied: asyncio.Future[None] | None = None
 
     def time_next(self) -> None:
         """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
@@ -167,6 +168,19 @@ class FanoutQueue:
         self.delivered_bytes += delivered_bytes
         if pending:
             self._loop.call_soon(self._deliver_slice)
+        elif self._emptied is not None:
+            if not self._emptied.done():
+                self._emptied.set_result(None)
+            self._emptied = None
+
+    async def wait_empty(self) -> None:
+        """Until every broadcast handed in so far is in its subscribers' queues (shutdown:
+        a connection closed before its turn in a slice would never get the event)."""
+        if not self._pending:
+            return
+        if self._emptied is None:
+            self._emptied = self._loop.create_future()
+        await asyncio.shield(self._emptied)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -438,3 +438,11 @@ class Relay:
     def close_all(self, code: int) -> None:
         for conn in list(self.connections.values()):
             conn.close(code)
+
+    def reconfigure(self, apps: AppRegistry, limits: LimitsConfig) -> None:
+        """A reload: new apps get their channels; the limits hold for what connects (timeouts,
+        queue and frame sizes) or subscribes (counts, user_info, client event rate) next."""
+        self.apps = apps
+        self.limits = limits
+        for app in apps:
+            self.channels.setdefault(app.id, ChannelRegistry())

@@ -46,6 +46,10 @@ class WebSocketEndpoint:
     def __init__(self, relay: Relay, origins: OriginPolicy) -> None:
         self.relay = relay
         self.origins = origins
+        # Stopping: the listener is closed, but a connection accepted just before may still
+        # finish its upgrade. It is told 4200 at once, as everyone else, and reconnects to
+        # whoever serves next.
+        self.closing = False
 
     def upgrade(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
         """Answer the upgrade request `head` and take the connection over."""
@@ -64,6 +68,8 @@ class WebSocketEndpoint:
         app, code = self._resolve(head)
         if app is None:
             socket.refuse(code or CloseCode.APP_NOT_FOUND)
+        elif self.closing:
+            socket.refuse(CloseCode.RECONNECT)
         else:
             socket.open(app)
         if rest:
@@ -133,6 +139,12 @@ class PusherSocket(asyncio.Protocol):
             close_ready=self.send_close,
         )
         relay.open(self.conn)
+        # Debug: at thousands of connections a second the close line (below) says enough.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "connection opened",
+                extra={"socket_id": self.conn.socket_id, "app_id": app.id},
+            )
 
     def refuse(self, code: int) -> None:
         """The handshake named no usable app: say why in Pusher's terms, then close."""

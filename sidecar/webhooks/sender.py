@@ -63,9 +63,11 @@ class Webhooks:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        counters: WebhookCounters | None = None,
     ) -> None:
         self.settings = settings if settings is not None else WebhookSettings()
-        self.counters = WebhookCounters()
+        # Given: a reload's new sender counts on where the old one stopped (never backwards).
+        self.counters = counters if counters is not None else WebhookCounters()
         self._clock = clock
         self._wall = wall
         self._apps: dict[str, _App] = {}
