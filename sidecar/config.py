@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,17 @@ from sidecar.config_values import port as _port
 from sidecar.config_values import size as _bytes
 from sidecar.config_values import string as _str
 from sidecar.config_values import string_list as _str_list
+from sidecar.config_webhooks import (
+    WEBHOOK_KINDS,
+    WebhookConfig,
+    WebhookSettings,
+    parse_app_webhooks,
+    parse_webhooks,
+)
 from sidecar.edge.origin import LOCAL_ORIGINS
 
 __all__ = [
+    "WEBHOOK_KINDS",
     "AcmeConfig",
     "CertFiles",
     "Config",
@@ -38,6 +45,8 @@ __all__ = [
     "HstsConfig",
     "TlsConfig",
     "UpstreamConfig",
+    "WebhookConfig",
+    "WebhookSettings",
     "from_mapping",
     "load",
 ]
@@ -62,24 +71,6 @@ DEFAULT_CLIENT_EVENTS_PER_SECOND = 10
 # of every cached event, bounded in bytes (an event may be megabytes).
 DEFAULT_CACHE_TTL = 1800
 DEFAULT_CACHE_MAX_BYTES = 64 * MiB
-
-# What a webhook may ask for: the events hosted Pusher sends.
-WEBHOOK_KINDS = (
-    "channel_occupied",
-    "channel_vacated",
-    "member_added",
-    "member_removed",
-    "client_event",
-    "cache_miss",
-)
-
-
-@dataclass(frozen=True)
-class WebhookConfig:
-    """One endpoint of an app and the event kinds it is sent."""
-
-    url: str
-    events: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -140,29 +131,6 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
-class WebhookSettings:
-    """How webhooks are batched, delayed and retried; the same for every app. Seconds."""
-
-    # Pusher's figures: a batch closes after 250 ms or 20 events.
-    batch_window: float = 0.25
-    batch_max_events: int = 20
-    # channel_vacated and member_removed wait this long; a re-occupy or re-add within it cancels
-    # both, so a page reload or a network blip does not reach the app. Pusher waits ~3 s.
-    vacate_delay: float = 3.0
-    # A batch not answered 2xx is retried with exponential back-off (jittered) from
-    # retry_initial_delay up to retry_max_delay between attempts, until it is retry_horizon old;
-    # then it is dropped. Pusher retries for 5 minutes, and the `pusher` Python library refuses
-    # a webhook whose time_ms is more than 300 s old, so a longer horizon buys nothing there.
-    retry_horizon: float = 300.0
-    retry_initial_delay: float = 1.0
-    retry_max_delay: float = 60.0
-    timeout: float = 10.0  # one POST, connect to last byte
-    # Events waiting for one endpoint (and held events per app). Past it new events are dropped
-    # and counted: a dead endpoint costs bounded memory.
-    queue_limit: int = 10_000
-
-
-@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -191,7 +159,7 @@ class Config:
     broker: BrokerConfig = BrokerConfig()
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
-    webhooks: WebhookSettings = WebhookSettings()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     workers: int | str = "auto"  # "auto": one per core this process may run on
@@ -319,73 +287,10 @@ def _apps(raw: Any) -> tuple[AppConfig, ...] | None:
                 secret=secret,
                 client_events=client_events,
                 max_payload_bytes=_bytes(entry, where, "max_payload_bytes", DEFAULT_MAX_PAYLOAD),
-                webhooks=_app_webhooks(entry.get("webhooks"), f"{where}.webhooks"),
+                webhooks=parse_app_webhooks(entry.get("webhooks"), f"{where}.webhooks"),
             )
         )
     return tuple(apps)
-
-
-def _webhook_url(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"is required: an http(s) URL, got {value!r}")
-    try:
-        parts = urllib.parse.urlsplit(value)
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        # Never echo the value back: a URL may carry credentials.
-        raise ConfigError(key, "must be an http:// or https:// URL with a host")
-    return value
-
-
-def _app_webhooks(raw: Any, key: str) -> tuple[WebhookConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError(key, "must be a list of {url, events}")
-    hooks = []
-    for i, entry in enumerate(raw):
-        where = f"{key}[{i}]"
-        entry = _mapping(entry, where)
-        _only(entry, where, {"url", "events"})
-        url = _webhook_url(entry.get("url"), f"{where}.url")
-        events = entry.get("events")
-        if not isinstance(events, list) or not events:
-            raise ConfigError(
-                f"{where}.events", f"must be a non-empty list of: {', '.join(WEBHOOK_KINDS)}"
-            )
-        for kind in events:
-            if kind not in WEBHOOK_KINDS:
-                raise ConfigError(
-                    f"{where}.events", f"unknown kind {kind!r} (known: {', '.join(WEBHOOK_KINDS)})"
-                )
-        hooks.append(WebhookConfig(url=url, events=frozenset(events)))
-    return tuple(hooks)
-
-
-def _webhooks(raw: Any) -> WebhookSettings:
-    raw = _mapping(raw, "webhooks")
-    d = WebhookSettings()
-    _only(raw, "webhooks", set(d.__dataclass_fields__))
-    w = "webhooks"
-    settings = WebhookSettings(
-        batch_window=_seconds(raw, w, "batch_window", d.batch_window, 0, 60),
-        batch_max_events=_int(raw, w, "batch_max_events", d.batch_max_events, 1, 10_000),
-        vacate_delay=_seconds(raw, w, "vacate_delay", d.vacate_delay, 0, 3600),
-        retry_horizon=_seconds(raw, w, "retry_horizon", d.retry_horizon, 0, 86400),
-        retry_initial_delay=_seconds(
-            raw, w, "retry_initial_delay", d.retry_initial_delay, 0.001, 3600
-        ),
-        retry_max_delay=_seconds(raw, w, "retry_max_delay", d.retry_max_delay, 0.001, 3600),
-        timeout=_seconds(raw, w, "timeout", d.timeout, 0.001, 600),
-        queue_limit=_int(raw, w, "queue_limit", d.queue_limit, 1, 10_000_000),
-    )
-    if settings.retry_max_delay < settings.retry_initial_delay:
-        raise ConfigError(
-            "webhooks.retry_max_delay", "must not be shorter than webhooks.retry_initial_delay"
-        )
-    return settings
 
 
 def _broker(raw: Any) -> BrokerConfig:
@@ -473,7 +378,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         broker=_broker(raw.get("broker")),
         admin=_admin(raw),
         limits=_limits(raw.get("limits")),
-        webhooks=_webhooks(raw.get("webhooks")),
+        webhooks=parse_webhooks(raw.get("webhooks")),
         log=LogConfig(
             level=_choice(log, "log", "level", "info", ("debug", "info", "warning", "error"))
         ),
