@@ -128,6 +128,9 @@ class LimitsConfig:
     client_events_per_second: int = DEFAULT_CLIENT_EVENTS_PER_SECOND  # per connection; over: 4301
     cache_ttl: int = DEFAULT_CACHE_TTL  # seconds a cache channel's last event is kept
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # cached event data a worker holds at most
+    # Per process (each worker): more are refused with 4004, pusher-js backs off. Each holds a
+    # file descriptor and up to send_queue_bytes, so a bound is what keeps a flood survivable.
+    max_connections: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,7 @@ def _limits(raw: Any) -> LimitsConfig:
         ),
         cache_ttl=_int(raw, "limits", "cache_ttl", d.cache_ttl, 1, 7 * 86400),
         cache_max_bytes=_bytes(raw, "limits", "cache_max_bytes", d.cache_max_bytes),
+        max_connections=_int(raw, "limits", "max_connections", d.max_connections, 1, 10_000_000),
     )
     return limits
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -310,6 +311,17 @@ async def test_an_upgrade_finishing_while_stopping_is_told_4200_and_never_opened
     assert (message["event"], message["data"]["code"]) == ("pusher:error", 4200)
     assert client.close_frame() == (4200, CLOSE_REASONS[CloseCode.RECONNECT])
     assert relay.connections == {}
+
+
+async def test_over_max_connections_is_told_4004_and_never_opened(relay: Relay) -> None:
+    relay.limits = dataclasses.replace(LIMITS, max_connections=1)
+    endpoint = WebSocketEndpoint(relay, OriginPolicy([ORIGIN]))
+    await opened(endpoint)
+    client = upgrade(endpoint)
+    (message,) = client.messages()
+    assert (message["event"], message["data"]["code"]) == ("pusher:error", 4004)
+    assert client.close_frame() == (4004, CLOSE_REASONS[CloseCode.OVER_QUOTA])
+    assert len(relay.connections) == 1
 
 
 # Refused after the upgrade, in Pusher's terms -----------------------------------------------

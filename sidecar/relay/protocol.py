@@ -38,6 +38,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009
     APP_NOT_FOUND = 4001
+    OVER_QUOTA = 4004  # this relay holds as many connections as it is configured to
     PATH_NOT_FOUND = 4005
     UNSUPPORTED_PROTOCOL = 4007
     NO_PROTOCOL = 4008
@@ -292,6 +293,7 @@ def check_handshake(path_key: str, known_key: bool, protocol: str | None) -> Clo
 
 CLOSE_REASONS: dict[int, str] = {
     CloseCode.APP_NOT_FOUND: "App key not in this relay",
+    CloseCode.OVER_QUOTA: "Over connection quota: limits.max_connections",
     CloseCode.PATH_NOT_FOUND: "Path not found: connect to /app/{key}",
     CloseCode.UNSUPPORTED_PROTOCOL: f"Unsupported protocol; this relay speaks {PROTOCOL_VERSION}",
     CloseCode.NO_PROTOCOL: "No protocol version given; add ?protocol=7",

@@ -70,6 +70,8 @@ class WebSocketEndpoint:
             socket.refuse(code or CloseCode.APP_NOT_FOUND)
         elif self.closing:
             socket.refuse(CloseCode.RECONNECT)
+        elif len(self.relay.connections) >= self.relay.limits.max_connections:
+            socket.refuse(CloseCode.OVER_QUOTA)
         else:
             socket.open(app)
         if rest:
