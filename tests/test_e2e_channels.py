@@ -15,7 +15,7 @@ import pytest
 
 from tests.auth_app import MASTER_KEY, AuthApp
 from tests.support import PusherJs, SidecarProcess, running_sidecar
-from tests.test_e2e_signed_api import trusting_backend
+from tests.test_e2e_signed_api import server_library
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -39,16 +39,7 @@ async def auth_app() -> AsyncIterator[AuthApp]:
 
 def server(sidecar: SidecarProcess) -> pusher.Pusher:
     """The app's server library, pointed at the sidecar with only host, port and TLS."""
-    return pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret=APP["secret"],
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=trusting_backend(sidecar.cert),
-        encryption_master_key_base64=MASTER_KEY,
-    )
+    return server_library(sidecar, APP, encryption_master_key_base64=MASTER_KEY)
 
 
 class Clients:

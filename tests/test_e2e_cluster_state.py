@@ -19,7 +19,7 @@ import pytest
 from sidecar.publish.client import SidecarClient
 from tests.support import SidecarProcess
 from tests.test_e2e_cluster import worker_pids
-from tests.test_e2e_signed_api import trusting_backend
+from tests.test_e2e_signed_api import server_library
 
 pytestmark = pytest.mark.e2e
 
@@ -111,15 +111,7 @@ async def on_both_workers(
 
 
 def signed_api(sidecar: SidecarProcess) -> pusher.Pusher:
-    return pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret=APP["secret"],
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=trusting_backend(sidecar.cert),
-    )
+    return server_library(sidecar, APP)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:

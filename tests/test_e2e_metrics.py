@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pusher
 import pytest
-from pusher.requests import RequestsBackend
 
 from sidecar.publish.client import PublishError, SidecarClient
 from tests.observe_support import (
@@ -28,6 +27,7 @@ from tests.observe_support import (
     wait_until,
 )
 from tests.support import SidecarProcess, sidecar_command
+from tests.test_e2e_signed_api import server_library
 
 pytestmark = pytest.mark.e2e
 
@@ -39,22 +39,7 @@ EVENTS = "/apps/{app_id}/events"
 
 
 def signed_client(sidecar: SidecarProcess) -> pusher.Pusher:
-    cert = str(sidecar.cert)
-
-    class Backend(RequestsBackend):
-        def __init__(self, client, **options):  # type: ignore[no-untyped-def]
-            super().__init__(client, **options)
-            self.options["verify"] = cert
-
-    return pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret=APP["secret"],
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=Backend,
-    )
+    return server_library(sidecar, APP)
 
 
 @pytest.mark.parametrize("workers", ["auto", 1])

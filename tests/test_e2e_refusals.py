@@ -15,7 +15,7 @@ import pytest
 from tests.auth_app import MASTER_KEY
 from tests.support import SidecarProcess, running_sidecar
 from tests.test_e2e_relay import next_frame, tls_context
-from tests.test_e2e_signed_api import trusting_backend
+from tests.test_e2e_signed_api import server_library
 
 pytestmark = pytest.mark.e2e
 
@@ -187,15 +187,7 @@ async def pair(session: aiohttp.ClientSession, sidecar: SidecarProcess, app: dic
 
 async def still_going(sidecar: SidecarProcess, app: dict, *sockets: WS) -> None:
     """The server publishes and every socket still receives."""
-    api = pusher.Pusher(
-        app_id=app["id"],
-        key=app["key"],
-        secret=app["secret"],
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=trusting_backend(sidecar.cert),
-    )
+    api = server_library(sidecar, app)
     api.trigger("private-room", "after", "still here")
     for ws in sockets:
         while True:
@@ -245,15 +237,7 @@ async def test_pusher_error_refusals(
 
 
 def test_signed_queries_with_a_wrong_secret_are_401(sidecar: SidecarProcess) -> None:
-    api = pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret="not-the-secret-at-all",
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=trusting_backend(sidecar.cert),
-    )
+    api = server_library(sidecar, {**APP, "secret": "not-the-secret-at-all"})
     for query in (
         lambda: api.channels_info(),
         lambda: api.channel_info("private-room", ["subscription_count"]),
@@ -265,15 +249,7 @@ def test_signed_queries_with_a_wrong_secret_are_401(sidecar: SidecarProcess) -> 
 
 
 def test_bad_queries_are_400_with_the_reason(sidecar: SidecarProcess) -> None:
-    api = pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret=APP["secret"],
-        host="localhost",
-        port=sidecar.port,
-        ssl=True,
-        backend=trusting_backend(sidecar.cert),
-    )
+    api = server_library(sidecar, APP)
     with pytest.raises(pusher.errors.PusherBadRequest) as info:
         api.channels_info(attributes=["user_count"])
     assert "add filter_by_prefix=presence-" in str(info.value)

@@ -7,6 +7,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pusher
@@ -31,16 +32,22 @@ def trusting_backend(cert: Path) -> type[RequestsBackend]:
     return Backend
 
 
-def client_for(sidecar: SidecarProcess, secret: str = APP["secret"]) -> pusher.Pusher:
+def server_library(sidecar: SidecarProcess, app: dict[str, Any], **options: Any) -> pusher.Pusher:
+    """The app's server library pointed at the sidecar's TLS port: host, port and TLS only."""
     return pusher.Pusher(
-        app_id=APP["id"],
-        key=APP["key"],
-        secret=secret,
+        app_id=app["id"],
+        key=app["key"],
+        secret=app["secret"],
         host="localhost",
         port=sidecar.port,
         ssl=True,
         backend=trusting_backend(sidecar.cert),
+        **options,
     )
+
+
+def client_for(sidecar: SidecarProcess, secret: str = APP["secret"]) -> pusher.Pusher:
+    return server_library(sidecar, {**APP, "secret": secret})
 
 
 @pytest.fixture
