@@ -25,6 +25,7 @@ import pytest
 from cryptography import x509
 
 from sidecar.publish.client import SidecarClient
+from tests.certs import served_certificate
 from tests.pebble import Pebble
 from tests.support import PusherJs, SidecarProcess, free_port, sidecar_command
 
@@ -64,20 +65,6 @@ def acme_config(pebble: Pebble, **acme: Any) -> dict[str, Any]:
             },
         },
     }
-
-
-def served_certificate(port: int, server_name: str = "localhost") -> x509.Certificate:
-    """The certificate the TLS port sends for `server_name` (not verified)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-        context.wrap_socket(sock, server_hostname=server_name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 def verified_handshake(port: int, root_pem: str, server_name: str) -> str | None:

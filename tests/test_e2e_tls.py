@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from sidecar.publish.client import SidecarClient
-from tests.certs import Made, make_certificate
+from tests.certs import Made, make_certificate, served_certificate
 from tests.support import SidecarProcess, base_config, free_port
 
 pytestmark = pytest.mark.e2e
@@ -30,16 +30,7 @@ def trusting(*made: Made) -> ssl.SSLContext:
 
 
 def served_serial(port: int, server_name: str = "localhost") -> int:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-        context.wrap_socket(sock, server_hostname=server_name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return served_certificate(port, server_name).serial_number
 
 
 def install(made: Made, cert: Path, key: Path) -> None:

@@ -18,6 +18,7 @@ from sidecar.edge.origin import OriginPolicy
 from sidecar.relay.handshake import MAX_HEAD_BYTES, RequestHead
 from sidecar.relay.relay import Relay
 from sidecar.relay.websocket import PusherSocket, WebSocketEndpoint
+from tests.test_websocket import FakeTransport
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -39,35 +40,6 @@ API_REQUEST = (
     b"\r\n"
     b'{"name":"ev"}'
 )
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.protocol: Any = None
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self.protocol
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
 
 class FakeHttp(asyncio.Protocol):
