@@ -24,7 +24,7 @@ from sidecar.edge.listener import hand_over
 from sidecar.observe.probe import RequestCounter
 from sidecar.publish.api import PublishApi
 from sidecar.publish.events import ApiError, parse_batch, parse_events
-from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, read_head
+from sidecar.relay.handshake import HEAD_END, MAX_HEAD_BYTES, RequestHead, json_reply, read_head
 
 log = logging.getLogger("sidecar.api")
 
@@ -38,22 +38,6 @@ ROUTES = {
     "events": "/apps/{app_id}/events",
     "batch_events": "/apps/{app_id}/batch_events",
 }
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    413: "Payload Too Large",
-    503: "Service Unavailable",
-}
-
-
-def response(status: int, body: bytes, *, close: bool) -> bytes:
-    connection = "Connection: close\r\n" if close else ""
-    head = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{connection}\r\n"
-    )
-    return head.encode() + body
 
 
 def wants_close(head: RequestHead) -> bool:
@@ -189,10 +173,10 @@ class FastPublishProtocol(asyncio.Protocol):
             )
             if self._requests is not None:
                 self._requests.count("unix", ROUTES[kind], exc.status)
-            return response(exc.status, orjson.dumps({"error": exc.message}), close=close)
+            return json_reply(exc.status, orjson.dumps({"error": exc.message}), close=close)
         if self._requests is not None:
             self._requests.count("unix", ROUTES[kind], 200)
-        return response(200, b"{}", close=True) if close else OK_KEEP_ALIVE
+        return json_reply(200, b"{}", close=True) if close else OK_KEEP_ALIVE
 
     # A publisher that pipelines without reading its replies is not read from either.
     def pause_writing(self) -> None:

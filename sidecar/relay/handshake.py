@@ -118,23 +118,31 @@ def accept_response(key: str) -> bytes:
 
 
 REASONS = {
+    200: "OK",
     400: "Bad Request",
     403: "Forbidden",
+    404: "Not Found",
     408: "Request Timeout",
+    413: "Payload Too Large",
     426: "Upgrade Required",
     502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 
 
-def http_response(status: int, body: dict[str, str], extra_headers: str = "") -> bytes:
-    """A complete JSON response that ends the connection."""
-    payload = orjson.dumps(body)
+def json_reply(status: int, payload: bytes, *, close: bool, extra_headers: str = "") -> bytes:
+    """A complete JSON response written by hand (the upgrade edge, the publish fast path)."""
+    connection = "Connection: close\r\n" if close else ""
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n"
-        f"{extra_headers}"
-        "Connection: close\r\n\r\n"
+        f"{extra_headers}{connection}\r\n"
     )
     return head.encode() + payload
+
+
+def http_response(status: int, body: dict[str, str], extra_headers: str = "") -> bytes:
+    """A complete JSON response that ends the connection."""
+    return json_reply(status, orjson.dumps(body), close=True, extra_headers=extra_headers)
