@@ -2,10 +2,11 @@
 
 `emit()` is what the relay calls, from the event loop, on the hot path: it hands the event to
 the app's queue (a dict lookup, one orjson encoding so that what waits is bytes it can count, an
-append) and perhaps wakes the worker; it never awaits, never touches a socket. The worker sleeps until the queues say something is due, then
-starts the requests they hand out: a task per request, at most one per target at a time, so a
-target that is down or slow holds one request (bounded by `timeout`) and a bounded queue, never
-a pile of tasks. What it costs the relay shows in `counters`.
+append) and perhaps wakes the worker; it never awaits, never touches a socket. The worker sleeps
+until the queues say something is due, then starts the requests they hand out: a task per
+request, at most one per target at a time, so a target that is down or slow holds one request
+(bounded by `timeout`) and a queue bounded in events and bytes, never a pile of tasks. What it
+costs the relay shows in `counters`.
 
 Logs name the target by host only (a URL may carry credentials or tokens), with the status and
 attempt; never the secret, the signature or the events.
