@@ -23,7 +23,14 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 def join(time_ms: int, events: Sequence[bytes]) -> bytes:
     """The body of a batch of events encoded by `encode_event`."""
-    return b'{"time_ms":%d,"events":[%b]}' % (time_ms, b",".join(events))
+    # One join, one copy: `%` formatting around a joined list copies megabytes twice, slowly.
+    pieces = [b'{"time_ms":%d,"events":[' % time_ms]
+    for event in events:
+        pieces += (event, b",")
+    if events:
+        pieces.pop()
+    pieces.append(b"]}")
+    return b"".join(pieces)
 
 
 def encode(time_ms: int, events: Sequence[dict[str, Any]]) -> bytes:

@@ -97,7 +97,7 @@ class Outcome(Enum):
     DROPPED = "dropped"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Item:
     """One event waiting, as encoded; shared by the targets that want it."""
 
