@@ -6,11 +6,12 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config_values import ConfigError
+from sidecar.config_values import ConfigError, MiB
 from sidecar.config_values import integer as _int
 from sidecar.config_values import mapping as _mapping
 from sidecar.config_values import number as _seconds
 from sidecar.config_values import only as _only
+from sidecar.config_values import size as _bytes
 
 # What a webhook may ask for: the events hosted Pusher sends.
 WEBHOOK_KINDS = (
@@ -49,9 +50,16 @@ class WebhookSettings:
     retry_initial_delay: float = 1.0
     retry_max_delay: float = 60.0
     timeout: float = 10.0  # one POST, connect to last byte
-    # Events waiting for one endpoint (and held events per app). Past it new events are dropped
-    # and counted: a dead endpoint costs bounded memory.
+    # Events waiting for one endpoint, per class of event (and held events per app). Past it new
+    # events are dropped and counted: a dead endpoint costs bounded memory.
     queue_limit: int = 10_000
+    # Bytes (as encoded JSON) waiting for one endpoint, per class of event (see
+    # sidecar/webhooks/queue.py). The count alone let 10,000 client events of 60 KiB hold 600 MB
+    # for a dead endpoint. 8 MiB is the 10,000 events above at ~800 bytes, the size of a
+    # presence or occupancy event, or 800 client events at hosted Pusher's 10 KB data cap: over
+    # a minute of one sender at the default 10 per second. One event bigger than this is still
+    # taken when nothing else of its class waits.
+    max_queue_bytes: int = 8 * MiB
 
 
 def _webhook_url(value: Any, key: str) -> str:
@@ -109,6 +117,7 @@ def parse_webhooks(raw: Any) -> WebhookSettings:
         retry_max_delay=_seconds(raw, w, "retry_max_delay", d.retry_max_delay, 0.001, 3600),
         timeout=_seconds(raw, w, "timeout", d.timeout, 0.001, 600),
         queue_limit=_int(raw, w, "queue_limit", d.queue_limit, 1, 10_000_000),
+        max_queue_bytes=_bytes(raw, w, "max_queue_bytes", d.max_queue_bytes),
     )
     if settings.retry_max_delay < settings.retry_initial_delay:
         raise ConfigError(

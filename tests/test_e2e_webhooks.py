@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,8 +15,10 @@ import pusher
 import pytest
 from aiohttp import web
 
+from tests.observe_support import Samples, admin_block, sample, scrape, wait_until
 from tests.support import SidecarProcess, free_port
 from tests.test_e2e_cluster_state import APP, Socket
+from tests.test_e2e_memory import rss_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +185,121 @@ async def test_an_endpoint_failing_at_first_gets_every_event_once(
         assert len(receiver.named("channel_occupied", "retry-me")) == 1
     finally:
         await runner.cleanup()
+
+
+# A public port that one client cannot wear down ---------------------------------------------
+
+
+def silent_endpoint() -> socket.socket:
+    """A webhook URL whose connections complete (the listen backlog) and are never answered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    return server
+
+
+async def test_big_client_events_to_an_endpoint_that_never_answers_hold_bounded_memory(
+    start_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """60 KiB client events, far more than max_queue_bytes, to an endpoint that never answers:
+    the process grows by about the bound, not by what was sent (the queue held every event
+    before: +850 MB in the attack). The drops are counted and logged."""
+    endpoint = silent_endpoint()
+    try:
+        app = {
+            **APP,
+            "webhooks": [
+                {"url": f"http://127.0.0.1:{endpoint.getsockname()[1]}/hooks", "events": ALL_KINDS}
+            ],
+        }
+        sidecar = start_sidecar(
+            apps=[app],
+            workers=1,
+            admin=admin_block(),
+            webhooks={"max_queue_bytes": "2MiB", "batch_window": 0.05},
+            limits={"client_events_per_second": 200},
+        )
+        assert sidecar.proc is not None
+        data = json.dumps({"blob": "x" * (60 * 1024 - 16)})
+        async with aiohttp.ClientSession() as session:
+            senders = [await connect(session, sidecar) for _ in range(2)]
+            for n, sock in enumerate(senders):
+                await sock.subscribe(f"private-big-{n}")
+            await asyncio.sleep(0.5)
+            before = rss_bytes(sidecar.proc.pid)
+
+            async def send(n: int, sock: Socket) -> None:
+                for _ in range(BIG_EVENTS // 2):  # 100 a second each, under the limit
+                    await sock.send("client-big", data, channel=f"private-big-{n}")
+                    await asyncio.sleep(0.01)
+
+            await asyncio.gather(*(send(n, sock) for n, sock in enumerate(senders)))
+            samples = await wait_until(lambda: dropped_full(sidecar, BIG_EVENTS // 2))
+            after = rss_bytes(sidecar.proc.pid)
+        # Sent: 1,000 events, 60 MiB. Held: 2 MiB and the request in flight; the rest is the
+        # TLS and frame buffers, the allocator's slack.
+        assert after - before < 30 * 1024 * 1024, (before, after)
+        assert sample(samples, "sidecar_webhook_events_dropped_total", reason="full") > 900
+        [line] = await sidecar.wait_for_log(lambda e: "webhook queue full" in e.get("msg", ""))
+        assert line["classes"]["client_events"] > 0  # the first drop, then once a minute
+        assert "blob" not in sidecar.stderr()
+    finally:
+        endpoint.close()
+
+
+BIG_EVENTS = 1000
+
+
+async def dropped_full(sidecar: SidecarProcess, at_least: int) -> Samples | None:
+    samples = await scrape(sidecar)
+    name = "sidecar_webhook_events_dropped_total"
+    if samples.get((name, (("reason", "full"),)), 0) >= at_least:
+        return samples
+    return None
+
+
+class GatedReceiver(Receiver):
+    """An endpoint that hangs every request until `gate` opens: down, then back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await self.gate.wait()
+        return await super().handle(request)
+
+
+async def test_a_member_added_survives_a_churn_of_fresh_public_channels(
+    start_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """An anonymous client subscribes to many fresh public channels while the endpoint is down;
+    a user joining a presence room meanwhile still gets its member_added to the app (it was
+    dropped as "full" behind the flood before)."""
+    receiver = GatedReceiver()
+    runner = await serve(receiver)
+    try:
+        app = {
+            **APP,
+            "webhooks": [{"url": f"http://127.0.0.1:{receiver.port}/hooks", "events": ALL_KINDS}],
+        }
+        settings = {"batch_window": 0.05, "batch_max_events": 5, "queue_limit": 20}
+        sidecar = start_sidecar(apps=[app], webhooks={**settings, "timeout": 60})
+        async with aiohttp.ClientSession() as session:
+            anonymous, ann = await connect(session, sidecar), await connect(session, sidecar)
+            for i in range(CHURN):
+                await anonymous.subscribe(f"fresh-{i}")
+                await asyncio.sleep(0.01)  # under any subscription rate limit
+            await ann.join("presence-room", "ann")
+            await sidecar.wait_for_log(lambda e: "webhook queue full" in e.get("msg", ""))
+            receiver.gate.set()
+            [added] = await receiver.wait_for("member_added", "presence-room")
+            assert added["user_id"] == "ann"
+            # The flood was cut at its own budget: most of the fresh channels were not sent.
+            assert len(receiver.named("channel_occupied")) <= 20 + 5
+    finally:
+        receiver.gate.set()
+        await runner.cleanup()
+
+
+CHURN = 60

@@ -11,7 +11,7 @@ import pusher
 import pytest
 
 from sidecar.webhooks.backoff import retry_delay
-from sidecar.webhooks.payload import encode, headers, sign
+from sidecar.webhooks.payload import encode, encode_event, headers, join, sign
 
 KEY, SECRET = "278d425bdf160c739803", "7ad3773142a6692b25b8"
 
@@ -66,3 +66,11 @@ def test_back_off_doubles_to_the_cap_with_jitter_in_the_upper_half(
 
 def test_back_off_survives_absurd_attempt_counts() -> None:
     assert retry_delay(10_000, 0.5, 60, lambda: 1.0) == 60
+
+
+def test_a_body_joined_from_encoded_events_is_the_same_json() -> None:
+    events = [{"name": "client_event", "data": '{"a":"\u00e9\\n"}'}, {"name": "cache_miss"}]
+    body = join(5, [encode_event(e) for e in events])
+    assert json.loads(body) == {"time_ms": 5, "events": events}
+    assert body == encode(5, events)
+    assert json.loads(join(5, [])) == {"time_ms": 5, "events": []}

@@ -286,3 +286,185 @@ def test_discard_counts_what_is_left() -> None:
     assert q.queued == 0
     assert q.in_flight == 0
     assert q.next_due() is None
+
+
+# Bounded in bytes -----------------------------------------------------------------------------
+
+CLIENTS = WebhookConfig("http://clients.test/", frozenset({"client_event"}))
+
+
+def client_event(n: int, size: int) -> dict[str, str]:
+    return ev("client_event", "private-c", event="client-x", data="x" * size, socket_id=f"1.{n}")
+
+
+def test_what_waits_is_bounded_in_bytes_as_encoded() -> None:
+    q = queue(CLIENTS, max_queue_bytes=100_000, batch_max_events=100)
+    for n in range(10):
+        q.add(client_event(n, 30_000), now=0)
+    assert q.queued == 3  # a fourth would pass 100,000 bytes
+    assert 90_000 < q.queued_bytes <= 100_000
+    assert q.counters.dropped_full == 7
+    assert q.counters.dropped_full_by_class == {"client_events": 7}
+    [d] = q.poll(1, time_ms=1)
+    assert [e["socket_id"] for e in events_of(d)] == ["1.0", "1.1", "1.2"]
+    assert q.queued_bytes > 90_000  # in flight still counts...
+    q.done(d, ok=True, now=1)
+    assert q.queued_bytes == 0  # ...until it is answered
+    q.add(client_event(10, 30_000), now=2)
+    assert q.queued == 1
+
+
+def test_an_event_over_the_bound_is_taken_when_nothing_of_its_class_waits() -> None:
+    q = queue(CLIENTS, max_queue_bytes=10_000)
+    q.add(client_event(0, 50_000), now=0)  # alone: taken, so one big event is never refused
+    q.add(client_event(1, 10), now=0)  # behind it: over the bound
+    assert q.queued == 1
+    assert q.counters.dropped_full == 1
+    [d] = q.poll(1, time_ms=1)
+    assert len(events_of(d)[0]["data"]) == 50_000
+
+
+def test_the_count_bound_still_holds_for_small_events() -> None:
+    q = queue(CLIENTS, queue_limit=5, max_queue_bytes=1 << 30)
+    for n in range(8):
+        q.add(client_event(n, 1), now=0)
+    assert (q.queued, q.counters.dropped_full) == (5, 3)
+
+
+# One class's flood does not push out another ---------------------------------------------------
+
+
+def deliver_all(q: WebhookQueue, now: float) -> list[dict[str, object]]:
+    """Poll and answer 2xx until nothing is due; the events sent, in order."""
+    sent: list[dict[str, object]] = []
+    for _ in range(10_000):
+        deliveries = q.poll(now, time_ms=1)
+        if not deliveries:
+            due = q.next_due()
+            if due is None:
+                return sent
+            now = max(now, due)
+            continue
+        for d in deliveries:
+            sent += events_of(d)
+            q.done(d, ok=True, now=now)
+    raise AssertionError("deliver_all did not finish")
+
+
+def test_a_flood_of_fresh_channels_does_not_push_out_a_member_added() -> None:
+    q = queue(queue_limit=10)
+    [first] = (q.add(ev("channel_occupied", "c-first"), now=0), q.poll(0.25, time_ms=1))[1]
+    # The endpoint hangs on the first request while an anonymous client subscribes to 1,000
+    # fresh public channels (and a user joins a room among them)...
+    for i in range(1000):
+        q.add(ev("channel_occupied", f"fresh-{i}"), now=1)
+        if i == 500:
+            q.add(ev("member_added", "presence-room", user_id="ann"), now=1)
+            q.add(client_event(1, 100), now=1)
+    assert q.counters.dropped_full_by_class == {"channels": 991}  # 9 fit beside the first
+    # ...then answers: the member_added and the client event are sent, the flood was cut.
+    q.done(first, ok=True, now=2)
+    sent = deliver_all(q, now=2)
+    assert ev("member_added", "presence-room", user_id="ann") in sent
+    assert [e["name"] for e in sent].count("client_event") == 1
+    assert [e["name"] for e in sent].count("channel_occupied") == 9
+
+
+def test_a_flood_of_big_client_events_does_not_push_out_a_member_added() -> None:
+    q = queue(max_queue_bytes=100_000, batch_max_events=100)
+    for n in range(100):
+        q.add(client_event(n, 30_000), now=0)
+    q.add(ev("member_added", "presence-room", user_id="ann"), now=0)
+    q.add(ev("channel_occupied", "quiet"), now=0)
+    assert q.counters.dropped_full_by_class == {"client_events": 97}
+    sent = deliver_all(q, now=1)
+    assert ev("member_added", "presence-room", user_id="ann") in sent
+    assert ev("channel_occupied", "quiet") in sent
+
+
+def test_order_is_kept_across_classes() -> None:
+    q = queue(batch_max_events=100)
+    names = ["channel_occupied", "member_added", "client_event", "cache_miss"] * 3
+    for i, name in enumerate(names):
+        q.add(ev(name, f"c{i}", user_id="u"), now=0)
+    assert [e["channel"] for e in deliver_all(q, now=1)] == [f"c{i}" for i in range(12)]
+
+
+# Churn coalesces ------------------------------------------------------------------------------
+
+
+def test_occupied_then_vacated_still_waiting_nets_to_nothing() -> None:
+    q = queue(vacate_delay=0.0)
+    [hang] = (q.add(ev("cache_miss", "x"), now=0), q.poll(0.25, time_ms=1))[1]
+    q.add(ev("channel_occupied", "brief"), now=1)
+    q.add(ev("channel_occupied", "stays"), now=1)
+    q.add(ev("channel_vacated", "brief"), now=1)
+    q.poll(1, time_ms=1)  # the vacated is released (no delay) and takes "brief" back
+    assert q.queued == 2  # the request in flight and "stays"
+    assert q.counters.coalesced == 2
+    q.done(hang, ok=True, now=2)
+    assert deliver_all(q, now=2) == [ev("channel_occupied", "stays")]
+
+
+def test_a_churn_of_fresh_channels_against_a_hung_endpoint_costs_nothing() -> None:
+    q = queue(vacate_delay=3.0, queue_limit=50)
+    [hang] = (q.add(ev("cache_miss", "x"), now=0), q.poll(0.25, time_ms=1))[1]
+    for i in range(2000):  # subscribe, unsubscribe, next channel: 10 a second for 200 s
+        now = 1 + i / 10
+        q.add(ev("channel_occupied", f"fresh-{i}"), now=now)
+        q.add(ev("channel_vacated", f"fresh-{i}"), now=now)
+        q.poll(now, time_ms=1)  # the held vacated fall due and take their occupied back
+        assert q.queued <= 1 + 2 * 31  # in flight, and 3 s of occupied/vacated pairs
+    q.add(ev("member_added", "presence-room", user_id="ann"), now=250)
+    q.poll(250, time_ms=1)
+    assert q.counters.dropped_full == 0
+    q.done(hang, ok=True, now=250)
+    sent = deliver_all(q, now=250)
+    assert ev("member_added", "presence-room", user_id="ann") in sent
+    assert [e["name"] for e in sent].count("channel_vacated") == 0
+    assert q.queued == 0
+
+
+def test_a_vacated_after_its_occupied_was_sent_is_sent() -> None:
+    q = queue(vacate_delay=0.0)
+    q.add(ev("channel_occupied", "c"), now=0)
+    [d] = q.poll(0.25, time_ms=1)  # out: too late to take back
+    q.add(ev("channel_vacated", "c"), now=1)
+    q.done(d, ok=False, now=1)  # even when it has to be retried
+    assert [e["name"] for e in deliver_all(q, now=2)] == ["channel_occupied", "channel_vacated"]
+    assert q.counters.coalesced == 0
+
+
+def test_member_pairs_coalesce_per_user() -> None:
+    q = queue(vacate_delay=0.0)
+    [hang] = (q.add(ev("cache_miss", "x"), now=0), q.poll(0.25, time_ms=1))[1]
+    q.add(ev("member_added", "presence-p", user_id="ann"), now=1)
+    q.add(ev("member_added", "presence-p", user_id="bob"), now=1)
+    q.add(ev("member_removed", "presence-p", user_id="ann"), now=1)
+    q.done(hang, ok=True, now=2)
+    assert deliver_all(q, now=2) == [ev("member_added", "presence-p", user_id="bob")]
+
+
+def test_no_coalescing_for_a_target_that_wants_only_one_of_the_pair() -> None:
+    vacated_only = WebhookConfig("http://v.test/", frozenset({"channel_vacated"}))
+    q = queue(vacated_only, ALL, vacate_delay=0.0, batch_max_events=100)
+    q.add(ev("channel_occupied", "c"), now=0)
+    q.add(ev("channel_vacated", "c"), now=0)
+    assert q.poll(0, time_ms=1) == []  # the vacated is released into the batches
+    sent = {d.url: events_of(d) for d in q.poll(0.25, time_ms=1)}
+    assert sent == {"http://v.test/": [ev("channel_vacated", "c")]}  # ALL: nothing left
+
+
+def test_a_batch_emptied_after_it_closed_is_skipped() -> None:
+    q = queue(vacate_delay=0.0, batch_max_events=2)
+    [hang] = (q.add(ev("cache_miss", "x"), now=0), q.poll(0.25, time_ms=1))[1]
+    q.add(ev("channel_occupied", "a"), now=1)
+    q.add(ev("channel_occupied", "b"), now=1)  # a full batch: closed
+    q.add(ev("channel_occupied", "c"), now=1)
+    q.add(ev("channel_vacated", "a"), now=1)
+    q.add(ev("channel_vacated", "b"), now=1)
+    q.done(hang, ok=True, now=2)
+    [d] = q.poll(2, time_ms=1)
+    assert events_of(d) == [ev("channel_occupied", "c")]
+    q.done(d, ok=True, now=2)
+    assert (q.queued, q.queued_bytes, q.counters.sent_batches) == (0, 0, 2)

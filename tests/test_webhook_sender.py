@@ -338,6 +338,31 @@ async def test_an_endpoint_that_never_answers(receiver: Receiver, started: Start
     assert hooks.queued == 0
 
 
+async def test_big_client_events_to_a_hung_endpoint_are_bounded_in_bytes_and_logged_once(
+    receiver: Receiver, started: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sidecar.webhooks")
+    receiver.answer = lambda n: None
+    settings = replace(FAST, max_queue_bytes=1_000_000)
+    hooks = await started(app_with(hook(receiver.url())), settings=settings)
+    blob = SECRET + "x" * 60_000
+    for n in range(200):  # 12 MB offered
+        hooks.emit(APP_ID, {"name": "client_event", "channel": "private-c", "data": blob})
+        if n == 100:
+            hooks.emit(APP_ID, {"name": "member_added", "channel": "presence-r", "user_id": "u"})
+    assert 900_000 < hooks.queued_bytes <= 1_000_000
+    assert hooks.counters.dropped_full_by_class == {"client_events": 184}
+    await until(lambda: any("queue full" in r.getMessage() for r in caplog.records))
+    for _ in range(3):  # more drops within the minute: no more lines
+        hooks.emit(APP_ID, {"name": "client_event", "channel": "private-c", "data": blob})
+        await asyncio.sleep(0.05)
+    [line] = [r for r in caplog.records if "queue full" in r.getMessage()]
+    assert (line.dropped, line.classes) == (184, {"client_events": 184})  # type: ignore[attr-defined]
+    assert SECRET not in repr(line.__dict__) and "private-c" not in repr(line.__dict__)
+    receiver.release.set()  # the endpoint comes back: the member_added was kept
+    await until(lambda: any(e["name"] == "member_added" for e in receiver.events()))
+
+
 # The edges of the API -----------------------------------------------------------------------
 
 

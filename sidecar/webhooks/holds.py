@@ -17,7 +17,8 @@ HELD = {"channel_vacated": "channel_occupied", "member_removed": "member_added"}
 CANCELLING = {cancel: held for held, cancel in HELD.items()}
 
 
-def _key(event: Event) -> tuple[Any, ...]:
+def pair_key(event: Event) -> tuple[Any, ...]:
+    """What a held event and the one that cancels it share: the channel (and the user)."""
     if event.get("name") in ("channel_vacated", "channel_occupied"):
         return ("channel", event.get("channel"))
     return ("member", event.get("channel"), event.get("user_id"))
@@ -38,7 +39,7 @@ class Holds:
         """Take an event; return what is to be passed on now (in order)."""
         name = event.get("name")
         if name in HELD:
-            key = _key(event)
+            key = pair_key(event)
             # A second vacated with no occupied between replaces the first; popping first keeps
             # the dict in due order (the new entry goes to the end).
             self._held.pop(key, None)
@@ -49,7 +50,7 @@ class Holds:
                 passed.append(self._held.pop(oldest)[1])
             self._held[key] = (now + self.delay, event)
             return passed
-        if name in CANCELLING and self._held.pop(_key(event), None) is not None:
+        if name in CANCELLING and self._held.pop(pair_key(event), None) is not None:
             return []
         return [event]
 

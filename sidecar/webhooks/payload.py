@@ -15,9 +15,26 @@ from typing import Any
 import orjson
 
 
-def encode(time_ms: int, events: Sequence[dict[str, Any]]) -> bytes:
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One event as it goes into a body; the queue holds (and counts) these bytes."""
     # default=str: an odd value from a producer must not stop the batch (or the worker) cold.
-    return orjson.dumps({"time_ms": time_ms, "events": list(events)}, default=str)
+    return orjson.dumps(event, default=str)
+
+
+def join(time_ms: int, events: Sequence[bytes]) -> bytes:
+    """The body of a batch of events encoded by `encode_event`."""
+    # One join, one copy: `%` formatting around a joined list copies megabytes twice, slowly.
+    pieces = [b'{"time_ms":%d,"events":[' % time_ms]
+    for event in events:
+        pieces += (event, b",")
+    if events:
+        pieces.pop()
+    pieces.append(b"]}")
+    return b"".join(pieces)
+
+
+def encode(time_ms: int, events: Sequence[dict[str, Any]]) -> bytes:
+    return join(time_ms, [encode_event(event) for event in events])
 
 
 def sign(secret: str, body: bytes) -> str:

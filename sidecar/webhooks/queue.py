@@ -11,6 +11,30 @@ A batch's age for the retry horizon counts from when it closed, and a batch that
 attempted is dropped unseen once past the horizon: after a long outage the app gets the recent
 events, not a replay of stale ones it could no longer validate (the `pusher` libraries refuse a
 time_ms more than five minutes old).
+
+What waits is bounded twice per target: `queue_limit` events and `max_queue_bytes` bytes, counted
+on each event as encoded (an event is encoded once, when it enters a batch, and only its bytes
+wait). Past either bound new events are dropped and counted as `dropped_full`; an event bigger
+than the byte bound is still taken when nothing else of its class waits, so one big client event
+is never refused by an idle queue.
+
+The bounds apply to each class of event on its own, so that a flood of one class cannot push out
+another: `channels` (channel_occupied, channel_vacated, cache_miss: what any anonymous client
+causes by subscribing to public channels of its choosing), `members` (member_added,
+member_removed: a signed presence subscription) and `client_events` (a signed private or
+presence subscription). An anonymous client subscribing to thousands of fresh channels fills the
+`channels` budget only; a user's member_added still finds room. Fixed budgets per class were
+chosen over one budget with eviction of the biggest user: they keep a target's events in order
+without reaching into batches, cost one comparison per event, and say plainly what a dead
+endpoint costs (the classes it wants, times the bounds). Which client caused an event is not
+known here (the channel state merges every worker's connections): a share per client is left to
+the per-connection limits.
+
+And churn coalesces: a channel_occupied (member_added) still waiting in a batch, not yet sent,
+is taken back by the channel_vacated (member_removed) of the same channel (and user), which is
+not queued either: the app would only hear of a channel that came and went while nothing reached
+it. With holds.py's delay, which lets a quick re-occupy cancel a vacated, a churn of short-lived
+channels against a slow endpoint nets to nothing instead of filling the queue.
 """
 
 from __future__ import annotations
@@ -18,13 +42,24 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from sidecar.config import WebhookConfig, WebhookSettings
 from sidecar.webhooks import payload
 from sidecar.webhooks.backoff import retry_delay
-from sidecar.webhooks.holds import CANCELLING, HELD, Event, Holds
+from sidecar.webhooks.holds import CANCELLING, HELD, Event, Holds, pair_key
+
+# Each kind's class: the events of a class share a target's budget (see the docstring).
+CLASS_OF = {
+    "channel_occupied": "channels",
+    "channel_vacated": "channels",
+    "cache_miss": "channels",
+    "member_added": "members",
+    "member_removed": "members",
+    "client_event": "client_events",
+}
 
 
 @dataclass
@@ -34,9 +69,11 @@ class WebhookCounters:
     sent_events: int = 0
     sent_batches: int = 0
     failed_attempts: int = 0  # requests that got no 2xx (each retry counts)
-    dropped_full: int = 0  # a target (or the held set) was at queue_limit
+    dropped_full: int = 0  # a target's class was at queue_limit or max_queue_bytes
     dropped_expired: int = 0  # not delivered within retry_horizon
     dropped_at_close: int = 0  # still waiting when close() ran out of time
+    dropped_full_by_class: dict[str, int] = field(default_factory=dict)  # dropped_full, split
+    coalesced: int = 0  # occupied+vacated (added+removed) that cancelled out before being sent
 
     @property
     def dropped_events(self) -> int:
@@ -60,12 +97,29 @@ class Outcome(Enum):
     DROPPED = "dropped"
 
 
+@dataclass(slots=True)
+class _Item:
+    """One event waiting, as encoded; shared by the targets that want it."""
+
+    cls: str
+    data: bytes
+    pair: tuple[Any, ...] | None  # set on an opener (occupied/added): what its closer cancels
+
+
+@dataclass(slots=True)
+class _Budget:
+    events: int = 0
+    bytes: int = 0
+
+
 @dataclass(eq=False)
 class _Batch:
-    events: list[Event]
+    items: list[_Item | None]  # None: cancelled by its closer before the batch was sent
     opened: float
     closed: float = 0.0
-    count: int = 0
+    count: int = 0  # events in it, the cancelled ones no longer
+    # What the batch takes of its target's budgets, by class; kept once `items` is let go.
+    taken: dict[str, _Budget] = field(default_factory=dict)
     body: bytes | None = None
     attempts: int = 0
 
@@ -80,6 +134,13 @@ class _Target:
         self.in_flight = False
         self.retry_at: float | None = None  # when the head may be tried again
         self.queued = 0  # events in open + ready
+        self.budgets = {CLASS_OF.get(kind, "channels"): _Budget() for kind in config.events}
+        # The closers this target coalesces: it wants them and their openers both.
+        self.coalesces = frozenset(
+            c for c, o in HELD.items() if c in self.kinds and o in self.kinds
+        )
+        # Openers waiting in a batch not yet sent, by pair: where their closer finds them.
+        self.pending: dict[tuple[Any, ...], tuple[_Batch, int]] = {}
 
 
 class WebhookQueue:
@@ -106,6 +167,11 @@ class WebhookQueue:
     def queued(self) -> int:
         """Events not yet delivered or dropped: held, batched, or being tried."""
         return len(self._holds) + sum(t.queued for t in self._targets)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the events waiting in batches, each counted once per target."""
+        return sum(b.bytes for t in self._targets for b in t.budgets.values())
 
     @property
     def in_flight(self) -> int:
@@ -136,8 +202,9 @@ class WebhookQueue:
                 continue
             head = t.ready[0]
             if head.body is None:
-                head.body = payload.encode(time_ms, head.events)
-                head.events = []  # the bytes are all that is needed from here on
+                self._unpend(t, head)
+                head.body = payload.join(time_ms, [i.data for i in head.items if i is not None])
+                head.items = []  # the body is all that is needed from here on
             head.attempts += 1
             t.in_flight = True
             t.retry_at = None
@@ -199,6 +266,9 @@ class WebhookQueue:
             dropped += t.queued
             t.open, t.queued, t.in_flight, t.retry_at = None, 0, False, None
             t.ready.clear()
+            t.pending.clear()
+            for budget in t.budgets.values():
+                budget.events = budget.bytes = 0
         self.counters.dropped_at_close += dropped
         return dropped
 
@@ -206,31 +276,87 @@ class WebhookQueue:
 
     def _route(self, event: Event, now: float) -> None:
         name = event.get("name")
+        item: _Item | None = None
         for t in self._targets:
             if name not in t.kinds:
                 continue
-            if t.queued >= self.settings.queue_limit:
-                self.counters.dropped_full += 1
+            if name in t.coalesces and self._cancel_opener(t, pair_key(event)):
                 continue
-            if t.open is None:
-                t.open = _Batch([], opened=now)
-            t.open.events.append(event)
-            t.queued += 1
-            if len(t.open.events) >= self.settings.batch_max_events:
-                self._close(t, now)
+            if item is None:
+                pair = pair_key(event) if name in CANCELLING else None
+                item = _Item(CLASS_OF.get(name, "channels"), payload.encode_event(event), pair)
+            self._enqueue(t, item, name, now)
+
+    def _enqueue(self, t: _Target, item: _Item, name: Any, now: float) -> None:
+        budget, size = t.budgets[item.cls], len(item.data)
+        s = self.settings
+        if budget.events >= s.queue_limit or (
+            budget.bytes and budget.bytes + size > s.max_queue_bytes
+        ):
+            self.counters.dropped_full += 1
+            by_class = self.counters.dropped_full_by_class
+            by_class[item.cls] = by_class.get(item.cls, 0) + 1
+            return
+        if t.open is None:
+            t.open = _Batch([], opened=now)
+        batch = t.open
+        if item.pair is not None and CANCELLING[name] in t.coalesces:
+            t.pending[item.pair] = (batch, len(batch.items))
+        batch.items.append(item)
+        batch.count += 1
+        taken = batch.taken.get(item.cls)
+        if taken is None:
+            taken = batch.taken[item.cls] = _Budget()
+        taken.events += 1
+        taken.bytes += size
+        budget.events += 1
+        budget.bytes += size
+        t.queued += 1
+        if len(batch.items) >= s.batch_max_events:
+            self._close(t, now)
+
+    def _cancel_opener(self, t: _Target, pair: tuple[Any, ...]) -> bool:
+        """Take back the opener of `pair` if it waits unsent; True when it did."""
+        spot = t.pending.pop(pair, None)
+        if spot is None:
+            return False
+        batch, index = spot
+        item = batch.items[index]
+        assert item is not None
+        batch.items[index] = None
+        batch.count -= 1
+        size = len(item.data)
+        for budget in (batch.taken[item.cls], t.budgets[item.cls]):
+            budget.events -= 1
+            budget.bytes -= size
+        t.queued -= 1
+        self.counters.coalesced += 2
+        return True
+
+    def _unpend(self, t: _Target, batch: _Batch) -> None:
+        """The batch goes out (or is dropped): its openers can no longer be taken back."""
+        for item in batch.items:
+            if item is not None and item.pair is not None:
+                spot = t.pending.get(item.pair)
+                if spot is not None and spot[0] is batch:
+                    del t.pending[item.pair]
 
     def _close(self, t: _Target, now: float) -> None:
         batch = t.open
         assert batch is not None
-        batch.closed = now
-        batch.count = len(batch.events)
-        t.ready.append(batch)
         t.open = None
+        if batch.count == 0:
+            return  # every event in it was cancelled
+        batch.closed = now
+        t.ready.append(batch)
 
     def _expire(self, t: _Target, now: float) -> None:
         # Only batches never tried: a tried head's fate was decided in done().
         while t.ready and t.ready[0].attempts == 0:
             head = t.ready[0]
+            if head.count == 0:
+                self._pop(t)  # emptied by cancellations after it closed
+                continue
             if now - head.closed <= self.settings.retry_horizon:
                 break
             self._pop(t)
@@ -238,5 +364,11 @@ class WebhookQueue:
 
     def _pop(self, t: _Target) -> None:
         head = t.ready.popleft()
+        if head.body is None:
+            self._unpend(t, head)
+        for cls, taken in head.taken.items():
+            budget = t.budgets[cls]
+            budget.events -= taken.events
+            budget.bytes -= taken.bytes
         t.queued -= head.count
         t.retry_at = None

@@ -1,11 +1,12 @@
 """Posting webhooks: one worker task drives every app's WebhookQueue over one aiohttp session.
 
 `emit()` is what the relay calls, from the event loop, on the hot path: it hands the event to
-the app's queue (a dict lookup, an append) and perhaps wakes the worker; it never awaits, never
-encodes, never touches a socket. The worker sleeps until the queues say something is due, then
-starts the requests they hand out: a task per request, at most one per target at a time, so a
-target that is down or slow holds one request (bounded by `timeout`) and a bounded queue, never
-a pile of tasks. What it costs the relay shows in `counters`.
+the app's queue (a dict lookup, one orjson encoding so that what waits is bytes it can count, an
+append) and perhaps wakes the worker; it never awaits, never touches a socket. The worker sleeps
+until the queues say something is due, then starts the requests they hand out: a task per
+request, at most one per target at a time, so a target that is down or slow holds one request
+(bounded by `timeout`) and a queue bounded in events and bytes, never a pile of tasks. What it
+costs the relay shows in `counters`.
 
 Logs name the target by host only (a URL may carry credentials or tokens), with the status and
 attempt; never the secret, the signature or the events.
@@ -84,6 +85,7 @@ class Webhooks:
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
         self._overflow_logged = 0  # counters.dropped_full at the last "queue full" line
+        self._overflow_logged_by: dict[str, int] = {}  # and counters.dropped_full_by_class
         self._overflow_logged_at = float("-inf")
 
     @property
@@ -95,11 +97,16 @@ class Webhooks:
         """Events not yet delivered or dropped, over all apps and targets."""
         return sum(app.queue.queued for app in self._apps.values())
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the events waiting in batches, over all apps (once per target)."""
+        return sum(app.queue.queued_bytes for app in self._apps.values())
+
     def emit(self, app_id: str, event: dict[str, Any]) -> None:
         """Hand over one Pusher-shaped event, e.g. {"name": "channel_occupied", "channel": "c"}.
 
-        Never blocks, never raises for an unknown app or kind. The dict is kept (not copied)
-        until sent: do not mutate it afterwards.
+        Never blocks, never raises for an unknown app or kind. A vacated/removed dict is kept
+        (not copied) while it is held: do not mutate it afterwards.
         """
         app = self._apps.get(app_id)
         if app is None or self._closing:
@@ -249,8 +256,21 @@ class Webhooks:
         now = self._clock()
         if now - self._overflow_logged_at < OVERFLOW_LOG_INTERVAL:
             return
+        by_class = self.counters.dropped_full_by_class
+        since = {
+            cls: n - self._overflow_logged_by.get(cls, 0)
+            for cls, n in by_class.items()
+            if n != self._overflow_logged_by.get(cls, 0)
+        }
+        # Counts and classes only: never an event, a channel name or a payload.
         log.warning(
             "webhook queue full, dropping events",
-            extra={"dropped": dropped - self._overflow_logged, "queued": self.queued},
+            extra={
+                "dropped": dropped - self._overflow_logged,
+                "classes": since,
+                "queued": self.queued,
+                "queued_bytes": self.queued_bytes,
+            },
         )
         self._overflow_logged, self._overflow_logged_at = dropped, now
+        self._overflow_logged_by = dict(by_class)
