@@ -40,7 +40,13 @@ from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.relay import Relay
-from sidecar.startup import blame, claim_port, make_publish_directory, port_taken
+from sidecar.startup import (
+    blame,
+    claim_port,
+    make_publish_directory,
+    port_claim,
+    port_taken,
+)
 
 log = logging.getLogger("sidecar")
 
@@ -115,8 +121,9 @@ def bind_edge(host: str, port: int, workers: int) -> list[socket.socket]:
     workers inherit their sockets from here rather than binding their own."""
     if workers == 1:
         return [bind_tcp(host, port, "listen.port")]
-    claim_port(host, port, "listen.port")
-    return [bind_tcp(host, port, "listen.port", reuse_port=True) for _ in range(workers)]
+    with port_claim(port, "listen.port"):
+        claim_port(host, port, "listen.port")
+        return [bind_tcp(host, port, "listen.port", reuse_port=True) for _ in range(workers)]
 
 
 # Full (generation 2) collections walk every live object: with 10,000 connections, 300-400 ms

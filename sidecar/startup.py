@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from sidecar.edge.certinfo import CertificateError
 # Mode of a publish socket directory made at start: the owner and its group (the app's user
 # is put in the socket's group, README), nobody else.
 SOCKET_DIRECTORY_MODE = 0o750
+# sockaddr_un holds 108 bytes, the last a NUL (Linux).
+MAX_SOCKET_PATH = 107
 
 
 class StartError(RuntimeError):
@@ -59,6 +62,34 @@ def claim_port(host: str, port: int, key: str) -> None:
             raise port_taken(key, host, port, exc) from None
 
 
+# Two sidecars started at the same instant could both pass the probe before either has bound
+# its workers' sockets; the probe and the binds are made under a lock per port, so that the
+# second one's probe sees the first one's sockets. The lock is a Linux abstract Unix socket:
+# nothing left on disk, released when its process ends, per network namespace as ports are.
+# Held for a few milliseconds; a start waits this long (seconds) for another one's.
+PORT_CLAIM_WAIT = 5.0
+
+
+@contextlib.contextmanager
+def port_claim(port: int, key: str, wait: float = PORT_CLAIM_WAIT) -> Iterator[None]:
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                lock.bind(f"\0sidecar-port-claim-{port}")
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise StartError(
+                        f"{key}: another sidecar is starting on port {port}; try again"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        lock.close()
+
+
 def port_taken(key: str, host: str, port: int, exc: OSError) -> StartError:
     why = exc.strerror or str(exc)
     hint = ""
@@ -73,6 +104,12 @@ def publish_directory(socket_path: str) -> tuple[Path, bool]:
     ConfigError (naming publish.socket) when the socket cannot be made there by this user:
     what `check-config` reports before anything starts, and `run` refuses.
     """
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            "publish.socket",
+            f"is {len(os.fsencode(socket_path))} bytes long; a Unix socket's path may have "
+            f"{MAX_SOCKET_PATH} at most: choose a shorter one",
+        )
     parent = Path(socket_path).parent
     fix = "create it or set publish.socket"
     if parent.is_dir():

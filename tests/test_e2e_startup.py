@@ -67,7 +67,7 @@ async def upgrades_answered(sidecar: SidecarProcess, count: int) -> list[str]:
     return events
 
 
-@pytest.mark.parametrize(("first_workers", "second_workers"), [(2, 2), (1, 2), (2, 1)])
+@pytest.mark.parametrize(("first_workers", "second_workers"), [(2, 2), (1, 2), (2, 1), (1, 1)])
 async def test_second_instance_on_the_same_port_is_refused(
     tmp_path: Path, first_workers: int, second_workers: int
 ) -> None:
