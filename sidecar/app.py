@@ -46,6 +46,7 @@ from sidecar.startup import (
     make_publish_directory,
     port_claim,
     port_taken,
+    usable_publish_directory,
 )
 
 log = logging.getLogger("sidecar")
@@ -153,6 +154,16 @@ def raise_open_file_limit() -> int:
 def prepare(config: Config, workers: int) -> Prepared:
     """Raise SocketInUse or StartError (one line naming the key and the path) when blocked."""
     raise_open_file_limit()  # inherited by the workers
+    # What another process may hold comes first: a start refused leaves nothing made behind.
+    usable_publish_directory(config.publish.socket)
+    claim_socket_path(config.publish.socket)
+    edge = bind_edge(config.listen.host, config.listen.port, workers)
+    redirect = None
+    if config.http.port is not None and config.tls.mode != "off":
+        redirect = bind_tcp(config.listen.host, config.http.port, "http.port")
+    admin = None
+    if config.admin.port is not None:
+        admin = bind_tcp(config.admin.host, config.admin.port, "admin.port")
     with blame("tls.dir"):  # the development app and certificate are made there
         apps, created = resolve_apps(config)
         cert, key = certificate_files(config)
@@ -165,14 +176,6 @@ def prepare(config: Config, workers: int) -> Prepared:
     made = make_publish_directory(config.publish.socket)
     if made is not None:
         log.info("publish socket directory made", extra={"path": str(made), "mode": "0750"})
-    claim_socket_path(config.publish.socket)
-    edge = bind_edge(config.listen.host, config.listen.port, workers)
-    redirect = None
-    if config.http.port is not None and cert is not None:
-        redirect = bind_tcp(config.listen.host, config.http.port, "http.port")
-    admin = None
-    if config.admin.port is not None:
-        admin = bind_tcp(config.admin.host, config.admin.port, "admin.port")
     return Prepared(config, apps, created, cert, key, edge, redirect, admin)
 
 

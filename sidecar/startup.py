@@ -134,15 +134,20 @@ def publish_directory(socket_path: str) -> tuple[Path, bool]:
     return parent, True
 
 
+def usable_publish_directory(socket_path: str) -> tuple[Path, bool]:
+    """publish_directory(), refusing with a StartError."""
+    try:
+        return publish_directory(socket_path)
+    except ConfigError as exc:
+        raise StartError(str(exc)) from None
+
+
 def make_publish_directory(socket_path: str) -> Path | None:
     """Make the socket's directory when only it is missing (0750); the path made, or None.
 
     StartError when the socket cannot be made there.
     """
-    try:
-        parent, missing = publish_directory(socket_path)
-    except ConfigError as exc:
-        raise StartError(str(exc)) from None
+    parent, missing = usable_publish_directory(socket_path)
     if not missing:
         return None
     with blame("publish.socket"):

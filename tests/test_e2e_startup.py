@@ -83,7 +83,9 @@ async def test_second_instance_on_the_same_port_is_refused(
         second["listen"] = dict(first.config["listen"])
         result = run_second(tmp_path / "second", second)
         assert_one_line(result, 1, "listen.port", str(first.port))
+        assert len(result.stderr.strip().splitlines()) == 1  # not even an info line
         assert not (tmp_path / "second" / "sidecar.sock").exists()
+        assert not (tmp_path / "second" / "certs").exists()  # nothing made by a refused start
         events = await upgrades_answered(first, 10)
         assert events == ["pusher:connection_established"] * 10
         assert first.proc is not None and first.proc.poll() is None
