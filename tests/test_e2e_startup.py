@@ -168,6 +168,26 @@ def test_certificate_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     assert_one_line(result, 1, "tls.cert", str(pair.key))
 
 
+def test_certificate_that_cannot_be_used_is_one_line_naming_its_key(tmp_path: Path) -> None:
+    from sidecar.edge.tls import ensure_self_signed
+
+    pair = ensure_self_signed(tmp_path / "certs")
+    broken = tmp_path / "broken.crt"
+    broken.write_text("not a certificate")
+    config = base_config(
+        tmp_path,
+        tls={
+            "mode": "files",
+            "cert": str(pair.cert),
+            "key": str(pair.key),
+            "certificates": [{"cert": str(broken), "key": str(pair.key)}],
+        },
+    )
+    config["apps"] = [{"id": "1", "key": "k", "secret": "0123456789abcdef0123456789abcdef"}]
+    result = run_second(tmp_path, config)
+    assert_one_line(result, 1, "tls.certificates[0]", str(broken))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_tls_dir_without_permission_is_one_line(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
