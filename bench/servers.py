@@ -31,7 +31,7 @@ from sidecar.publish.client import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-APP_ID, APP_KEY, APP_SECRET = "1", "bench-key", "bench-secret-0123456789"
+APP_ID, APP_KEY, APP_SECRET = "1", "bench-key", "bench-secret-0123456789abcdef0123"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 SOKETI_DIR = BENCH / "peers" / "soketi"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

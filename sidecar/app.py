@@ -40,6 +40,14 @@ from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.relay import Relay
+from sidecar.startup import (
+    blame,
+    claim_port,
+    make_publish_directory,
+    port_claim,
+    port_taken,
+    usable_publish_directory,
+)
 
 log = logging.getLogger("sidecar")
 
@@ -90,7 +98,8 @@ def served_certificates(config: Config) -> tuple[CertFiles, ...]:
     return (CertFiles(str(pair.cert), str(pair.key)),)
 
 
-def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_tcp(host: str, port: int, key: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, or StartError naming `key` (listen.port, http.port, admin.port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -101,9 +110,21 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
         sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise port_taken(key, host, port, exc) from None
     sock.set_inheritable(True)
     return sock
+
+
+def bind_edge(host: str, port: int, workers: int) -> list[socket.socket]:
+    """The TLS port: one socket, or one per worker sharing it (SO_REUSEPORT) so that the
+    kernel spreads connections across them. Only this process's workers may share it: the
+    port is claimed first without SO_REUSEPORT (sidecar/startup.py: claim_port), and the
+    workers inherit their sockets from here rather than binding their own."""
+    if workers == 1:
+        return [bind_tcp(host, port, "listen.port")]
+    with port_claim(port, "listen.port"):
+        claim_port(host, port, "listen.port")
+        return [bind_tcp(host, port, "listen.port", reuse_port=True) for _ in range(workers)]
 
 
 # Full (generation 2) collections walk every live object: with 10,000 connections, 300-400 ms
@@ -131,28 +152,40 @@ def raise_open_file_limit() -> int:
 
 
 def prepare(config: Config, workers: int) -> Prepared:
-    """Raise SocketInUse or OSError (with a message naming the address) when blocked."""
+    """Raise SocketInUse or StartError (one line naming the key and the path) when blocked."""
     raise_open_file_limit()  # inherited by the workers
-    apps, created = resolve_apps(config)
-    cert, key = certificate_files(config)
-    if cert is not None and config.tls.mode != "acme":
-        # Fail here, plainly (CertificateError), on an unusable certificate. ACME's is checked,
-        # and ordered if need be, once the plain-HTTP port can answer the CA.
-        check_certificates(served_certificates(config))
+    # What another process may hold comes first: a start refused leaves nothing made behind.
+    usable_publish_directory(config.publish.socket)
     claim_socket_path(config.publish.socket)
-    reuse = workers > 1
-    edge = [bind_tcp(config.listen.host, config.listen.port, reuse_port=reuse)]
-    edge += [
-        bind_tcp(config.listen.host, config.listen.port, reuse_port=True)
-        for _ in range(workers - 1)
-    ]
+    edge = bind_edge(config.listen.host, config.listen.port, workers)
     redirect = None
-    if config.http.port is not None and cert is not None:
-        redirect = bind_tcp(config.listen.host, config.http.port)
+    if config.http.port is not None and config.tls.mode != "off":
+        redirect = bind_tcp(config.listen.host, config.http.port, "http.port")
     admin = None
     if config.admin.port is not None:
-        admin = bind_tcp(config.admin.host, config.admin.port)
+        admin = bind_tcp(config.admin.host, config.admin.port, "admin.port")
+    with blame("tls.dir"):  # the development app and certificate are made there
+        apps, created = resolve_apps(config)
+        cert, key = certificate_files(config)
+    if cert is not None and config.tls.mode != "acme":
+        # Fail here, plainly, on an unusable certificate. ACME's is checked, and ordered if
+        # need be, once the plain-HTTP port can answer the CA.
+        for name, pair in certificate_keys(config):
+            with blame(name):
+                check_certificates([pair])
+    made = make_publish_directory(config.publish.socket)
+    if made is not None:
+        log.info("publish socket directory made", extra={"path": str(made), "mode": "0750"})
     return Prepared(config, apps, created, cert, key, edge, redirect, admin)
+
+
+def certificate_keys(config: Config) -> list[tuple[str, CertFiles]]:
+    """Every served certificate with the key that names it, for a refusal to point at."""
+    tls = config.tls
+    if tls.mode != "files":
+        return [("tls.dir", pair) for pair in served_certificates(config)]
+    named = [("tls.cert", CertFiles(tls.cert, tls.key))] if tls.cert and tls.key else []
+    return named + [(f"tls.certificates[{i}]", pair) for i, pair in enumerate(tls.certificates)]
 
 
 # The applications ---------------------------------------------------------------------------

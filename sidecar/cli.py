@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,20 +71,43 @@ def banner(prepared: Prepared) -> None:
             f"  (Node: NODE_EXTRA_CA_CERTS={prepared.cert}; a browser: import it as an authority)",
         ]
     if prepared.app_created:
-        lines += [
-            "",
-            f"App id {app.id}, key {app.key}, secret {app.secret}",
-            f"  generated once, kept in {Path(cfg.tls.dir) / 'app.json'} (mode 0600); "
-            "shown this one time only.",
-        ]
+        kept = Path(cfg.tls.dir) / "app.json"
+        if on_terminal():
+            lines += [
+                "",
+                f"App id {app.id}, key {app.key}, secret {app.secret}",
+                f"  generated once, kept in {kept} (mode 0600); shown this one time only.",
+            ]
+        else:  # stdout is a log or a journal: the secret stays in its file
+            lines += ["", f"App id {app.id}, key {app.key}; its secret is in {kept} (mode 0600)."]
     lines += [
         "",
         "Publish an event:",
-        f"  sidecar publish --socket {cfg.publish.socket} my-channel my-event "
+        f"  {invoked_as()} publish --socket {cfg.publish.socket} my-channel my-event "
         + """'{"hello":"world"}'""",
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def on_terminal() -> bool:
+    """Both output streams are a terminal: a person reads them, no log or journal keeps them."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to type `sidecar` again: plain when it is on the PATH, else the path it was run by
+    (`.venv/bin/sidecar` after the Quick start, without the venv activated)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0)
+    if name != "sidecar":  # python -m sidecar.cli
+        return f"{sys.executable} -m sidecar.cli"
+    if os.sep not in argv0:
+        return "sidecar"
+    found = shutil.which("sidecar")
+    if found is not None and os.path.realpath(found) == os.path.realpath(argv0):
+        return "sidecar"
+    return argv0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -91,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.lifecycle import run_loop
     from sidecar.observe.logging import setup
     from sidecar.publish.unix import SocketInUse
+    from sidecar.startup import StartError
 
     # A SIGHUP while starting (a deploy script reloading early) is not an end: the file is
     # read next, and the loop's handler reloads from then on.
@@ -110,10 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepared = app_module.prepare(cfg, workers)
     except SocketInUse as exc:
         return fail(str(exc), EXIT_START)
-    except CertificateError as exc:
+    except (StartError, CertificateError) as exc:
         return fail(f"cannot start: {exc}", EXIT_START)
-    except OSError as exc:
-        return fail(f"cannot start: {exc.strerror or exc}", EXIT_START)
+    except OSError as exc:  # what prepare() could not blame on a key: still one line
+        return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     try:
         if workers == 1:
             run_loop(single.run_single(prepared, banner, args.config))
@@ -122,7 +149,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # a listener that failed once the loop ran: one line, no traceback
+        return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     return 0
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -140,14 +174,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from sidecar.startup import check_paths
+
     try:
         cfg = config_module.load(args.file)
+        notes = check_paths(cfg)  # the directories it needs, as this user sees them
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     apps = "generated on first run" if cfg.apps is None else f"{len(cfg.apps)} app(s)"
     print(
         f"{args.file}: ok (tls {cfg.tls.mode}, listen {cfg.listen.host}:{cfg.listen.port}, {apps})"
     )
+    for note in notes:
+        print(f"  note: {note}")
     return 0
 
 
@@ -239,12 +278,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"sidecar {version()}")
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="`sidecar COMMAND --help` for its options",
+    )
     run = sub.add_parser("run", help="start the relay (no config: development defaults)")
     run.add_argument("--config", "-c", help="YAML configuration file")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("file")
+    check.add_argument("file", help="the YAML configuration file to check")
     check.set_defaults(func=cmd_check_config)
     certs = sub.add_parser(
         "certs", help="show each certificate's names, issuer, expiry and next renewal"
@@ -265,20 +310,45 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--admin", help="HOST:PORT of the admin listener (default 127.0.0.1:9601)")
     status.add_argument("--token", help="the admin token (default: the config's admin.token)")
     status.set_defaults(func=cmd_status)
-    worker = sub.add_parser("_worker", help=argparse.SUPPRESS)  # started by the supervisor
-    worker.add_argument("--config")
-    worker.add_argument("--worker-id", type=int, required=True)
-    worker.add_argument("--listen-fd", type=int, required=True)
-    worker.add_argument("--broker-fd", type=int, required=True)
-    worker.add_argument("--stats-fd", type=int)
-    worker.add_argument("--config-fd", type=int)  # the text of --config, as validated
-    worker.add_argument("--reloaded-config-fd", type=int)  # as the latest reload applied it
-    worker.set_defaults(func=cmd_worker)
     return p
 
 
+# The supervisor starts each worker as `sidecar _worker ...` (sidecar/cluster.py): a command of
+# its own parser, so that `sidecar --help` lists only what a person runs.
+WORKER_COMMAND = "_worker"
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"sidecar {WORKER_COMMAND}",
+        description="a worker process, started by `sidecar run` with several workers",
+    )
+    p.add_argument("--config", help="the configuration file the supervisor runs with")
+    p.add_argument("--worker-id", type=int, required=True, help="this worker's number")
+    p.add_argument("--listen-fd", type=int, required=True, help="the TLS port's socket")
+    p.add_argument("--broker-fd", type=int, required=True, help="the pipe to the hub")
+    p.add_argument("--stats-fd", type=int, help="the line the admin listener asks on")
+    p.add_argument("--config-fd", type=int, help="the text of --config, as validated")
+    p.add_argument("--reloaded-config-fd", type=int, help="as the latest reload applied it")
+    p.set_defaults(func=cmd_worker)
+    return p
+
+
+def version() -> str:
+    try:
+        return metadata.version("sidecar")
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from sidecar import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [WORKER_COMMAND]:
+        args = worker_parser().parse_args(argv[1:])
+    else:
+        args = parser().parse_args(argv)
     return args.func(args)
 
 

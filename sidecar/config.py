@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from sidecar.config_edge import UpstreamConfig, check_upstream_loop, parse_cors, parse_upstream
+from sidecar.config_secrets import check_secrets
 from sidecar.config_tls import AcmeConfig, CertFiles, EabConfig, HstsConfig, TlsConfig, parse_tls
 from sidecar.config_values import ConfigError, MiB
 from sidecar.config_values import choice as _choice
@@ -359,6 +360,8 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     )
     http = _mapping(raw.get("http"), "http")
     _only(http, "http", {"port"})
+    # `http: null` turns the plain-HTTP port off, as `admin: null` does the admin listener.
+    http_port = None if "http" in raw and raw["http"] is None else _port(http, "http", "port", 8080)
     log = _mapping(raw.get("log"), "log")
     _only(log, "log", {"level"})
     shutdown = _mapping(raw.get("shutdown"), "shutdown")
@@ -372,7 +375,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     config = Config(
         workers=workers,
         listen=_listen(raw.get("listen")),
-        http=HttpConfig(port=_port(http, "http", "port", 8080)),
+        http=HttpConfig(port=http_port),
         tls=parse_tls(raw.get("tls")),
         publish=_publish(raw.get("publish")),
         apps=_apps(raw.get("apps")),
@@ -394,6 +397,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
     check_upstream_loop(
         config.upstream, config.listen.host, config.listen.port, config.publish.socket
     )
+    check_secrets(config.apps, development=config.tls.mode == "self-signed")
     if config.tls.mode == "acme" and config.http.port is None:
         raise ConfigError(
             "http.port", "is needed by tls.mode acme: HTTP-01 challenges arrive there"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages in .venv, pusher-js from npm, Node.js and
+# Installs everything the tests need (Python packages in .venv-test, pusher-js from npm, Node.js and
 # the pebble ACME test CA, Chromium if missing) and runs the whole suite. Arguments go to pytest:
 #   bash tests/run.sh -k relay -x
 set -euo pipefail
@@ -19,11 +19,14 @@ if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# An environment of its own: the Quick start's `pip install .` into .venv keeps serving while
+# this one is (re)installed editable (one shared venv lost the running server's files).
+venv=.venv-test
+[ -x $venv/bin/python ] || python3 -m venv $venv
+$venv/bin/python -m pip install --quiet --upgrade pip
+$venv/bin/python -m pip install --quiet -e '.[test]'
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
-.venv/bin/ruff check sidecar tests bench
-.venv/bin/ruff format --check sidecar tests bench
-exec .venv/bin/python -m pytest -q "$@"
+$venv/bin/ruff check sidecar tests bench
+$venv/bin/ruff format --check sidecar tests bench
+exec $venv/bin/python -m pytest -q "$@"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pty
+import select
 import signal
 import socket
 import stat
@@ -16,7 +19,7 @@ import pytest
 import yaml
 
 from sidecar.edge.tls import ensure_self_signed
-from tests.support import SidecarProcess, free_port, sidecar_command
+from tests.support import SidecarProcess, base_config, free_port, sidecar_command
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +71,9 @@ def test_run_without_arguments_uses_embedded_defaults(tmp_path: Path) -> None:
     assert '"forceTLS": true, "enabledTransports": ["ws"], "cluster": "sidecar"' in banner
     assert str((tmp_path / "certs" / "localhost.crt").resolve()) in banner
     assert "sidecar publish --socket ./sidecar.sock my-channel my-event" in banner
-    assert app["secret"] in banner  # shown once, on the run that made it
+    # stdout is a pipe here, as under systemd: the secret stays in its file, the banner says where
+    assert app["secret"] not in banner
+    assert "its secret is in certs/app.json" in banner
     for secret_file in ("localhost.key", "app.json"):
         mode = stat.S_IMODE((tmp_path / "certs" / secret_file).stat().st_mode)
         assert mode == 0o600, secret_file
@@ -86,6 +91,57 @@ def test_run_without_arguments_uses_embedded_defaults(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=15)
     assert (tmp_path / "certs" / "localhost.crt").read_bytes() == cert_before  # reused
     assert app["secret"] not in out.decode()  # not shown again
+
+
+def read_terminal(master: int, until: bytes, timeout: float = 20) -> bytes:
+    """What a process wrote to the terminal whose master end is `master`, up to `until`."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while until not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:  # the process closed the terminal
+                break
+    return seen
+
+
+def test_generated_secret_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
+    config = base_config(tmp_path, workers=1)
+    (tmp_path / "sidecar.yaml").write_text(yaml.safe_dump(config))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*sidecar_command(), "run", "--config", "sidecar.yaml"],
+        cwd=tmp_path,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    try:
+        shown = read_terminal(master, b"Publish an event")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        os.close(master)
+    app = json.loads((tmp_path / "certs" / "app.json").read_text())
+    assert f"secret {app['secret']}".encode() in shown
+    assert b"shown this one time only" in shown
+
+
+def test_banner_names_the_command_as_it_was_run(tmp_path: Path, monkeypatch) -> None:
+    from sidecar.cli import invoked_as
+
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "sidecar").write_text("")
+    (venv / "sidecar").chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not activated
+    assert invoked_as(".venv/bin/sidecar") == ".venv/bin/sidecar"
+    assert invoked_as("sidecar") == "sidecar"  # found on the PATH by the shell
+    monkeypatch.setenv("PATH", f"{venv}:/usr/bin:/bin")  # activated
+    assert invoked_as(str(venv / "sidecar")) == "sidecar"
+    assert invoked_as("/x/sidecar/cli.py").endswith(" -m sidecar.cli")
 
 
 @pytest.mark.parametrize(
@@ -121,11 +177,77 @@ def test_check_config_accepts_the_examples(tmp_path: Path) -> None:
         if config.get("tls", {}).get("mode") == "files":
             # The example names certbot's paths; check it with files that exist here.
             config["tls"].update(cert=str(pair.cert), key=str(pair.key))
+        # Production paths (/run/sidecar, /var/lib/sidecar) may not be this user's to make.
+        config.setdefault("publish", {})["socket"] = str(tmp_path / "run" / "sidecar.sock")
+        if "dir" in config.get("tls", {}):
+            config["tls"]["dir"] = str(tmp_path / "certs")
+        for app in config.get("apps") or []:
+            app["secret"] = "0123456789abcdef" * 3  # its placeholder is refused (next test)
         checked = tmp_path / example.name
         checked.write_text(yaml.safe_dump(config))
         result = run_cli("check-config", str(checked), cwd=tmp_path)
         assert result.returncode == 0, f"{example}: {result.stderr}"
         assert "ok" in result.stdout
+
+
+def test_production_example_is_refused_until_its_secret_is_replaced(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "configs" / "production.yaml"
+    result = run_cli("check-config", str(example), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "apps[0].secret: is a placeholder" in result.stderr
+    assert "replace-with" not in result.stderr  # a secret is never echoed
+
+
+def test_check_config_names_a_publish_directory_it_cannot_make(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    made = tmp_path / "made" / "sidecar.sock"
+    path.write_text(yaml.safe_dump({"publish": {"socket": str(made)}}))
+    result = run_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{made.parent} will be made (mode 0750) for publish.socket" in result.stdout
+    assert not made.parent.exists()  # checking makes nothing
+    path.write_text(yaml.safe_dump({"publish": {"socket": str(tmp_path / "a" / "b" / "s")}}))
+    result = run_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"publish.socket: directory {tmp_path / 'a' / 'b'} does not exist" in result.stderr
+
+
+def test_help_lists_only_what_a_person_runs() -> None:
+    result = subprocess.run(
+        [*sidecar_command(), "--help"], capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 0
+    assert "_worker" not in result.stdout
+    assert "SUPPRESS" not in result.stdout
+    for command in ("run", "check-config", "certs", "publish", "status"):
+        assert f"    {command}" in result.stdout
+
+
+def test_every_argument_has_a_help_line() -> None:
+    from sidecar.cli import parser, worker_parser
+
+    def undocumented(p: argparse.ArgumentParser) -> list[str]:
+        missing = []
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    missing += undocumented(sub)
+            elif not action.help:
+                missing.append(f"{p.prog} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert undocumented(parser()) == []
+    assert undocumented(worker_parser()) == []
+
+
+def test_version() -> None:
+    from sidecar import __version__
+
+    result = subprocess.run(
+        [*sidecar_command(), "--version"], capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"sidecar {__version__}"
 
 
 def test_socket_held_by_live_sidecar_is_refused(sidecar: SidecarProcess, tmp_path: Path) -> None:

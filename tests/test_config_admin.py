@@ -1,4 +1,5 @@
-"""sidecar.config: the admin listener's block (`admin: null`, admin.token off loopback)."""
+"""sidecar.config: the admin listener's block (`admin: null`, admin.token off loopback), and
+`http: null` alike."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ def test_admin_null_turns_the_listener_off() -> None:
     assert from_mapping({"admin": None}).admin.port is None
     assert from_mapping({"admin": {"port": None}}).admin.port is None
     assert from_mapping({}).admin.port == 9601
+
+
+def test_http_null_turns_the_plain_port_off_as_admin_null_does() -> None:
+    assert from_mapping({"http": None}).http.port is None
+    assert from_mapping({"http": {"port": None}}).http.port is None
+    assert from_mapping({}).http.port == 8080
+    with pytest.raises(ConfigError) as exc:  # ACME's challenges need it
+        from_mapping({"http": None, "tls": {"mode": "acme", "acme": {"domains": ["a.test"]}}})
+    assert exc.value.key == "http.port"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])

@@ -7,7 +7,7 @@ from typing import Any
 from sidecar.config import AppConfig, from_mapping
 from sidecar.reload import compare_apps, differing, plan_reload
 
-APPS = [{"id": "1", "key": "key-one", "secret": "secret-one-0123"}]
+APPS = [{"id": "1", "key": "key-one", "secret": "secret-one-0123456789abcdef01234"}]
 
 
 def config(**raw: Any):
