@@ -204,6 +204,8 @@ def test_connection_split_over_two_header_lines_is_an_upgrade() -> None:
         {"Connection": "upgraded"},  # a token, not a substring
         {"Connection": "close"},
         {"Upgrade": "h2c"},
+        {"Upgrade": "not-a-websocket-at-all"},  # a token, not a substring (issue 13)
+        {"Upgrade": "websockets"},
     ],
 )
 def test_not_an_upgrade(overrides: dict[str, str | None]) -> None:
@@ -343,3 +345,30 @@ def test_handshake_error_response_is_an_http_response() -> None:
 )
 def test_heads_that_could_smuggle_or_break_are_not_read(raw: bytes) -> None:
     assert read_head(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "has_body"),
+    [
+        ({}, False),
+        ({"Content-Length": "0"}, False),
+        ({"Content-Length": "5"}, True),
+        ({"Transfer-Encoding": "chunked"}, True),
+    ],
+)
+def test_has_body(headers: dict[str, str], has_body: bool) -> None:
+    assert upgrade_head(**headers).has_body is has_body
+
+
+@pytest.mark.parametrize(
+    ("overrides", "asks"),
+    [
+        ({}, False),
+        ({"Upgrade": "h2c"}, True),
+        ({"Upgrade": "not-a-websocket-at-all"}, True),
+        ({"Connection": "keep-alive"}, False),
+        ({"Upgrade": None}, False),
+    ],
+)
+def test_other_upgrades(overrides: dict[str, str | None], asks: bool) -> None:
+    assert upgrade_head(**overrides).asks_other_upgrade is asks

@@ -39,14 +39,33 @@ class RequestHead:
         return self.headers.get(name)
 
     @property
+    def asks_other_upgrade(self) -> bool:
+        """A switch to a protocol other than WebSocket (`Upgrade: h2c`, say)."""
+        return (
+            "upgrade" in self.headers
+            and "websocket" not in tokens(self.headers["upgrade"])
+            and "upgrade" in tokens(self.headers.get("connection", ""))
+        )
+
+    @property
     def is_websocket_upgrade(self) -> bool:
-        upgrade = self.headers.get("upgrade", "").lower()
-        connection = self.headers.get("connection", "").lower()
+        """A GET asking for `Upgrade: websocket` (the token, not a value that contains it)."""
         return (
             self.method == "GET"
-            and "websocket" in upgrade
-            and "upgrade" in (token.strip() for token in connection.split(","))
+            and "websocket" in tokens(self.headers.get("upgrade", ""))
+            and "upgrade" in tokens(self.headers.get("connection", ""))
         )
+
+    @property
+    def has_body(self) -> bool:
+        return "transfer-encoding" in self.headers or self.headers.get(
+            "content-length", "0"
+        ).strip() not in ("", "0")
+
+
+def tokens(value: str) -> list[str]:
+    """A comma-separated header value's items, lower-case (`Connection: keep-alive, Upgrade`)."""
+    return [token.strip().lower() for token in value.split(",")]
 
 
 def read_head(raw: bytes) -> RequestHead | None:
