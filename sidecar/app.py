@@ -34,6 +34,7 @@ from sidecar.edge.passthrough import UpgradePassthrough
 from sidecar.edge.proxy import ReverseProxy
 from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe.admin import admin_app
+from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
 from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
@@ -278,6 +279,8 @@ def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, Req
     (the signed API on the TLS port) that the probe reports from."""
     publishes = PublishCounter(broker)
     requests = RequestCounter()
-    probe = RelayProbe(relay, publishers=[publishes], requests=requests, share_names=True)
+    probe = RelayProbe(
+        relay, publishers=[publishes], requests=requests, share_names=True, bad_input=BAD_INPUT
+    )
     probe.start()
     return probe, publishes, requests  # type: ignore[return-value]

@@ -36,6 +36,7 @@ from sidecar.edge.acme import AcmeService, start_acme
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import CertificateManager
 from sidecar.edge.cors import PolicyOrigins
+from sidecar.edge.http_errors import QuietAppRunner
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.observe.observer import Observer
@@ -57,7 +58,8 @@ class Sites:
     async def serve(
         self, app: web.Application, make_site: Callable[[web.AppRunner], web.BaseSite]
     ) -> web.AppRunner:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        # aiohttp's own refusals (a request its parser cannot read) in JSON, without a traceback.
+        runner = QuietAppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self.runners.append(runner)
         await make_site(runner).start()
