@@ -83,7 +83,10 @@ BAD_INPUT = BadInputLog()
 
 
 def peer_address(transport: asyncio.BaseTransport | None) -> str | None:
-    peer = transport.get_extra_info("peername") if transport is not None else None
+    """The peer's IP address; None when unknown (the log of bad input never fails itself:
+    a transport without get_extra_info, a test's stand-in, is one that does not know)."""
+    extra = getattr(transport, "get_extra_info", None)
+    peer = extra("peername") if extra is not None else None
     return peer[0] if isinstance(peer, tuple) and peer else None
 
 
