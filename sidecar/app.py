@@ -251,9 +251,9 @@ def redirect_application(
     return app
 
 
-def admin_application(observer: Observer, token: str | None) -> web.Application:
+def admin_application(observer: Observer, token: str | None, host: str) -> web.Application:
     """/healthz, /readyz, /metrics, /status and /dashboard (sidecar/observe/admin.py)."""
-    return admin_app(observer, token)
+    return admin_app(observer, token, host)
 
 
 def make_observer(prepared: Prepared, workers: int) -> Observer | None:

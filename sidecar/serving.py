@@ -206,7 +206,7 @@ async def serve_admin(sites: Sites, prepared: Prepared, observer: Observer | Non
     if admin is not None and observer is not None:
         observer.start()
         await sites.serve(
-            admin_application(observer, prepared.config.admin.token),
+            admin_application(observer, prepared.config.admin.token, prepared.config.admin.host),
             lambda r: web.SockSite(r, admin),
         )
 
