@@ -26,6 +26,7 @@ from sidecar.app import (
     edge_application,
     publish_application,
     redirect_application,
+    redirect_names,
     served_certificates,
     upgrade_passthrough,
 )
@@ -219,7 +220,8 @@ async def serve_plain_http(
     challenges = ChallengeStore() if prepared.config.tls.mode == "acme" else None
     runner = None
     if sock is not None:
-        app = redirect_application(prepared.config.listen.port, challenges)
+        config = prepared.config
+        app = redirect_application(config.listen.port, challenges, redirect_names(config))
         runner = await sites.serve(app, lambda r: web.SockSite(r, sock))
     return runner, challenges
 

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from sidecar.broker.base import Publication
 from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe import observer as observer_module
-from sidecar.observe.admin import admin_app, admin_names, host_name
+from sidecar.observe.admin import admin_app, admin_names
 from sidecar.observe.observer import Observer
 from sidecar.observe.snapshot import ChannelCount, Snapshot, key
 
@@ -244,22 +244,6 @@ async def test_dashboard_events_end_when_the_observer_stops(
 
 
 # DNS rebinding: without a token, only the listener's own names (issue 13) ------------------
-
-
-@pytest.mark.parametrize(
-    ("host", "name"),
-    [
-        ("localhost:9601", "localhost"),
-        ("LOCALHOST", "localhost"),
-        ("127.0.0.1:9601", "127.0.0.1"),
-        ("[::1]:9601", "[::1]"),
-        ("[::1]", "[::1]"),
-        ("localhost.", "localhost"),
-        ("evil.test:9601", "evil.test"),
-    ],
-)
-def test_host_name(host: str, name: str) -> None:
-    assert host_name(host) == name
 
 
 def test_admin_names_include_the_configured_host() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from sidecar.edge.redirect import LOOPBACK_NAMES, host_name
 from sidecar.observe.metrics import CONTENT_TYPE, Exposition
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import KINDS
@@ -41,17 +42,7 @@ OPEN_PATHS = frozenset(("/healthz", "/readyz", *(f"/dashboard/{name}" for name i
 STATUS_RATE_WINDOW = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# The names of a loopback listener, whatever `admin.host` says.
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 WRONG_HOST = "Host is not a name of the admin listener (localhost, 127.0.0.1, [::1] or admin.host)"
-
-
-def host_name(host: str) -> str:
-    """A Host header's name, without its port, lower-case: `[::1]:9601` is `[::1]`."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
 def admin_names(host: str) -> frozenset[str]:
