@@ -429,9 +429,12 @@ async def test_an_upgrade_later_on_a_kept_alive_connection_smuggles_nothing(
         f"Upgrade: h2c\r\nConnection: Upgrade\r\n{FORGED}\r\n"
     )
     behind = f"GET /echo/behind HTTP/1.1\r\nHost: {host}\r\n{FORGED}Connection: close\r\n\r\n"
-    await exchange(served, secure, (first + upgrade + behind).encode())
+    answered = await exchange(served, secure, (first + upgrade + behind).encode())
     # Whatever reaches the app was read as a request by the sidecar, and rewritten (aiohttp
-    # 3.14 forwards the h2c request without its Upgrade and reads nothing after it).
+    # 3.14 forwards the h2c request without its Upgrade and reads nothing after it: its
+    # answer closes the connection, so the client is not left waiting).
+    assert answered.count(b"HTTP/1.1 200 OK") == 2
+    assert answered.count(b"Connection: close") == 1
     assert [r.path for r in app.http.requests][:1] == ["/echo/first"]
     for request in app.http.requests:
         assert_forwarded_by_the_sidecar(request, host, "https" if secure else "http")
