@@ -458,3 +458,11 @@ async def test_after_a_refusal_the_client_is_never_read_again() -> None:
     assert client.transport.written.startswith(b"HTTP/1.1 404 ")  # type: ignore[union-attr]
     app._end()  # what the linger timer does once the app is quiet
     assert client.transport.closed  # type: ignore[union-attr]
+
+
+def test_closed_sides_no_longer_hold_each_other() -> None:
+    client, app = spliced()
+    client.connection_lost(None)
+    assert app.transport.closed  # type: ignore[union-attr]
+    app.connection_lost(None)
+    assert client.peer is None and app.peer is None

@@ -130,6 +130,7 @@ class Splice(asyncio.Protocol):
         self.closed = True
         self._answered()
         self._close_peer()
+        self.peer = None  # the two sides no longer hold each other: freed without a collection
 
     def _close_peer(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
