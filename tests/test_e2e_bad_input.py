@@ -81,15 +81,18 @@ async def test_bad_input_is_answered_logged_quietly_and_counted(
     assert b"\x88" in answer  # a close frame (1002) follows the welcome
     status, body = status_and_json(await send(sidecar, H2C))
     assert status == 400 and "websocket" in body["error"]
+    old_version = UNMASKED.split(b"\r\n\r\n")[0].replace(b"Version: 13", b"Version: 8")
+    status, body = status_and_json(await send(sidecar, old_version + b"\r\n\r\n"))
+    assert status == 426
 
     async def counted() -> Any:
         samples = await scrape(sidecar)
         kinds = {k: sample(samples, "sidecar_bad_input_total", kind=k) for k in KINDS}
         return kinds if all(kinds.values()) else None
 
-    assert await wait_until(counted) == {"request": 1, "upgrade": 1, "frame": 1}
+    assert await wait_until(counted) == {"request": 1, "upgrade": 2, "frame": 1}
     bad = assert_quiet(sidecar)
-    assert sorted(line["kind"] for line in bad) == ["frame", "request", "upgrade"]
+    assert sorted(line["kind"] for line in bad) == ["frame", "request", "upgrade", "upgrade"]
     assert all(line["level"] == "info" and line["peer"] == "127.0.0.1" for line in bad)
 
 

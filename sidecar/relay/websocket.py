@@ -61,6 +61,7 @@ class WebSocketEndpoint:
         try:
             key = check_upgrade(head)
         except HandshakeError as exc:
+            bad_input("upgrade", transport, exc.message)
             refuse_http(transport, exc.response())
             return
         transport.write(accept_response(key))
