@@ -265,9 +265,12 @@ WEBSOCKET = (
 )
 
 
-async def exchange(sidecar: SidecarProcess, secure: bool, *sends: bytes) -> bytes:
+async def exchange(
+    sidecar: SidecarProcess, secure: bool, *sends: bytes, until_closed: bool = True
+) -> bytes:
     """Each of `sends` written in turn on one connection (waiting for an answer after each
-    but the last); everything the sidecar answered until it closed."""
+    but the last); everything the sidecar answered until it closed (or, not `until_closed`,
+    the head of its last answer)."""
     context = tls(sidecar) if secure else None
     reader, writer = await asyncio.open_connection(
         "localhost", sidecar.port, ssl=context, server_hostname="localhost" if secure else None
@@ -278,8 +281,10 @@ async def exchange(sidecar: SidecarProcess, secure: bool, *sends: bytes) -> byte
             writer.write(data)
             if i < len(sends) - 1:
                 answered += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        with contextlib.suppress(ConnectionResetError, ssl.SSLError, TimeoutError):
-            answered += await asyncio.wait_for(reader.read(), 3)
+        if not until_closed:
+            return answered + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            answered += await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
     return answered
@@ -350,7 +355,8 @@ async def test_the_api_paths_never_reach_the_app_as_upgrades(
     for path in ("/apps/1/channels", "/%61pps/1/channels", "//apps/1/channels"):
         for upgrade in (WEBSOCKET, "Upgrade: h2c\r\nConnection: Upgrade\r\n"):
             request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n"
-            await exchange(served, secure, request.encode())
+            answered = await exchange(served, secure, request.encode(), until_closed=False)
+            assert answered.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 400 ")), (path, upgrade)
     assert app.http.requests == []
     assert app.cable.heads == []
 

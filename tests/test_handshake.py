@@ -340,7 +340,7 @@ def test_handshake_error_response_is_an_http_response() -> None:
         b"GET /app/k HTTP/1.1\r\nHost: a\x1bb",  # another control character
         b"GET /app/k HTTP/1.1\r\nBad Name: x",  # a space in a header name
         b"GET /app/k HTTP/1.1\r\nBad(name): x",  # a separator in a header name
-        b"GET //[x/app/k HTTP/1.1\r\nHost: a",  # a target urlsplit cannot read
+        b"GET http://[x/app/k HTTP/1.1\r\nHost: a",  # a target urlsplit cannot read
     ],
 )
 def test_heads_that_could_smuggle_or_break_are_not_read(raw: bytes) -> None:
@@ -372,3 +372,19 @@ def test_has_body(headers: dict[str, str], has_body: bool) -> None:
 )
 def test_other_upgrades(overrides: dict[str, str | None], asks: bool) -> None:
     assert upgrade_head(**overrides).asks_other_upgrade is asks
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        ("//apps/1/channels", "//apps/1/channels", {}),  # not host `apps` (urlsplit's reading)
+        ("//[x/app/k", "//[x/app/k", {}),
+        ("/app/k?protocol=7&client=js#frag", "/app/k", {"protocol": "7", "client": "js"}),
+        ("/cable#x", "/cable", {}),
+        ("http://example.com/app/k?protocol=7", "/app/k", {"protocol": "7"}),
+    ],
+)
+def test_the_path_is_the_targets_as_written(target: str, path: str, query: dict) -> None:
+    head = read_head(raw_head(f"GET {target} HTTP/1.1", "Host: a"))
+    assert head is not None
+    assert (head.path, head.query) == (path, query)

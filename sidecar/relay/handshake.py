@@ -88,12 +88,17 @@ def read_head(raw: bytes) -> RequestHead | None:
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    try:
-        url = urlsplit(target)
-    except ValueError:  # e.g. "//[x/": an unclosed IPv6 bracket
-        return None
-    query = {name: values[-1] for name, values in parse_qs(url.query).items()}
-    return RequestHead(method, url.path, version, query, headers)
+    if target.startswith("/"):
+        # Origin form, split by hand: urlsplit reads `//apps/1` as host `apps`, path `/1`.
+        path, _, query_string = target.partition("#")[0].partition("?")
+    else:
+        try:
+            url = urlsplit(target)
+        except ValueError:  # e.g. "http://[x/": an unclosed IPv6 bracket
+            return None
+        path, query_string = url.path, url.query
+    query = {name: values[-1] for name, values in parse_qs(query_string).items()}
+    return RequestHead(method, path, version, query, headers)
 
 
 class HandshakeError(Exception):
