@@ -14,7 +14,7 @@ import gc
 import logging
 import resource
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +26,17 @@ from sidecar.config import CertFiles, Config
 from sidecar.edge.acme import AcmeFiles, answer_challenges
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import check_certificates
+from sidecar.edge.certinfo import CertificateError, certificate_info
 from sidecar.edge.cors import PolicyOrigins, allow_cross_origin
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.hsts import hsts_middleware
 from sidecar.edge.origin import OriginPolicy
 from sidecar.edge.passthrough import UpgradePassthrough
 from sidecar.edge.proxy import ReverseProxy
+from sidecar.edge.redirect import UNKNOWN_HOST, RedirectNames
 from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe.admin import admin_app
+from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
 from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
@@ -265,27 +268,43 @@ def publish_application(api: PublishApi) -> web.Application:
 
 
 def redirect_application(
-    https_port: int, challenges: ChallengeStore | None = None
+    https_port: int, challenges: ChallengeStore | None = None, names: Iterable[str] = ()
 ) -> web.Application:
-    """The plain-HTTP port: ACME's HTTP-01 challenges answered, everything else to https."""
+    """The plain-HTTP port: ACME's HTTP-01 challenges answered, everything else to https, for
+    the sidecar's own names only (sidecar/edge/redirect.py)."""
+    target = RedirectNames(names, https_port)
 
     async def redirect(request: web.Request) -> web.StreamResponse:
-        host = request.url.host or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        port = "" if https_port == 443 else f":{https_port}"
-        raise web.HTTPPermanentRedirect(f"https://{host}{port}{request.path_qs}")
+        location = target.location(request.headers.get("Host"), request.path_qs)
+        if location is None:
+            return json_error(421, UNKNOWN_HOST)
+        raise web.HTTPPermanentRedirect(location)
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
+    app[LISTENER] = "http"
     if challenges is not None:
         answer_challenges(app, challenges)
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app
 
 
-def admin_application(observer: Observer, token: str | None) -> web.Application:
+def redirect_names(config: Config) -> tuple[str, ...]:
+    """Where the plain-HTTP port may redirect: the ACME domains, or the names of the served
+    certificates as they are at start (a certificate reloaded with new names needs a restart
+    for these)."""
+    tls = config.tls
+    if tls.mode == "acme" and tls.acme is not None:
+        return tls.acme.domains
+    names: list[str] = []
+    for files in served_certificates(config):
+        with contextlib.suppress(OSError, CertificateError):
+            names += certificate_info(Path(files.cert).read_bytes(), files.cert).names
+    return tuple(names)
+
+
+def admin_application(observer: Observer, token: str | None, host: str) -> web.Application:
     """/healthz, /readyz, /metrics, /status and /dashboard (sidecar/observe/admin.py)."""
-    return admin_app(observer, token)
+    return admin_app(observer, token, host)
 
 
 def make_observer(prepared: Prepared, workers: int) -> Observer | None:
@@ -311,6 +330,8 @@ def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, Req
     (the signed API on the TLS port) that the probe reports from."""
     publishes = PublishCounter(broker)
     requests = RequestCounter()
-    probe = RelayProbe(relay, publishers=[publishes], requests=requests, share_names=True)
+    probe = RelayProbe(
+        relay, publishers=[publishes], requests=requests, share_names=True, bad_input=BAD_INPUT
+    )
     probe.start()
     return probe, publishes, requests  # type: ignore[return-value]

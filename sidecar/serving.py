@@ -26,6 +26,7 @@ from sidecar.app import (
     edge_application,
     publish_application,
     redirect_application,
+    redirect_names,
     served_certificates,
     upgrade_passthrough,
 )
@@ -36,6 +37,7 @@ from sidecar.edge.acme import AcmeService, start_acme
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import CertificateManager
 from sidecar.edge.cors import PolicyOrigins
+from sidecar.edge.http_errors import QuietAppRunner
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
 from sidecar.observe.observer import Observer
@@ -57,7 +59,8 @@ class Sites:
     async def serve(
         self, app: web.Application, make_site: Callable[[web.AppRunner], web.BaseSite]
     ) -> web.AppRunner:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        # aiohttp's own refusals (a request its parser cannot read) in JSON, without a traceback.
+        runner = QuietAppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self.runners.append(runner)
         await make_site(runner).start()
@@ -204,7 +207,7 @@ async def serve_admin(sites: Sites, prepared: Prepared, observer: Observer | Non
     if admin is not None and observer is not None:
         observer.start()
         await sites.serve(
-            admin_application(observer, prepared.config.admin.token),
+            admin_application(observer, prepared.config.admin.token, prepared.config.admin.host),
             lambda r: web.SockSite(r, admin),
         )
 
@@ -217,7 +220,8 @@ async def serve_plain_http(
     challenges = ChallengeStore() if prepared.config.tls.mode == "acme" else None
     runner = None
     if sock is not None:
-        app = redirect_application(prepared.config.listen.port, challenges)
+        config = prepared.config
+        app = redirect_application(config.listen.port, challenges, redirect_names(config))
         runner = await sites.serve(app, lambda r: web.SockSite(r, sock))
     return runner, challenges
 

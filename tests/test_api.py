@@ -432,3 +432,30 @@ async def test_an_unsigned_request_is_refused_before_its_body_is_read(make: Make
     assert status_line.startswith(b"HTTP/1.1 401")
     assert broker.publications == []
     writer.close()
+
+
+# The payload limit counts the data as decoded (issue 13) ------------------------------------
+
+LARGE_APP = AppConfig(id="7", key="large-key", secret="large-secret-1", max_payload_bytes=100_000)
+# As the pusher libraries send it: JSON with every non-ASCII character escaped (\uXXXX), six
+# bytes for a control character, twelve for an emoji (a surrogate pair): up to 6x the data.
+AT_THE_LIMIT = ["\x01" * 100_000, "😀" * 25_000, "é" * 50_000]
+
+
+@pytest.mark.parametrize("data", AT_THE_LIMIT, ids=["control", "emoji", "latin"])
+async def test_escaped_data_within_the_limit_is_accepted(
+    aiohttp_client: AiohttpClient, data: str
+) -> None:
+    apps = AppRegistry((LARGE_APP,))
+    broker = FakeBroker()
+    app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(apps))
+    PublishApi(apps, broker, signed=False, state=broker.state).add_routes(app)  # type: ignore[arg-type]
+    client = await aiohttp_client(app)
+    body = json.dumps({"name": "e", "channel": "c", "data": data}).encode()  # ensure_ascii
+    assert len(body) > 2.5 * LARGE_APP.max_payload_bytes
+    response = await client.post("/apps/7/events", data=body)
+    assert await json_reply(response, 200) == {}
+    assert broker.publications[0].data == data
+    over = json.dumps({"name": "e", "channel": "c", "data": data + "x"}).encode()
+    response = await client.post("/apps/7/events", data=over)
+    assert (await error_of(response, 413)).startswith("data: 100001 bytes")

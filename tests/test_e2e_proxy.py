@@ -7,6 +7,7 @@ the address the sidecar was configured with, and stops it afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import ssl
@@ -40,6 +41,18 @@ def app_socket(tmp_path_factory: pytest.TempPathFactory) -> str:
 def sidecar(tmp_path_factory: pytest.TempPathFactory, app_port: int) -> Iterator[SidecarProcess]:
     upstream = {"url": f"http://127.0.0.1:{app_port}", "timeout": 2}
     with running_sidecar(tmp_path_factory.mktemp("proxy"), apps=[APP], upstream=upstream) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def plain_sidecar(
+    tmp_path_factory: pytest.TempPathFactory, app_port: int
+) -> Iterator[SidecarProcess]:
+    """tls.mode off: the same proxy over plain TCP."""
+    upstream = {"url": f"http://127.0.0.1:{app_port}", "timeout": 2}
+    folder = tmp_path_factory.mktemp("proxy-plain")
+    tls_off = {"mode": "off", "dir": "certs"}
+    with running_sidecar(folder, apps=[APP], upstream=upstream, tls=tls_off) as s:
         yield s
 
 
@@ -240,6 +253,114 @@ async def test_the_sidecar_keeps_its_own_paths(
     assert app.http.requests == []
 
 
+# No smuggling through the WebSocket passthrough (issue 13) ----------------------------------
+
+FORGED = (
+    "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: gopher\r\n"
+    "X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;host=evil.test\r\n"
+)
+WEBSOCKET = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+async def exchange(
+    sidecar: SidecarProcess, secure: bool, *sends: bytes, until_closed: bool = True
+) -> bytes:
+    """Each of `sends` written in turn on one connection (waiting for an answer after each
+    but the last); everything the sidecar answered until it closed (or, not `until_closed`,
+    the head of its last answer)."""
+    context = tls(sidecar) if secure else None
+    reader, writer = await asyncio.open_connection(
+        "localhost", sidecar.port, ssl=context, server_hostname="localhost" if secure else None
+    )
+    answered = b""
+    try:
+        for i, data in enumerate(sends):
+            writer.write(data)
+            if i < len(sends) - 1:
+                answered += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if not until_closed:
+            return answered + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            answered += await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    return answered
+
+
+def assert_forwarded_by_the_sidecar(request: web.Request, host: str, scheme: str) -> None:
+    headers = request.headers
+    assert headers.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert headers.getall("X-Forwarded-Host") == [host]
+    assert headers.getall("X-Forwarded-Proto") == [scheme]
+    assert "X-Real-IP" not in headers
+    assert "Forwarded" not in headers
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["tls", "plain"])
+async def test_an_upgrade_that_is_not_a_websocket_is_refused(
+    sidecar: SidecarProcess, plain_sidecar: SidecarProcess, app: App, secure: bool
+) -> None:
+    served = sidecar if secure else plain_sidecar
+    host = f"localhost:{served.port}"
+    first = (
+        f"GET /echo/first HTTP/1.1\r\nHost: {host}\r\n"
+        f"Upgrade: not-a-websocket-at-all\r\nConnection: Upgrade\r\n{FORGED}\r\n"
+    )
+    second = f"GET /echo/second HTTP/1.1\r\nHost: {host}\r\n{FORGED}Connection: close\r\n\r\n"
+    answered = await exchange(served, secure, (first + second).encode())
+    assert answered.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answered.endswith(b'{"error":"the only upgrade served here is Upgrade: websocket"}')
+    assert app.http.requests == []
+    # A request pipelined behind a plain one is the proxy's to rewrite, like the first.
+    plain = f"GET /echo/first HTTP/1.1\r\nHost: {host}\r\n{FORGED}\r\n"
+    answered = await exchange(served, secure, (plain + second).encode())
+    assert answered.count(b"HTTP/1.1 200 OK") == 2
+    assert [r.path for r in app.http.requests] == ["/echo/first", "/echo/second"]
+    for request in app.http.requests:
+        assert_forwarded_by_the_sidecar(request, host, "https" if secure else "http")
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["tls", "plain"])
+async def test_nothing_after_a_refused_websocket_upgrade_reaches_the_app(
+    sidecar: SidecarProcess, plain_sidecar: SidecarProcess, app: App, secure: bool
+) -> None:
+    served = sidecar if secure else plain_sidecar
+    host = f"localhost:{served.port}"
+    # /echo answers the upgrade 200 (a refusal); a request sent after it must not be read.
+    upgrade = f"GET /echo/upgrade HTTP/1.1\r\nHost: {host}\r\n{WEBSOCKET}{FORGED}\r\n"
+    smuggled = f"GET /echo/smuggled HTTP/1.1\r\nHost: {host}\r\n{FORGED}\r\n"
+    answered = await exchange(served, secure, upgrade.encode(), smuggled.encode())
+    assert answered.startswith(b"HTTP/1.1 200 OK")
+    assert [r.path for r in app.http.requests] == ["/echo/upgrade"]
+    (request,) = app.http.requests
+    assert_forwarded_by_the_sidecar(request, host, "https" if secure else "http")
+    # Pipelined in the same write: refused by the sidecar, the app sees nothing.
+    answered = await exchange(served, secure, (upgrade + smuggled).encode())
+    assert answered.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(answered.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "nothing may follow a WebSocket upgrade request before its answer"
+    }
+    assert len(app.http.requests) == 1
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["tls", "plain"])
+async def test_the_api_paths_never_reach_the_app_as_upgrades(
+    sidecar: SidecarProcess, plain_sidecar: SidecarProcess, app: App, secure: bool
+) -> None:
+    served = sidecar if secure else plain_sidecar
+    host = f"localhost:{served.port}"
+    for path in ("/apps/1/channels", "/%61pps/1/channels", "//apps/1/channels"):
+        for upgrade in (WEBSOCKET, "Upgrade: h2c\r\nConnection: Upgrade\r\n"):
+            request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n"
+            answered = await exchange(served, secure, request.encode(), until_closed=False)
+            assert answered.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 400 ")), (path, upgrade)
+    assert app.http.requests == []
+    assert app.cable.heads == []
+
+
 # The app unavailable ------------------------------------------------------------------------
 
 
@@ -298,3 +419,29 @@ async def test_unix_socket_app_502_until_it_listens(
 
 def test_the_banner_names_the_app(sidecar: SidecarProcess, app_port: int) -> None:
     assert f"https://localhost:{sidecar.port}/ -> http://127.0.0.1:{app_port}" in sidecar.stdout()
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["tls", "plain"])
+async def test_an_upgrade_later_on_a_kept_alive_connection_smuggles_nothing(
+    sidecar: SidecarProcess, plain_sidecar: SidecarProcess, app: App, secure: bool
+) -> None:
+    # The edge reads only a connection's first head; aiohttp reads the rest, and its parser
+    # takes an `Upgrade: h2c` request for a switch of protocol.
+    served = sidecar if secure else plain_sidecar
+    host = f"localhost:{served.port}"
+    first = f"GET /echo/first HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    upgrade = (
+        f"GET /echo/upgrade HTTP/1.1\r\nHost: {host}\r\n"
+        f"Upgrade: h2c\r\nConnection: Upgrade\r\n{FORGED}\r\n"
+    )
+    behind = f"GET /echo/behind HTTP/1.1\r\nHost: {host}\r\n{FORGED}Connection: close\r\n\r\n"
+    answered = await exchange(served, secure, (first + upgrade + behind).encode())
+    # Whatever reaches the app was read as a request by the sidecar, and rewritten (aiohttp
+    # 3.14 forwards the h2c request without its Upgrade and reads nothing after it: its
+    # answer closes the connection, so the client is not left waiting).
+    assert answered.count(b"HTTP/1.1 200 OK") == 2
+    assert answered.count(b"Connection: close") == 1
+    assert [r.path for r in app.http.requests][:1] == ["/echo/first"]
+    for request in app.http.requests:
+        assert_forwarded_by_the_sidecar(request, host, "https" if secure else "http")
+        assert "Upgrade" not in request.headers

@@ -823,3 +823,22 @@ def test_site_hand_off_under_uvloop(tmp_path: Path) -> None:
     statuses = uvloop.run(scenario())
     assert statuses == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"]
     assert broker.publications == [ORDERS, ORDERS]
+
+
+# The payload limit counts the data as decoded (issue 13) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data", ["\x01" * 100_000, "😀" * 25_000, "é" * 50_000], ids=["control", "emoji", "latin"]
+)
+def test_escaped_data_within_the_limit_is_published_on_the_fast_path(data: str) -> None:
+    large = AppConfig(id="7", key="large-key", secret="large-secret-1", max_payload_bytes=100_000)
+    broker, http, transport = FakeBroker(), HttpFactory(), FakeTransport()
+    api = PublishApi(AppRegistry((large,)), broker, signed=False, state=ChannelState())  # type: ignore[arg-type]
+    protocol = FastPublishProtocol(api, http)
+    protocol.connection_made(transport)
+    body = json.dumps({"name": "e", "channel": "c", "data": data}).encode()  # \uXXXX escapes
+    protocol.data_received(post("/apps/7/events", body))
+    assert http.made == []  # answered here, not handed to aiohttp as too large
+    assert b"".join(transport.writes) == OK
+    assert broker.publications == [Publication.of("7", ("c",), "e", data)]

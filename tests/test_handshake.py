@@ -204,6 +204,8 @@ def test_connection_split_over_two_header_lines_is_an_upgrade() -> None:
         {"Connection": "upgraded"},  # a token, not a substring
         {"Connection": "close"},
         {"Upgrade": "h2c"},
+        {"Upgrade": "not-a-websocket-at-all"},  # a token, not a substring (issue 13)
+        {"Upgrade": "websockets"},
     ],
 )
 def test_not_an_upgrade(overrides: dict[str, str | None]) -> None:
@@ -338,8 +340,51 @@ def test_handshake_error_response_is_an_http_response() -> None:
         b"GET /app/k HTTP/1.1\r\nHost: a\x1bb",  # another control character
         b"GET /app/k HTTP/1.1\r\nBad Name: x",  # a space in a header name
         b"GET /app/k HTTP/1.1\r\nBad(name): x",  # a separator in a header name
-        b"GET //[x/app/k HTTP/1.1\r\nHost: a",  # a target urlsplit cannot read
+        b"GET http://[x/app/k HTTP/1.1\r\nHost: a",  # a target urlsplit cannot read
     ],
 )
 def test_heads_that_could_smuggle_or_break_are_not_read(raw: bytes) -> None:
     assert read_head(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "has_body"),
+    [
+        ({}, False),
+        ({"Content-Length": "0"}, False),
+        ({"Content-Length": "5"}, True),
+        ({"Transfer-Encoding": "chunked"}, True),
+    ],
+)
+def test_has_body(headers: dict[str, str], has_body: bool) -> None:
+    assert upgrade_head(**headers).has_body is has_body
+
+
+@pytest.mark.parametrize(
+    ("overrides", "asks"),
+    [
+        ({}, False),
+        ({"Upgrade": "h2c"}, True),
+        ({"Upgrade": "not-a-websocket-at-all"}, True),
+        ({"Connection": "keep-alive"}, False),
+        ({"Upgrade": None}, False),
+    ],
+)
+def test_other_upgrades(overrides: dict[str, str | None], asks: bool) -> None:
+    assert upgrade_head(**overrides).asks_other_upgrade is asks
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        ("//apps/1/channels", "//apps/1/channels", {}),  # not host `apps` (urlsplit's reading)
+        ("//[x/app/k", "//[x/app/k", {}),
+        ("/app/k?protocol=7&client=js#frag", "/app/k", {"protocol": "7", "client": "js"}),
+        ("/cable#x", "/cable", {}),
+        ("http://example.com/app/k?protocol=7", "/app/k", {"protocol": "7"}),
+    ],
+)
+def test_the_path_is_the_targets_as_written(target: str, path: str, query: dict) -> None:
+    head = read_head(raw_head(f"GET {target} HTTP/1.1", "Host: a"))
+    assert head is not None
+    assert (head.path, head.query) == (path, query)

@@ -66,6 +66,13 @@ class FakeEndpoint:
         self.upgrades.append((transport, head, rest))
 
 
+class PeerTransport(FakeTransport):
+    """A fake transport that knows its peer, as the bad-input log asks it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("203.0.113.9", 40000) if name == "peername" else default
+
+
 class FakePassthrough:
     """Stands in for UpgradePassthrough: wants every path but the relay's."""
 
@@ -75,13 +82,13 @@ class FakePassthrough:
     def wants(self, head: RequestHead) -> bool:
         return not head.path.startswith("/app/")
 
-    def upgrade(self, transport: Any, raw_head: bytes, rest: bytes) -> None:
+    def upgrade(self, transport: Any, head: RequestHead, raw_head: bytes, rest: bytes) -> None:
         self.upgrades.append((transport, raw_head, rest))
 
 
 class Edge:
     def __init__(self, websockets: Any = None, passthrough: Any = None) -> None:
-        self.transport = FakeTransport()
+        self.transport = PeerTransport()
         self.http_made: list[FakeHttp] = []
         self.endpoint = websockets or FakeEndpoint()
         self.protocol = EdgeProtocol(self._make_http, self.endpoint, passthrough)
@@ -204,6 +211,20 @@ async def test_a_plain_request_goes_to_http_with_an_upstream_too() -> None:
     edge = Edge(passthrough=FakePassthrough())
     edge.feed(API_REQUEST)
     assert_handed_to_http(edge, API_REQUEST)
+
+
+async def test_an_upgrade_to_anything_but_websocket_is_refused() -> None:
+    # Issue 13: `Upgrade: not-a-websocket-at-all` was spliced to the app, and whatever was
+    # pipelined behind it reached the app unrewritten. aiohttp would stop reading it as HTTP.
+    passthrough = FakePassthrough()
+    edge = Edge(passthrough=passthrough)
+    request = CABLE_UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: not-a-websocket-at-all")
+    edge.feed(request + API_REQUEST)
+    assert passthrough.upgrades == []
+    assert edge.http_made == []
+    assert edge.transport.data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b'{"error":"the only upgrade served here is Upgrade: websocket"}' in edge.transport.data
+    assert edge.transport.closed
 
 
 # Everything else goes to HTTP ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from sidecar.broker.base import Publication
 from sidecar.edge.tls import ensure_self_signed
 from sidecar.observe import observer as observer_module
-from sidecar.observe.admin import admin_app
+from sidecar.observe.admin import admin_app, admin_names
 from sidecar.observe.observer import Observer
 from sidecar.observe.snapshot import ChannelCount, Snapshot, key
 
@@ -239,5 +239,54 @@ async def test_dashboard_events_end_when_the_observer_stops(
         await observer.stop()
         assert (await response.content.read()).strip() == b""  # ended, no more events
         assert observer.watchers == 0
+    finally:
+        await client.close()
+
+
+# DNS rebinding: without a token, only the listener's own names (issue 13) ------------------
+
+
+def test_admin_names_include_the_configured_host() -> None:
+    assert admin_names("10.0.0.5") == {"localhost", "127.0.0.1", "[::1]", "10.0.0.5"}
+    assert "[fd00::5]" in admin_names("fd00::5")
+
+
+async def test_without_a_token_another_host_is_421(
+    observed: tuple[Observer, FakeProbe],
+) -> None:
+    observer, _ = observed
+    client = await client_for(observer)
+    try:
+        for host in ("localhost:9601", "127.0.0.1", "[::1]:9601"):
+            assert (await client.get("/status", headers={"Host": host})).status == 200, host
+        for path in ("/status", "/metrics", "/healthz", "/dashboard/events"):
+            response = await client.get(path, headers={"Host": "rebound.evil.test:9601"})
+            assert response.status == 421, path
+            error = (await response.json())["error"]
+            assert "admin listener" in error and "evil" not in error
+    finally:
+        await client.close()
+
+
+async def test_with_a_token_any_host_is_answered(observed: tuple[Observer, FakeProbe]) -> None:
+    observer, _ = observed
+    client = await client_for(observer, TOKEN)
+    try:
+        headers = {"Host": "sidecar.internal:9601", "Authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/status", headers=headers)).status == 200
+    finally:
+        await client.close()
+
+
+async def test_an_unknown_path_is_404_json(observed: tuple[Observer, FakeProbe]) -> None:
+    observer, _ = observed
+    client = await client_for(observer)
+    try:
+        response = await client.get("/nothing-here")
+        assert response.status == 404
+        assert response.content_type == "application/json"
+        response = await client.post("/status")
+        assert response.status == 405
+        assert response.content_type == "application/json"
     finally:
         await client.close()

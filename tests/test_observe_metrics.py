@@ -96,3 +96,12 @@ def test_no_label_ever_carries_a_channel_name_or_socket_id() -> None:
     allowed = {"code", "kind", "listener", "endpoint", "status", "reason", "worker", "le"}
     for spec in CATALOGUE:
         assert set(spec.labels) <= allowed, spec.name
+
+
+def test_bad_input_is_counted_by_kind() -> None:
+    families = parse(Exposition().render(Snapshot()))
+    for kind in ("request", "upgrade", "frame"):
+        assert value(families, "sidecar_bad_input_total", kind=kind) == 0
+    snap = Snapshot()
+    snap.counters[key("bad_input", kind="request")] = 4
+    assert value(parse(Exposition().render(snap)), "sidecar_bad_input_total", kind="request") == 4

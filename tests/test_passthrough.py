@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -16,8 +17,14 @@ from aiohttp.test_utils import TestServer
 from sidecar.config_edge import UpstreamConfig
 from sidecar.edge.forwarded import TrustedProxies
 from sidecar.edge.listener import EdgeProtocol
-from sidecar.edge.passthrough import Splice, UpgradePassthrough
-from sidecar.relay.handshake import RequestHead
+from sidecar.edge.passthrough import (
+    AppSide,
+    Splice,
+    UpgradePassthrough,
+    sidecar_path,
+    splice_refusal,
+)
+from sidecar.relay.handshake import RequestHead, read_head
 from tests.support import free_port
 from tests.upstream_apps import PROTOCOL, Cable
 
@@ -229,9 +236,16 @@ class FakeTransport:
         self.written = bytearray()
         self.reading = True
         self.closed = False
+        self.eof_written = False
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -278,3 +292,177 @@ def test_bytes_read_before_the_join_are_kept() -> None:
     client.data_received(b"early")
     Splice.join(client, app)
     assert app.transport.written == b"early"  # type: ignore[union-attr]
+
+
+# Only real upgrades, and nothing behind them (issue 13) ------------------------------------
+
+VALID_UPGRADE = (
+    b"GET /cable HTTP/1.1\r\n"
+    b"Host: front.test\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"X-Forwarded-For: 6.6.6.6\r\n"
+    b"X-Real-IP: 6.6.6.6\r\n"
+    b"Forwarded: for=6.6.6.6\r\n\r\n"
+)
+SMUGGLED = (
+    b"GET /admin HTTP/1.1\r\nHost: front.test\r\nX-Forwarded-For: 6.6.6.6\r\n"
+    b"X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/app/key",
+        "/apps/1/channels",
+        "/apps",
+        "/APPS/1/events",
+        "//apps/1",
+        "/%61pps/1",
+        "/x/../apps/1",
+        "/./app/key",
+    ],
+)
+def test_the_sidecars_own_paths_are_never_the_apps(path: str) -> None:
+    assert sidecar_path(path)
+
+
+@pytest.mark.parametrize("path", ["/cable", "/", "/application", "/apps-old/x", "/x/apps"])
+def test_other_paths_are_the_apps(path: str) -> None:
+    assert not sidecar_path(path)
+
+
+def head_of(raw: bytes) -> tuple[RequestHead, bytes]:
+    raw_head = raw.split(b"\r\n\r\n", 1)[0]
+    head = read_head(raw_head)
+    assert head is not None
+    return head, raw_head
+
+
+def test_a_valid_upgrade_may_be_spliced() -> None:
+    head, raw_head = head_of(VALID_UPGRADE)
+    assert splice_refusal(head, raw_head, b"") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ((b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"), 426),
+        ((b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Key: short"), 400),
+        ((b"HTTP/1.1\r\n", b"HTTP/1.0\r\n"), 400),
+        ((b"GET /cable", b"GET http://app.internal/cable"), 400),
+        ((b"Host: front.test\r\n", b"Host: a\r\nHost: b\r\n"), 400),
+        ((b"Host: front.test\r\n", b""), 400),
+        ((b"Connection: Upgrade\r\n", b"Connection: Upgrade\r\nContent-Length: 5\r\n"), 400),
+        (
+            (b"Connection: Upgrade\r\n", b"Connection: Upgrade\r\nTransfer-Encoding: chunked\r\n"),
+            400,
+        ),
+    ],
+)
+def test_anything_else_is_refused(change: tuple[bytes, bytes], status: int) -> None:
+    head, raw_head = head_of(VALID_UPGRADE.replace(*change))
+    refusal = splice_refusal(head, raw_head, b"")
+    assert refusal is not None and refusal.status == status
+
+
+def test_bytes_pipelined_behind_the_head_are_refused() -> None:
+    head, raw_head = head_of(VALID_UPGRADE)
+    refusal = splice_refusal(head, raw_head, SMUGGLED)
+    assert refusal is not None and refusal.status == 400
+
+
+class RecordingApp(asyncio.Protocol):
+    """An app that records every byte and answers each request head with `answer`."""
+
+    received: bytearray
+    answer = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        RecordingApp.received += data
+        self.transport.write(self.answer)
+
+
+@pytest.fixture
+async def recording_app() -> AsyncIterator[int]:
+    RecordingApp.received = bytearray()
+    server = await asyncio.get_running_loop().create_server(RecordingApp, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_nothing_sent_after_a_refused_upgrade_reaches_the_app(
+    front_factory: Any, recording_app: int
+) -> None:
+    front = await front_factory(UpstreamConfig(url="test", host="127.0.0.1", port=recording_app))
+    port = int(front.url("/").rsplit(":", 1)[1].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(VALID_UPGRADE)
+    assert (await asyncio.wait_for(reader.readuntil(b"no"), 5)).startswith(b"HTTP/1.1 404")
+    writer.write(SMUGGLED)  # after the app's refusal, on the same connection
+    # The connection ends (reset: the sidecar closes it with the smuggled bytes unread).
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    received = bytes(RecordingApp.received)
+    assert received.count(b"GET ") == 1
+    assert b"/admin" not in received
+    assert b"6.6.6.6" not in received  # X-Forwarded-For, X-Real-IP, Forwarded: the sidecar's
+    assert b"X-Forwarded-For: 127.0.0.1\r\n" in received
+
+
+async def test_an_upgrade_with_bytes_behind_it_never_reaches_the_app(
+    front_factory: Any, recording_app: int
+) -> None:
+    front = await front_factory(UpstreamConfig(url="test", host="127.0.0.1", port=recording_app))
+    port = int(front.url("/").rsplit(":", 1)[1].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(VALID_UPGRADE + SMUGGLED)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"nothing may follow" in answer
+    assert RecordingApp.received == b""
+
+
+def test_the_client_is_not_read_until_the_app_switches() -> None:
+    client, app = Splice(FakeTransport()), AppSide(FakeTransport())  # type: ignore[arg-type]
+    client.held = True
+    client.transport.pause_reading()  # type: ignore[union-attr]
+    Splice.join(client, app)
+    app.pause_writing()
+    app.resume_writing()  # the app's socket drained: still not the client's turn
+    assert not client.transport.reading  # type: ignore[union-attr]
+    app.data_received(b"HTTP/1.1 10")
+    assert client.transport.written == b""  # type: ignore[union-attr]
+    app.data_received(b"1 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert client.transport.reading  # type: ignore[union-attr]
+    assert client.transport.written.startswith(b"HTTP/1.1 101 ")  # type: ignore[union-attr]
+
+
+async def test_after_a_refusal_the_client_is_never_read_again() -> None:
+    client, app = Splice(FakeTransport()), AppSide(FakeTransport())  # type: ignore[arg-type]
+    client.held = True
+    client.transport.pause_reading()  # type: ignore[union-attr]
+    Splice.join(client, app)
+    app.data_received(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    app.resume_writing()
+    assert not client.transport.reading  # type: ignore[union-attr]
+    assert app.transport.eof_written  # type: ignore[union-attr]
+    assert client.transport.written.startswith(b"HTTP/1.1 404 ")  # type: ignore[union-attr]
+    app._end()  # what the linger timer does once the app is quiet
+    assert client.transport.closed  # type: ignore[union-attr]
+
+
+def test_closed_sides_no_longer_hold_each_other() -> None:
+    client, app = spliced()
+    client.connection_lost(None)
+    assert app.transport.closed  # type: ignore[union-attr]
+    app.connection_lost(None)
+    assert client.peer is None and app.peer is None

@@ -2,8 +2,11 @@
 
 A WebSocket upgrade is answered here and the socket is handed to the relay's own small
 protocol object, or, with an `upstream` and a path that is not the relay's, spliced to the app
-(sidecar/edge/passthrough.py); anything else (the signed HTTP API, the reverse proxy, errors)
-goes to aiohttp with the bytes already read. aiohttp then owns that connection for good, so an
+(sidecar/edge/passthrough.py). A request for any other upgrade (`Upgrade: h2c`) is refused
+here (400): aiohttp's C parser takes it for a switch of protocol and neither answers it nor
+reads the connection as HTTP any more.
+Anything else (the signed HTTP API, the reverse proxy, errors) goes to aiohttp with the bytes
+already read. aiohttp then owns that connection for good, so an
 upgrade sent later on a keep-alive HTTP connection is refused there with a clear message
 (browsers and pusher-js open a new connection for each WebSocket).
 """
@@ -18,6 +21,7 @@ from typing import Protocol, cast
 
 from aiohttp import web
 
+from sidecar.observe.bad_input import bad_input
 from sidecar.relay.handshake import (
     HEAD_END,
     MAX_HEAD_BYTES,
@@ -29,6 +33,7 @@ from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 
 # A client has this long to send its first request head (after TLS, which has its own limit).
 HEAD_TIMEOUT = 15.0
+NOT_WEBSOCKET = "the only upgrade served here is Upgrade: websocket"
 
 
 def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: bytes) -> None:
@@ -43,7 +48,9 @@ class Passthrough(Protocol):
 
     def wants(self, head: RequestHead) -> bool: ...
 
-    def upgrade(self, transport: asyncio.Transport, raw_head: bytes, rest: bytes) -> None: ...
+    def upgrade(
+        self, transport: asyncio.Transport, head: RequestHead, raw_head: bytes, rest: bytes
+    ) -> None: ...
 
 
 class EdgeProtocol(asyncio.Protocol):
@@ -79,12 +86,17 @@ class EdgeProtocol(asyncio.Protocol):
             self._hand_to_http()
             return
         head = read_head(self._buffer[:end])
+        if head is not None and head.asks_other_upgrade:
+            transport = self._step_aside()
+            bad_input("upgrade", transport, NOT_WEBSOCKET)
+            refuse_http(transport, http_response(400, {"error": NOT_WEBSOCKET}))
+            return
         if head is None or not head.is_websocket_upgrade:
             self._hand_to_http()
             return
         raw_head, rest = self._buffer[:end], self._buffer[end + len(HEAD_END) :]
         if self._passthrough is not None and self._passthrough.wants(head):
-            self._passthrough.upgrade(self._step_aside(), raw_head, rest)
+            self._passthrough.upgrade(self._step_aside(), head, raw_head, rest)
         else:
             self._websockets.upgrade(self._step_aside(), head, rest)
 

@@ -20,7 +20,12 @@ from yarl import URL
 from sidecar.config_edge import UpstreamConfig
 from sidecar.edge.forwarded import TrustedProxies
 from sidecar.edge.hsts import HEADER as HSTS
-from sidecar.edge.proxy_headers import Hop, end_to_end, upstream_request_headers
+from sidecar.edge.proxy_headers import (
+    Hop,
+    connection_tokens,
+    end_to_end,
+    upstream_request_headers,
+)
 from sidecar.publish.api import json_error
 
 log = logging.getLogger("sidecar.proxy")
@@ -104,7 +109,7 @@ class ReverseProxy:
                 # The client left mid-upload: not the app's failure, and no one to tell.
                 return web.Response(status=exc.status)
             self._failed(request, exc.reason)
-            return failure_page(request, exc.status, exc.reason)
+            return last_on_connection(request, failure_page(request, exc.status, exc.reason))
         if self.down:
             self.down = False
             log.info("upstream answering again", extra={"upstream": self.upstream.url})
@@ -147,6 +152,7 @@ class ReverseProxy:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in end_to_end(upstream.headers.items()):
             response.headers.add(name, value)
+        last_on_connection(request, response)
         if self.hsts is not None and request.secure:
             # The HSTS middleware cannot add it to a response that is already on its way.
             response.headers.setdefault(HSTS, self.hsts)
@@ -174,6 +180,15 @@ class ReverseProxy:
             "upstream failed",
             extra={"upstream": self.upstream.url, "path": request.path[:200], "reason": reason},
         )
+
+
+def last_on_connection(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """`response` with Connection: close when the request asked to switch protocols (h2c,
+    say): aiohttp's parser reads nothing after such a request, so a client that sent another
+    on the same connection would wait for its answer until the connection timed out."""
+    if request.headers.get("Upgrade") and "upgrade" in connection_tokens(request.headers.items()):
+        response.force_close()
+    return response
 
 
 def target(request: web.Request) -> str:

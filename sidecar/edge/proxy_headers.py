@@ -145,7 +145,7 @@ def split_head(raw: bytes) -> tuple[str, Headers]:
 def upgrade_request(raw_head: bytes, hop: Hop, trusted: TrustedProxies) -> bytes:
     """An upgrade request head (without its blank line) rewritten for the app, blank line on."""
     request_line, headers = split_head(raw_head)
-    upgrade = next((value for name, value in headers if name.lower() == "upgrade"), "websocket")
-    rewritten = upstream_request_headers(headers, hop, trusted, upgrade=upgrade)
+    # Only `Upgrade: websocket` is spliced (sidecar/edge/passthrough.py): nothing else is asked.
+    rewritten = upstream_request_headers(headers, hop, trusted, upgrade="websocket")
     lines = [request_line, *(f"{name}: {value}" for name, value in rewritten), "", ""]
     return "\r\n".join(lines).encode("latin-1")

@@ -5,6 +5,10 @@ style; the rest needs `admin.token` when one is set, which the configuration dem
 the listener is not on a loopback address. The token comes as `Authorization: Bearer TOKEN` or
 as `?token=TOKEN` (a browser's EventSource cannot send headers); it is compared in constant
 time and never logged.
+
+Without a token, only requests addressed to the listener's own names are answered (421
+otherwise): a web page can point a name of its own at 127.0.0.1 (DNS rebinding) and read
+whatever answers there, but its requests carry its own name in Host.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from sidecar.edge.redirect import LOOPBACK_NAMES, host_name
 from sidecar.observe.metrics import CONTENT_TYPE, Exposition
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import KINDS
 from sidecar.observe.snapshot import Snapshot
+from sidecar.publish.api import LISTENER, json_errors
 
 log = logging.getLogger("sidecar.admin")
 
@@ -36,6 +42,25 @@ OPEN_PATHS = frozenset(("/healthz", "/readyz", *(f"/dashboard/{name}" for name i
 STATUS_RATE_WINDOW = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WRONG_HOST = "Host is not a name of the admin listener (localhost, 127.0.0.1, [::1] or admin.host)"
+
+
+def admin_names(host: str) -> frozenset[str]:
+    """The names a request to the admin listener on `host` may carry in Host."""
+    configured = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return frozenset((*LOOPBACK_NAMES, configured.lower()))
+
+
+def host_middleware(names: frozenset[str]) -> Any:
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        # No Host at all is no browser's request (HTTP/1.0 tools): nothing to rebind.
+        if host is not None and host_name(host) not in names:
+            return json_response({"error": WRONG_HOST}, 421)
+        return await handler(request)
+
+    return check_host
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -178,9 +203,15 @@ def static_file(name: str) -> bytes:
     return resources.files("sidecar.observe").joinpath("static", name).read_bytes()
 
 
-def admin_app(observer: Observer, token: str | None) -> web.Application:
+def admin_app(observer: Observer, token: str | None, host: str = "127.0.0.1") -> web.Application:
+    """`host`: the address the listener is on (`admin.host`), a name it answers to."""
     endpoints = AdminEndpoints(observer)
-    app = web.Application(middlewares=[token_middleware(token)])
+    # Refusals in JSON, aiohttp's own 404 and 405 included.
+    middlewares = [json_errors, token_middleware(token)]
+    if token is None:
+        middlewares.insert(0, host_middleware(admin_names(host)))
+    app = web.Application(middlewares=middlewares)
+    app[LISTENER] = "admin"
     app.router.add_get("/healthz", endpoints.healthz)
     app.router.add_get("/readyz", endpoints.readyz)
     app.router.add_get("/metrics", endpoints.metrics)

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sidecar.observe.bad_input import KINDS as BAD_INPUT_KINDS
 from sidecar.observe.probe import KINDS, LATENCY_BUCKETS
 from sidecar.observe.snapshot import Snapshot
 
@@ -90,6 +91,14 @@ CATALOGUE = (
         "counter",
         "HTTP API requests answered, by listener (unix, tls), route and status",
         ("listener", "endpoint", "status"),
+    ),
+    Spec(
+        "bad_input",
+        "counter",
+        "Bad input from clients, logged at info (rate-limited): requests aiohttp could not "
+        "parse, WebSocket handshakes refused at the edge, WebSocket frames refused",
+        ("kind",),
+        tuple((k,) for k in BAD_INPUT_KINDS),
     ),
     Spec("webhook_events_sent", "counter", "Webhook events delivered (a 2xx answer)"),
     Spec("webhook_requests_sent", "counter", "Webhook requests that got a 2xx answer"),

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.certificate import CertificateWatch
 from sidecar.observe.channel import WorkerStatsClient
 from sidecar.observe.history import History, Point
@@ -128,6 +129,7 @@ class Observer:
             counters[key(name)] = counters.get(key(name), 0) + value
         own_requests: dict[Any, float] = {}
         self.requests.write(own_requests)
+        BAD_INPUT.write(own_requests)  # this process's (a worker's come in its snapshot)
         for k, v in own_requests.items():
             counters[k] = counters.get(k, 0) + v
         events = [e for p in self.publishers for e in p.recent]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar.broker.base import Publication
+from sidecar.observe.bad_input import BadInputLog
 from sidecar.observe.snapshot import (
     RECENT_EVENTS,
     TOP_CHANNELS,
@@ -210,8 +211,11 @@ class RelayProbe:
         publishers: Iterable[PublishCounter] = (),
         requests: RequestCounter | None = None,
         share_names: bool = False,
+        bad_input: BadInputLog | None = None,
     ) -> None:
         self.relay = relay
+        # A worker's bad input, reported with its snapshot (in one process, the observer's).
+        self.bad_input = bad_input
         self.share_names = share_names  # a worker: its report is merged with others'
         self.publishers = list(publishers)
         self.requests = requests
@@ -231,6 +235,8 @@ class RelayProbe:
         snap = Snapshot()
         write_counters(snap.counters, self.relay, self.publishers, self.requests)
         self.latency.write(snap.counters)
+        if self.bad_input is not None:
+            self.bad_input.write(snap.counters)
         snap.gauges[key("connections")] = len(self.relay.connections)
         if full:
             write_gauges(snap, self.relay, self.share_names)

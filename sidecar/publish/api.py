@@ -218,10 +218,19 @@ def _json(payload: object) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def client_max_size(apps: AppRegistry) -> int:
-    """Body limit: the largest payload limit, room for JSON escaping of it, and the envelope.
+# A byte of data is at most this many bytes of JSON: a control character is escaped as \u0001
+# (6), and the pusher libraries escape every non-ASCII character (ensure_ascii): 2-byte and
+# 3-byte UTF-8 as one \uXXXX (6), a 4-byte emoji as a surrogate pair (12).
+MAX_ESCAPED_PER_BYTE = 6
+# The rest of an event's JSON (name, channels, socket_id) and a batch's.
+ENVELOPE_BYTES = 64 * 1024
 
-    The exact limit is checked on the decoded `data` (413 naming the field); this bound only
-    stops a body that could never pass that check from being read into memory.
+
+def client_max_size(apps: AppRegistry) -> int:
+    """Body limit: room for the largest payload limit however it is escaped, and the envelope.
+
+    The exact limit is checked on the decoded `data` (413 naming the field), where it is
+    decoded anyway; this bound only stops a body that could never pass that check from being
+    read into memory (on the TLS port, only once its signature is checked).
     """
-    return max(app.max_payload_bytes for app in apps) * 2 + 64 * 1024
+    return max(app.max_payload_bytes for app in apps) * MAX_ESCAPED_PER_BYTE + ENVELOPE_BYTES

@@ -39,14 +39,33 @@ class RequestHead:
         return self.headers.get(name)
 
     @property
+    def asks_other_upgrade(self) -> bool:
+        """A switch to a protocol other than WebSocket (`Upgrade: h2c`, say)."""
+        return (
+            "upgrade" in self.headers
+            and "websocket" not in tokens(self.headers["upgrade"])
+            and "upgrade" in tokens(self.headers.get("connection", ""))
+        )
+
+    @property
     def is_websocket_upgrade(self) -> bool:
-        upgrade = self.headers.get("upgrade", "").lower()
-        connection = self.headers.get("connection", "").lower()
+        """A GET asking for `Upgrade: websocket` (the token, not a value that contains it)."""
         return (
             self.method == "GET"
-            and "websocket" in upgrade
-            and "upgrade" in (token.strip() for token in connection.split(","))
+            and "websocket" in tokens(self.headers.get("upgrade", ""))
+            and "upgrade" in tokens(self.headers.get("connection", ""))
         )
+
+    @property
+    def has_body(self) -> bool:
+        return "transfer-encoding" in self.headers or self.headers.get(
+            "content-length", "0"
+        ).strip() not in ("", "0")
+
+
+def tokens(value: str) -> list[str]:
+    """A comma-separated header value's items, lower-case (`Connection: keep-alive, Upgrade`)."""
+    return [token.strip().lower() for token in value.split(",")]
 
 
 def read_head(raw: bytes) -> RequestHead | None:
@@ -69,12 +88,17 @@ def read_head(raw: bytes) -> RequestHead | None:
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    try:
-        url = urlsplit(target)
-    except ValueError:  # e.g. "//[x/": an unclosed IPv6 bracket
-        return None
-    query = {name: values[-1] for name, values in parse_qs(url.query).items()}
-    return RequestHead(method, url.path, version, query, headers)
+    if target.startswith("/"):
+        # Origin form, split by hand: urlsplit reads `//apps/1` as host `apps`, path `/1`.
+        path, _, query_string = target.partition("#")[0].partition("?")
+    else:
+        try:
+            url = urlsplit(target)
+        except ValueError:  # e.g. "http://[x/": an unclosed IPv6 bracket
+            return None
+        path, query_string = url.path, url.query
+    query = {name: values[-1] for name, values in parse_qs(query_string).items()}
+    return RequestHead(method, path, version, query, headers)
 
 
 class HandshakeError(Exception):

@@ -18,6 +18,7 @@ import time
 
 from sidecar.apps import AppConfig
 from sidecar.edge.origin import OriginPolicy
+from sidecar.observe.bad_input import bad_input
 from sidecar.relay.connection import WRITE_BUDGET, Connection
 from sidecar.relay.frames import close_frame, pong_frame, text_frame
 from sidecar.relay.handshake import (
@@ -60,6 +61,7 @@ class WebSocketEndpoint:
         try:
             key = check_upgrade(head)
         except HandshakeError as exc:
+            bad_input("upgrade", transport, exc.message)
             refuse_http(transport, exc.response())
             return
         transport.write(accept_response(key))
@@ -229,6 +231,7 @@ class PusherSocket(asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         """A framing error: nothing more is read; the close frame goes out, then the socket."""
+        bad_input("frame", self._transport, reason)
         self._failed = True
         if self._close_sent:
             self._transport.close()
