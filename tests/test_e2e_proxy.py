@@ -23,7 +23,7 @@ from tests.upstream_apps import CHUNK, PROTOCOL, Cable, Upstream, pattern
 
 pytestmark = pytest.mark.e2e
 
-APP = {"id": "9", "key": "proxy-key", "secret": "proxy-secret-0123456789"}
+APP = {"id": "9", "key": "proxy-key", "secret": "proxy-secret-0123456789abcdef0123456789"}
 LARGE = 50 * 1024 * 1024
 
 
