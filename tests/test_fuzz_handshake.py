@@ -1,0 +1,145 @@
+"""Fuzzing sidecar.relay.handshake: any request head gives a RequestHead or None, any parsed
+head gives a key or a HandshakeError, never another exception.
+
+Round trip: a head written from a method, a path, a query and headers reads back as them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tests.fuzz  # noqa: F401  (the hypothesis profile)
+from sidecar.relay.handshake import (
+    FORBIDDEN_IN_HEAD,
+    WEBSOCKET_GUID,
+    HandshakeError,
+    RequestHead,
+    accept_response,
+    check_upgrade,
+    read_head,
+)
+
+TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+token = st.text(TOKEN_CHARS, min_size=1, max_size=20)
+# Header values: visible latin-1 and inner spaces (leading and trailing blanks are not kept).
+value = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
+).map(str.strip)
+path = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~/", max_size=30).map(lambda p: "/" + p)
+query_pairs = st.dictionaries(
+    st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8),
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12),
+    max_size=4,
+)
+
+# Pieces of real heads, shuffled and mutated: random bytes alone rarely get past the first line.
+head_pieces = st.sampled_from(
+    [
+        b"GET /app/key?protocol=7 HTTP/1.1",
+        b"\r\n",
+        b"Host: localhost",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: 13",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Content-Length: 5",
+        b"Transfer-Encoding: chunked",
+        b" ",
+        b":",
+        b"\r",
+        b"\n",
+        b"\x00",
+        b"//[x/",
+        b"HTTP/1.0",
+        b"?a=1&a=2&%zz",
+        b"\xff\xfe",
+    ]
+)
+
+
+def check_any_head(raw: bytes) -> None:
+    head = read_head(raw)
+    if head is None:
+        return
+    assert isinstance(head, RequestHead)
+    assert FORBIDDEN_IN_HEAD.search(raw) is None
+    assert all(name == name.lower() for name in head.headers)
+    _ = head.is_websocket_upgrade
+    try:
+        key = check_upgrade(head)
+    except HandshakeError as exc:
+        assert exc.status in (400, 426)
+        assert exc.response().startswith(f"HTTP/1.1 {exc.status} ".encode())
+    else:
+        assert len(base64.b64decode(key, validate=True)) == 16
+        assert accept_response(key).startswith(b"HTTP/1.1 101 ")
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_read_as_a_head_or_none(raw: bytes) -> None:
+    check_any_head(raw)
+
+
+@given(st.lists(head_pieces | st.binary(max_size=8), max_size=30))
+def test_mutated_heads_read_as_a_head_or_none(pieces: list[bytes]) -> None:
+    check_any_head(b"".join(pieces))
+
+
+@given(
+    st.sampled_from(["GET", "POST", "PUT", "OPTIONS"]),
+    path,
+    query_pairs,
+    st.lists(st.tuples(token, value), max_size=8),
+    st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+)
+def test_a_written_head_reads_back(
+    method: str,
+    target_path: str,
+    query: dict[str, str],
+    headers: list[tuple[str, str]],
+    version: str,
+) -> None:
+    target = target_path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+    lines = [f"{method} {target} {version}", *(f"{name}: {v}" for name, v in headers)]
+    head = read_head("\r\n".join(lines).encode("latin-1"))
+    assert head is not None
+    assert (head.method, head.path, head.version, head.query) == (
+        method,
+        target_path,
+        version,
+        query,
+    )
+    expected: dict[str, str] = {}
+    for name, v in headers:
+        key = name.lower()
+        expected[key] = f"{expected[key]}, {v}" if key in expected else v
+    assert head.headers == expected
+
+
+@given(st.binary(min_size=16, max_size=16), st.text(max_size=30))
+def test_a_valid_key_is_accepted_and_any_other_refused(nonce: bytes, other: str) -> None:
+    key = base64.b64encode(nonce).decode()
+    head = read_head(
+        b"GET /app/k HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key.encode()
+    )
+    assert head is not None and head.is_websocket_upgrade
+    assert check_upgrade(head) == key
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
+    assert b"Sec-WebSocket-Accept: " + accept + b"\r\n" in accept_response(key)
+    bad = RequestHead("GET", "/", "HTTP/1.1", {}, {**head.headers, "sec-websocket-key": other})
+    try:
+        valid = len(base64.b64decode(other, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if valid:
+        assert check_upgrade(bad) == other
+    else:
+        with pytest.raises(HandshakeError) as caught:
+            check_upgrade(bad)
+        assert caught.value.status == 400
