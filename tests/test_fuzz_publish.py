@@ -23,7 +23,16 @@ from sidecar.publish.events import (
 from sidecar.relay.handshake import MAX_HEAD_BYTES
 from sidecar.relay.protocol import validate_channel_name
 from tests.fuzz import cut_points, held_bytes, split_at
-from tests.test_fastpath import APP, MAX_BODY, SMALL_APP, Harness, parse_responses, post, request
+from tests.test_fastpath import (
+    APP,
+    MAX_BODY,
+    SMALL_APP,
+    FakeTransport,
+    Harness,
+    parse_responses,
+    post,
+    request,
+)
 
 json_scalar = (
     st.none()
@@ -216,3 +225,25 @@ def test_any_bytes_on_the_socket_are_answered_or_handed_over(
 def test_head_like_bytes_are_answered_or_handed_over(pieces: list[bytes]) -> None:
     _, written, _, _ = run(pieces)
     parse_responses(written)
+
+
+class FailingTransport(FakeTransport):
+    """A peer that is gone: the first write fails, and the transport closes (as on EPIPE)."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.closed = True
+
+
+def test_no_hand_over_once_the_transport_is_closing() -> None:
+    """Found by tests/test_e2e_fuzz.py: a publish answered to a client already gone, then
+    bytes for aiohttp in the same read. The failed write had scheduled connection_lost, which
+    reached aiohttp's handler before its start() ran: 'assert manager is not None' and a
+    traceback in the log. A closing transport is handed to no one."""
+    harness = Harness()
+    harness.transport = FailingTransport()
+    harness.protocol.connection_made(harness.transport)
+    harness.feed(post("/apps/1/events") + b"GARBAGE\r\n\r\n")
+    assert harness.broker.publications  # the publish was served
+    assert all(not made.events for made in harness.http.made)  # nothing connected after it
+    assert harness.transport.protocols == []
