@@ -7,8 +7,6 @@ stays within one message's bound.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,29 +20,12 @@ from sidecar.relay.wsframes import (
     Opcode,
 )
 from tests.fuzz import cut_points, held_bytes, split_at
+from tests.wire import frame
 
 MAX_MESSAGE = 4096
 # The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
 MAX_HEADER = 14
 CLOSE_CODES = {1002, 1007, 1009}
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
-    """A client frame as RFC 6455 section 5.2 lays it out (masked unless mask is b"")."""
-    mask = os.urandom(4) if mask is None else mask
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    masked = 0x80 if mask else 0
-    if n < 126:
-        head = bytes([first, masked | n])
-    elif n < 1 << 16:
-        head = bytes([first, masked | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([first, masked | 127]) + n.to_bytes(8, "big")
-    if not mask:
-        return head + payload
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + body
 
 
 def feed_all(reader: FrameReader, pieces: list[bytes]) -> list[Message]:
