@@ -143,3 +143,23 @@ def test_a_valid_key_is_accepted_and_any_other_refused(nonce: bytes, other: str)
         with pytest.raises(HandshakeError) as caught:
             check_upgrade(bad)
         assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        ("//apps/1/channels", "//apps/1/channels", {}),
+        ("//", "//", {}),
+        ("//app/key?protocol=7", "//app/key", {"protocol": "7"}),
+        ("/a?b=1#frag", "/a", {"b": "1"}),
+        ("http://host/x?y=2", "/x", {"y": "2"}),
+    ],
+)
+def test_a_path_starting_with_two_slashes_is_a_path(
+    target: str, path: str, query: dict[str, str]
+) -> None:
+    """Found by test_a_written_head_reads_back: urlsplit() reads "//apps/1/channels" as the
+    host "apps" and the path "/1/channels", where aiohttp (and the app) see the path as sent."""
+    head = read_head(f"GET {target} HTTP/1.1\r\nHost: x".encode())
+    assert head is not None
+    assert (head.path, head.query) == (path, query)

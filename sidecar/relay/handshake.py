@@ -73,8 +73,13 @@ def read_head(raw: bytes) -> RequestHead | None:
         url = urlsplit(target)
     except ValueError:  # e.g. "//[x/": an unclosed IPv6 bracket
         return None
-    query = {name: values[-1] for name, values in parse_qs(url.query).items()}
-    return RequestHead(method, url.path, version, query, headers)
+    path, query_string = url.path, url.query
+    if target.startswith("//"):
+        # Origin-form, all of it a path: urlsplit() reads "//apps/x" as the host "apps" and the
+        # path "/x", where aiohttp and the app see "//apps/x".
+        path, _, query_string = target.partition("#")[0].partition("?")
+    query = {name: values[-1] for name, values in parse_qs(query_string).items()}
+    return RequestHead(method, path, version, query, headers)
 
 
 class HandshakeError(Exception):
