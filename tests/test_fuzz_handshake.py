@@ -6,6 +6,7 @@ Round trip: a head written from a method, a path, a query and headers reads back
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
@@ -13,9 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tests.fuzz  # noqa: F401  (the hypothesis profile)
+from sidecar.edge.listener import EdgeProtocol
 from sidecar.relay.handshake import (
     FORBIDDEN_IN_HEAD,
+    HEAD_END,
+    MAX_HEAD_BYTES,
     WEBSOCKET_GUID,
     HandshakeError,
     RequestHead,
@@ -23,6 +26,9 @@ from sidecar.relay.handshake import (
     check_upgrade,
     read_head,
 )
+from tests.fuzz import cut_points, held_bytes, split_at
+from tests.test_listener import API_REQUEST, UPGRADE, FakeEndpoint, FakeHttp, FakePassthrough
+from tests.test_websocket import FakeTransport
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 token = st.text(TOKEN_CHARS, min_size=1, max_size=20)
@@ -163,3 +169,70 @@ def test_a_path_starting_with_two_slashes_is_a_path(
     head = read_head(f"GET {target} HTTP/1.1\r\nHost: x".encode())
     assert head is not None
     assert (head.path, head.query) == (path, query)
+
+
+# The edge: EdgeProtocol reads the first head of each connection on the TLS port ---------------
+
+
+def edge_outcome(pieces: list[bytes], passthrough: bool) -> tuple[str, bytes, bytes]:
+    """Who got the connection (http, relay, app or no one yet) and what they were given."""
+
+    async def scenario() -> tuple[str, bytes, bytes]:
+        made: list[FakeHttp] = []
+
+        def http() -> FakeHttp:
+            made.append(FakeHttp())
+            return made[-1]
+
+        endpoint, app = FakeEndpoint(), FakePassthrough()
+        edge = EdgeProtocol(http, endpoint, app if passthrough else None)  # type: ignore[arg-type]
+        edge.connection_made(FakeTransport())  # type: ignore[arg-type]
+        try:
+            for piece in pieces:
+                if made:
+                    made[0].data_received(piece)  # aiohttp's connection from the hand-over on
+                    continue
+                if endpoint.upgrades or app.upgrades:
+                    break  # the relay or the app reads the rest
+                edge.data_received(piece)
+                # Until it decides, the edge holds one head at most (and what one read brought).
+                assert held_bytes(edge) <= MAX_HEAD_BYTES + len(HEAD_END) + len(piece)
+        finally:
+            edge.connection_lost(None)
+        if made:
+            return "http", b"".join(made[0].received), b""
+        if endpoint.upgrades:
+            _, head, rest = endpoint.upgrades[0]
+            return "relay", head.path.encode("latin-1"), rest
+        if app.upgrades:
+            _, raw_head, rest = app.upgrades[0]
+            return "app", raw_head, rest
+        return "waiting", b"", b""
+
+    return asyncio.run(scenario())
+
+
+whole_requests = st.sampled_from(
+    [UPGRADE, API_REQUEST, UPGRADE.replace(b"/app/key-one", b"/elsewhere"), b"\r\n\r\n"]
+)
+
+
+@given(
+    st.lists(whole_requests | head_pieces | st.binary(max_size=40), max_size=40),
+    st.booleans(),
+    st.data(),
+)
+def test_the_edge_decides_the_same_however_the_bytes_are_split(
+    chunks: list[bytes], passthrough: bool, draw: st.DataObject
+) -> None:
+    stream = b"".join(chunks)
+    whole = edge_outcome([stream], passthrough)
+    split = edge_outcome(split_at(stream, draw.draw(cut_points(len(stream)))), passthrough)
+    if whole[0] in ("relay", "app"):
+        # The bytes after the head may still be coming when the split stream decides.
+        assert split[:2] == whole[:2]
+        assert whole[2].startswith(split[2])
+    else:
+        assert split == whole
+    if whole[0] == "waiting":
+        assert len(stream) <= MAX_HEAD_BYTES and HEAD_END not in stream
