@@ -321,7 +321,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             writer.transport.abort()
         alive = soak.server is not None and soak.server.poll() is None
         soak.stop()
-        upstream.close()
+        await soak.traffic.close_upstream(upstream)
     return report(args, workdir, samples, alive)
 
 

@@ -38,7 +38,7 @@ def draw_chart(samples: list[dict[str, Any]], path: Path, warmup_s: float, title
     fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     panels = [
         ("RSS of the process tree (MiB)", [("rss_mib", "RSS")]),
-        ("open file descriptors", [("fds", "fds")]),
+        ("open file descriptors", [("fds", "server"), ("idle_held", "idle HTTP held")]),
         ("event-loop lag, outside (ms)", [("ping_ms", "pusher:ping"), ("healthz_ms", "/healthz")]),
         (
             "delivery latency (ms)",

@@ -51,6 +51,7 @@ class Traffic:
     counters: Counters = field(default_factory=Counters)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     idle: list[asyncio.StreamWriter] = field(default_factory=list)
+    upstream_connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
     def tls(self) -> ssl.SSLContext:
         return client_context(self.cert)
@@ -196,6 +197,7 @@ class Traffic:
         have (a client's own X-Forwarded-For, a path under /apps/)."""
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.upstream_connections.add(writer)
             with contextlib.suppress(*SOCKET_ERRORS):
                 while head := await reader.readuntil(b"\r\n\r\n"):
                     self.counters.add("upstream_requests")
@@ -203,8 +205,15 @@ class Traffic:
                         self.counters.add("upstream_smuggled")
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             writer.transport.abort()
+            self.upstream_connections.discard(writer)
 
         return await asyncio.start_server(serve, "127.0.0.1", self.upstream_port)
+
+    async def close_upstream(self, server: asyncio.Server) -> None:
+        server.close()
+        for writer in list(self.upstream_connections):
+            writer.transport.abort()
+        await asyncio.sleep(0.2)  # each serve() sees its socket end and returns
 
 
 def sign(text: str) -> str:
