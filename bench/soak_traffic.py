@@ -17,6 +17,7 @@ from typing import Any
 from bench.servers import APP_ID, APP_KEY, APP_SECRET
 from tests.wire import (
     OPCODE_BINARY,
+    OPCODE_PING,
     RawSocket,
     client_context,
     frame,
@@ -86,12 +87,14 @@ class Traffic:
                 await asyncio.sleep(1)
                 continue
             self.counters.add("slow_connects")
-            # Not reading: wait until the server gives up on it (the socket ends).
-            while not self.stopping.is_set() and not sock.writer.transport.is_closing():
-                await asyncio.sleep(1)
-                if sock.reader.at_eof():
-                    break
-            sock.abort()
+            # Not reading, so an end of stream is never seen: a WebSocket ping written every
+            # second finds the socket gone once the server has given up on it (a reset).
+            try:
+                while not self.stopping.is_set() and not sock.writer.transport.is_closing():
+                    await asyncio.sleep(1)
+                    sock.send(frame(OPCODE_PING, b"slow"))
+            finally:
+                sock.abort()
 
     # Attacks, each at a low rate ------------------------------------------------------------
 
