@@ -38,6 +38,10 @@ NOT_WEBSOCKET = "the only upgrade served here is Upgrade: websocket"
 
 def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: bytes) -> None:
     """Give a connection to `protocol` as if it had been its own from the start."""
+    if transport.is_closing():
+        # Gone already (a reply to an earlier request failed): connection_lost is scheduled
+        # and would reach `protocol` before it started (aiohttp asserts, and logs a traceback).
+        return
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     protocol.data_received(read)
