@@ -168,6 +168,12 @@ def abrupt_websocket_client() -> Client:
     return Client(upgrade_request(), b"connection_established", None)
 
 
+def refused_websocket_client() -> Client:
+    """An unknown app key: upgraded, told 4001, answers the close."""
+    request = upgrade_request().replace(f"/app/{APP.key}?".encode(), b"/app/unknown?")
+    return Client(request, b"App key not in this relay", CLOSE_FRAME)
+
+
 def http_client() -> Client:
     return Client(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n", b'{"ok": true}', None)
 
@@ -244,6 +250,7 @@ def run_on(loop_name: str, main: Callable[[], Any]) -> Any:
 CASES = {
     "websocket": (websocket_client, 10_000, b"subscription_succeeded"),
     "websocket-abrupt": (abrupt_websocket_client, 2_000, b"connection_established"),
+    "websocket-refused": (refused_websocket_client, 2_000, b"App key not in this relay"),
     "http": (http_client, 2_000, b'{"ok": true}'),
 }
 

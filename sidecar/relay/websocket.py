@@ -211,7 +211,7 @@ class PusherSocket(asyncio.Protocol):
         except FrameError as exc:
             # What the client sent before the broken frame is handled first, as sent.
             self._handle(exc.messages)
-            if not self._close_received:
+            if not (self._close_received or self._failed):
                 self._fail(exc.code, exc.reason)
             return
         self._handle(messages)

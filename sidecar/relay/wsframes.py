@@ -100,10 +100,12 @@ class FrameReader:
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._pending: list[bytes] = []  # the unfinished frame, as received
+        # The unfinished frame, as received. Idle connections are the many: they share one empty
+        # tuple rather than hold an empty list each (56 bytes, times every connection).
+        self._pending: list[bytes] | tuple[()] = ()
         self._pending_size = 0
         self._needed = 0  # bytes the unfinished frame needs before it can be read further
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | tuple[()] = ()
         self._fragments_opcode: Opcode | None = None
         self._fragments_size = 0
 
@@ -116,6 +118,7 @@ class FrameReader:
         """The messages `data` completes; FrameError (carrying those before it) on bad framing."""
         pending = self._pending
         if pending:
+            assert isinstance(pending, list)
             pending.append(data)
             self._pending_size += len(data)
             if self._pending_size < self._needed:
@@ -128,7 +131,7 @@ class FrameReader:
             offset, needed = self._read(buffer, messages)
         except FrameError as exc:
             exc.messages = messages
-            self._pending = []
+            self._pending = ()
             self._pending_size = 0
             raise
         end = len(buffer)
@@ -137,7 +140,7 @@ class FrameReader:
             self._pending_size = end - offset
             self._needed = needed
         elif pending:
-            self._pending = []
+            self._pending = ()
             self._pending_size = 0
         return messages
 
@@ -205,14 +208,14 @@ class FrameReader:
         if opcode is Opcode.CONTINUATION:
             if self._fragments_opcode is None:
                 raise FrameError(PROTOCOL_ERROR, "continuation without a message to continue")
-            self._fragments.append(payload)
+            self._fragments.append(payload)  # type: ignore[union-attr]
             self._fragments_size += len(payload)
             if not final:
                 return None
             opcode = self._fragments_opcode
             payload = b"".join(self._fragments)
             self._fragments_opcode = None
-            self._fragments = []
+            self._fragments = ()
             self._fragments_size = 0
         elif self._fragments_opcode is not None:
             raise FrameError(PROTOCOL_ERROR, "new message before the last one was finished")
