@@ -472,11 +472,11 @@ async def test_replies_do_not_hold_back_events_the_client_is_owed(make_conn: Mak
 async def test_refusals_past_the_budget_close_with_4101(make_conn: MakeConn) -> None:
     conn, sink, closes = make_conn()
     for _ in range(BAD_FRAME_BURST):
-        conn.refuse(ERROR)
+        conn.refuse_frame(ERROR)
     assert conn.state is ConnectionState.OPEN
     assert sink.written.count(b"pusher:error") == BAD_FRAME_BURST
     for _ in range(5):  # within a second: at most one more is earned back
-        conn.refuse(ERROR)
+        conn.refuse_frame(ERROR)
     assert conn.state is not ConnectionState.OPEN
     assert conn.close_code == CloseCode.TOO_MANY_BAD_FRAMES == 4101
     await turns()
@@ -486,6 +486,6 @@ async def test_refusals_past_the_budget_close_with_4101(make_conn: MakeConn) -> 
 async def test_refusals_that_are_not_bad_frames_never_close(make_conn: MakeConn) -> None:
     conn, sink, _ = make_conn()
     for _ in range(3 * BAD_FRAME_BURST):
-        conn.refuse(ERROR, bad_frame=False)  # over a rate: answered, not held against it
+        conn.refuse_frame(ERROR, bad_frame=False)  # over a rate: answered, not held against it
     assert conn.state is ConnectionState.OPEN
     assert sink.written.count(b"pusher:error") == 3 * BAD_FRAME_BURST

@@ -160,7 +160,7 @@ class Connection:
         self._replies_queued += len(frame)
         self.send(frame)
 
-    def refuse(self, error: bytes, *, bad_frame: bool = True) -> None:
+    def refuse_frame(self, error: bytes, *, bad_frame: bool = True) -> None:
         """Answer a frame the relay refused with `error` (a pusher:error or subscription_error).
 
         `bad_frame`: the frame was wrong, not just over a rate; past the budget of those the

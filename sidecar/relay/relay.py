@@ -190,13 +190,13 @@ class Relay:
             rate_limited = exc.code == ErrorCode.CLIENT_EVENT_RATE_LIMITED
             if rate_limited:
                 self.stats.client_events_rate_limited += 1
-            conn.refuse(encode_error(exc.message, exc.code), bad_frame=not rate_limited)
+            conn.refuse_frame(encode_error(exc.message, exc.code), bad_frame=not rate_limited)
             if exc.close is not None:
                 conn.close(exc.close)
 
     def on_binary(self, conn: Connection) -> None:
         conn.heartbeat.on_activity(time.monotonic())
-        conn.refuse(
+        conn.refuse_frame(
             encode_error(
                 "binary frames are not supported: send JSON text", ErrorCode.INVALID_MESSAGE
             )
@@ -252,7 +252,9 @@ class Relay:
                 max_user_info_bytes=self.limits.max_presence_user_info_bytes,
             )
         except SubscriptionRefused as exc:
-            conn.refuse(encode_subscription_error(channel, exc.error_type, exc.message, exc.status))
+            conn.refuse_frame(
+                encode_subscription_error(channel, exc.error_type, exc.message, exc.status)
+            )
             return
         if presence is not None:
             self._session(conn).pending[channel] = presence.user_id
