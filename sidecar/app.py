@@ -130,12 +130,15 @@ def bind_edge(host: str, port: int, workers: int) -> list[socket.socket]:
         return [bind_tcp(host, port, "listen.port", reuse_port=True) for _ in range(workers)]
 
 
-# Full (generation 2) collections walk every live object: with 10,000 connections, 300-400 ms
-# with the loop stopped. Python's default runs one each time the long-lived objects grow by a
-# quarter, so a reconnect storm of 10,000 clients paid 8 of them (12 ms growing to 400 ms) and
-# connected in 4.4 s; with generation 2 ten times rarer, one (337 ms) and 2.7 s. The young
-# generations, where short-lived cycles die, keep their defaults.
-GC_THRESHOLDS = (700, 10, 100)
+# Python's defaults. A full (generation 2) collection walks every live object: 30-190 ms with
+# 10,000 subscribed connections open (bench/attacks.py gc-pause, a busy 2-core machine), and
+# Python runs one only once the long-lived objects have grown by a quarter: one in a storm of
+# 10,000 connects (none with the third threshold at 100). It was 100 while every closed
+# connection was a reference cycle waiting for such a collection (+171 MB after 30,000 TLS
+# cycles, issue 13); closed connections are now freed by reference counting as they close
+# (tests/test_connection_memory.py), so rarer collections would only let other garbage
+# (exceptions and their tracebacks, aiohttp's) wait longer.
+GC_THRESHOLDS = (700, 10, 10)
 
 
 def tune_garbage_collector() -> None:

@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from sidecar.relay.connection import WRITE_BUDGET, Connection, ConnectionState
+from sidecar.relay.bad_frames import BAD_FRAME_BURST
+from sidecar.relay.connection import (
+    REPLY_BACKLOG_BYTES,
+    WRITE_BUDGET,
+    Connection,
+    ConnectionState,
+)
 from sidecar.relay.fanout import FlushScheduler
 from sidecar.relay.frames import text_frame
 from sidecar.relay.heartbeat import Heartbeat
@@ -404,3 +410,82 @@ async def test_write_now_refuses_on_a_paused_sink_and_after_close(make_conn: Mak
     sink.resume()
     conn.close(CloseCode.RECONNECT)
     assert not conn.write_now(b"x")
+
+
+# Replies and refusals -----------------------------------------------------------------------
+
+ERROR = b'{"event":"pusher:error","data":{"message":"bad","code":4300}}'
+
+
+async def test_a_reply_is_written_at_once_when_nothing_is_queued(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    conn.reply(b"pong")
+    assert sink.writes == [b"pong"]
+
+
+async def test_replies_behind_an_unread_backlog_are_capped_then_dropped(
+    make_conn: MakeConn,
+) -> None:
+    conn, sink, _ = make_conn()
+    sink.pause()  # the client does not read
+    reply = text_frame(ERROR)
+    for _ in range(10_000):
+        conn.reply(reply)
+    await turns()
+    assert sink.writes == []
+    assert conn.queued_bytes <= REPLY_BACKLOG_BYTES
+    assert conn.queued_bytes > REPLY_BACKLOG_BYTES - len(reply)
+    assert conn.state is ConnectionState.OPEN  # replies are not refusals: nobody is closed
+
+
+async def test_replies_queue_again_once_the_client_has_read_the_backlog(
+    make_conn: MakeConn,
+) -> None:
+    conn, sink, _ = make_conn()
+    sink.pause()
+    reply = text_frame(ERROR)
+    while conn.queued_bytes + len(reply) <= REPLY_BACKLOG_BYTES:
+        conn.reply(reply)
+    conn.reply(reply)  # over: dropped
+    held = conn.queued_bytes
+    await turns()
+    sink.resume()
+    await turns()
+    assert len(sink.written) == held
+    sink.pause()
+    conn.send(b"event")  # a new backlog
+    conn.reply(reply)
+    assert conn.queued_bytes == len(b"event") + len(reply)
+
+
+async def test_replies_do_not_hold_back_events_the_client_is_owed(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    sink.pause()
+    for _ in range(1000):
+        conn.reply(text_frame(ERROR))
+    event = b"e" * (REPLY_BACKLOG_BYTES * 4)
+    conn.send(event)
+    assert conn.queued_bytes <= REPLY_BACKLOG_BYTES + len(event)
+    assert conn.state is ConnectionState.OPEN
+
+
+async def test_refusals_past_the_budget_close_with_4101(make_conn: MakeConn) -> None:
+    conn, sink, closes = make_conn()
+    for _ in range(BAD_FRAME_BURST):
+        conn.refuse_frame(ERROR)
+    assert conn.state is ConnectionState.OPEN
+    assert sink.written.count(b"pusher:error") == BAD_FRAME_BURST
+    for _ in range(5):  # within a second: at most one more is earned back
+        conn.refuse_frame(ERROR)
+    assert conn.state is not ConnectionState.OPEN
+    assert conn.close_code == CloseCode.TOO_MANY_BAD_FRAMES == 4101
+    await turns()
+    assert closes.calls == [(4101, CLOSE_REASONS[CloseCode.TOO_MANY_BAD_FRAMES])]
+
+
+async def test_refusals_that_are_not_bad_frames_never_close(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    for _ in range(3 * BAD_FRAME_BURST):
+        conn.refuse_frame(ERROR, bad_frame=False)  # over a rate: answered, not held against it
+    assert conn.state is ConnectionState.OPEN
+    assert sink.written.count(b"pusher:error") == 3 * BAD_FRAME_BURST

@@ -58,6 +58,7 @@ def test_channel_kind_by_prefix(channel: str, kind: str) -> None:
 
 def test_close_code_labels_are_a_bounded_set() -> None:
     assert close_code_label(4200) == "4200"
+    assert close_code_label(4101) == "4101"  # too many bad frames: worth its own series
     assert close_code_label(None) == "1006"
     assert close_code_label(4999) == close_code_label(3000) == "other"
 

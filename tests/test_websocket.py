@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -19,11 +20,17 @@ from sidecar.apps import AppRegistry
 from sidecar.config import AppConfig, LimitsConfig
 from sidecar.edge.origin import OriginPolicy
 from sidecar.relay import websocket as websocket_module
-from sidecar.relay.connection import WRITE_BUDGET, ConnectionState
+from sidecar.relay.bad_frames import BAD_FRAME_BURST
+from sidecar.relay.connection import REPLY_BACKLOG_BYTES, WRITE_BUDGET, ConnectionState
 from sidecar.relay.handshake import RequestHead, read_head
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode
 from sidecar.relay.relay import Relay
-from sidecar.relay.websocket import PusherSocket, WebSocketEndpoint
+from sidecar.relay.websocket import (
+    UNTRUSTED_MESSAGE_BYTES,
+    PusherSocket,
+    WebSocketEndpoint,
+    untrusted_message_limit,
+)
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 LIMITS = LimitsConfig(activity_timeout=30, pong_timeout=10, max_client_message_bytes=1024)
@@ -764,3 +771,180 @@ async def test_abort_aborts_the_transport(endpoint: WebSocketEndpoint) -> None:
     client = await opened(endpoint)
     client.socket.abort()
     assert client.transport.aborted
+
+
+# What a client that does not read can make the relay hold ---------------------------------
+
+
+async def test_a_client_flooding_bad_frames_without_reading_is_closed_with_4101(
+    endpoint: WebSocketEndpoint,
+) -> None:
+    # Issue 13: 140,000 one-byte binary frames, never read, held ~16 MB of pusher:error.
+    client = await opened(endpoint)
+    conn = client.socket.conn
+    assert conn is not None
+    client.socket.pause_writing()  # the transport is full: the client does not read
+    batch = client_frame(OP_BINARY, b"x") * 1000
+    for _ in range(140):
+        client.send(batch)
+    await turns()
+    assert conn.close_code == CloseCode.TOO_MANY_BAD_FRAMES == 4101
+    assert conn.queued_bytes <= REPLY_BACKLOG_BYTES
+    assert len(client.transport.data) < 1024  # nothing but the upgrade and the welcome
+    client.socket.resume_writing()
+    await turns()
+    assert client.close_frame() == (4101, CLOSE_REASONS[CloseCode.TOO_MANY_BAD_FRAMES])
+    client.socket.connection_lost(None)
+
+
+async def test_a_reading_client_gets_every_error_until_the_budget_is_spent(
+    endpoint: WebSocketEndpoint,
+) -> None:
+    client = await opened(endpoint)
+    client.send(client_frame(OP_BINARY, b"x") * BAD_FRAME_BURST)
+    await turns()
+    errors = [m for m in client.messages() if m["event"] == "pusher:error"]
+    assert len(errors) == BAD_FRAME_BURST
+    assert not client.transport.closed
+    client.send(client_frame(OP_BINARY, b"x") * 5)
+    await turns()
+    assert client.close_frame()[0] == 4101
+    client.socket.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    "ping",
+    [client_frame(OP_PING, b"p" * 125), client_text("pusher:ping", {})],
+    ids=["websocket-ping", "pusher-ping"],
+)
+async def test_pings_from_a_client_not_reading_hold_a_bounded_backlog(
+    endpoint: WebSocketEndpoint, ping: bytes
+) -> None:
+    client = await opened(endpoint)
+    conn = client.socket.conn
+    assert conn is not None
+    client.socket.pause_writing()
+    for _ in range(100):
+        client.send(ping * 100)
+    await turns()
+    assert 0 < conn.queued_bytes <= REPLY_BACKLOG_BYTES
+    assert conn.state is ConnectionState.OPEN  # pinging is not a bad frame
+    client.socket.connection_lost(None)
+
+
+# Several frames in one read -----------------------------------------------------------------
+
+
+async def test_frames_read_before_a_broken_one_are_handled_then_the_connection_fails(
+    relay: Relay, endpoint: WebSocketEndpoint
+) -> None:
+    client = await opened(endpoint)
+    conn = client.socket.conn
+    assert conn is not None
+    broken = client_frame(OP_TEXT, b"{}", masked=False)
+    client.send(client_text("pusher:subscribe", {"channel": "news"}) + broken)
+    await turns()
+    events = [json.loads(p)["event"] for op, p in client.new_frames() if op == OP_TEXT]
+    assert events == ["pusher_internal:subscription_succeeded"]
+    assert conn.subscriptions == {"news"}
+    assert client.close_frame()[0] == 1002
+    assert client.transport.closed
+    client.socket.connection_lost(None)
+
+
+async def test_a_close_before_a_broken_frame_in_the_same_read_is_a_normal_close(
+    endpoint: WebSocketEndpoint,
+) -> None:
+    client = await opened(endpoint)
+    client.send(client_close(1000) + client_frame(OP_TEXT, b"{}", masked=False))
+    await turns()
+    assert client.close_frame()[0] == 1000
+    client.socket.connection_lost(None)
+
+
+# How large a frame a connection may send ----------------------------------------------------
+
+LARGE_LIMITS = LimitsConfig(max_client_message_bytes=64 * 1024)
+
+
+@pytest.fixture
+async def large_endpoint() -> AsyncIterator[WebSocketEndpoint]:
+    relay = Relay(AppRegistry((APP,)), LARGE_LIMITS)
+    relay.start()
+    yield WebSocketEndpoint(relay, OriginPolicy([ORIGIN]))
+    relay.stop()
+    for conn in list(relay.connections.values()):
+        relay.forget(conn)
+
+
+def padded_ping(size: int) -> bytes:
+    """A pusher:ping text frame of exactly `size` bytes of payload."""
+    payload = json.dumps({"event": "pusher:ping", "data": {"pad": ""}})
+    return client_frame(
+        OP_TEXT, payload.replace('""', '"' + "x" * (size - len(payload)) + '"').encode()
+    )
+
+
+async def test_an_untrusted_connection_may_send_small_messages_only(
+    large_endpoint: WebSocketEndpoint,
+) -> None:
+    limit = untrusted_message_limit(LARGE_LIMITS)
+    assert limit == UNTRUSTED_MESSAGE_BYTES < LARGE_LIMITS.max_client_message_bytes
+    client = await opened(large_endpoint)
+    client.send(padded_ping(limit))
+    await turns()
+    assert [json.loads(p)["event"] for _, p in client.new_frames()] == ["pusher:pong"]
+    # The header of a 64 KiB frame is refused at once: nothing of it is kept.
+    client.send(client_frame(OP_TEXT, b"x" * (64 * 1024 - 100))[:8])
+    await turns()
+    assert client.close_frame()[0] == 1009
+    client.socket.connection_lost(None)
+
+
+async def test_a_public_subscription_does_not_make_a_connection_trusted(
+    large_endpoint: WebSocketEndpoint,
+) -> None:
+    client = await opened(large_endpoint)
+    client.send(client_text("pusher:subscribe", {"channel": "news"}))
+    await turns()
+    client.send(padded_ping(UNTRUSTED_MESSAGE_BYTES + 1))
+    await turns()
+    assert client.close_frame()[0] == 1009
+    client.socket.connection_lost(None)
+
+
+async def test_a_private_subscription_allows_messages_up_to_the_configured_limit(
+    large_endpoint: WebSocketEndpoint,
+) -> None:
+    client = await opened(large_endpoint)
+    conn = client.socket.conn
+    assert conn is not None
+    channel = "private-room"
+    signature = hmac.new(
+        APP.secret.encode(), f"{conn.socket_id}:{channel}".encode(), hashlib.sha256
+    ).hexdigest()
+    client.send(
+        client_text("pusher:subscribe", {"channel": channel, "auth": f"{APP.key}:{signature}"})
+    )
+    await turns()
+    assert conn.subscriptions == {channel}
+    client.new_frames()
+    client.send(padded_ping(LARGE_LIMITS.max_client_message_bytes))
+    await turns()
+    assert [json.loads(p)["event"] for _, p in client.new_frames()] == ["pusher:pong"]
+    client.socket.connection_lost(None)
+
+
+# Freed when closed --------------------------------------------------------------------------
+
+
+async def test_a_closed_socket_lets_go_of_its_connection(
+    relay: Relay, endpoint: WebSocketEndpoint
+) -> None:
+    client = await opened(endpoint)
+    conn = client.socket.conn
+    assert conn is not None
+    client.socket.connection_lost(None)
+    # The connection refers to the socket (its sink); the socket no longer to it: no cycle.
+    assert client.socket.conn is None
+    assert relay.connections == {}

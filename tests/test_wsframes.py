@@ -476,3 +476,77 @@ def test_endless_empty_fragments_are_refused_not_kept() -> None:
     for _ in range(MAX_FRAGMENTS - 1):
         assert reader.feed(empty) == []
     assert feed_error(reader, empty).code == 1009
+
+
+# Messages before a broken frame ---------------------------------------------------------------
+
+
+def test_messages_before_a_broken_frame_come_with_the_error() -> None:
+    reader = FrameReader(1024)
+    data = text("first") + client_frame(Opcode.PING, b"p") + text("late", masked=False)
+    error = feed_error(reader, data)
+    assert error.code == PROTOCOL_ERROR
+    assert error.messages == [(Opcode.TEXT, "first"), (Opcode.PING, b"p")]
+
+
+def test_messages_before_a_text_that_is_not_utf8_come_with_the_error() -> None:
+    reader = FrameReader(1024)
+    error = feed_error(reader, text("ok") + client_frame(Opcode.TEXT, b"\xff"))
+    assert error.code == INVALID_DATA
+    assert error.messages == [(Opcode.TEXT, "ok")]
+
+
+def test_only_the_messages_of_the_failing_feed_come_with_the_error() -> None:
+    reader = FrameReader(1024)
+    assert reader.feed(text("earlier")) == [(Opcode.TEXT, "earlier")]
+    error = feed_error(reader, text("now") + client_frame(Opcode.BINARY, length=5000)[:4])
+    assert error.code == MESSAGE_TOO_BIG
+    assert error.messages == [(Opcode.TEXT, "now")]
+
+
+def test_an_error_in_the_first_frame_comes_with_no_messages() -> None:
+    assert feed_error(FrameReader(1024), text("x", masked=False)).messages == []
+
+
+# The unfinished frame -------------------------------------------------------------------------
+
+
+def test_an_unfinished_frame_holds_what_was_received_and_no_more() -> None:
+    frame = text("x" * 1000)
+    reader = FrameReader(1024)
+    for i in range(len(frame) - 1):
+        assert reader.feed(frame[i : i + 1]) == []
+        assert reader.buffered == i + 1
+    assert reader.feed(frame[-1:]) == [(Opcode.TEXT, "x" * 1000)]
+    assert reader.buffered == 0
+
+
+def test_an_unfinished_frame_is_joined_once_not_copied_into_every_read() -> None:
+    frame = text("y" * 5000)
+    reader = FrameReader(10_000)
+    pieces = [frame[i : i + 100] for i in range(0, len(frame), 100)]
+    for piece in pieces[:-1]:
+        assert reader.feed(piece) == []
+    # Kept as the pieces themselves (the transport's own bytes objects) until complete.
+    assert len(reader._pending) == len(pieces) - 1
+    assert all(kept is piece for kept, piece in zip(reader._pending[1:], pieces[1:-1], strict=True))
+    assert reader.feed(pieces[-1]) == [(Opcode.TEXT, "y" * 5000)]
+
+
+def test_fragments_count_in_what_is_buffered() -> None:
+    reader = FrameReader(1024)
+    reader.feed(text("abc", fin=False) + client_frame(Opcode.CONTINUATION, b"de", fin=False))
+    assert reader.buffered == 5
+
+
+def test_the_limit_may_be_raised_between_feeds() -> None:
+    reader = FrameReader(100)
+    assert feed_error(FrameReader(100), text("z" * 500)[:4]).code == MESSAGE_TOO_BIG
+    reader.max_message = 1000
+    assert reader.feed(text("z" * 500)) == [(Opcode.TEXT, "z" * 500)]
+
+
+def test_a_frame_over_a_lowered_limit_is_refused_from_its_header() -> None:
+    reader = FrameReader(8 * 1024)
+    header = client_frame(Opcode.TEXT, length=64 * 1024 - 1)[:8]
+    assert feed_error(reader, header).code == MESSAGE_TOO_BIG

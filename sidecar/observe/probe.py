@@ -306,7 +306,7 @@ def write_gauges(snap: Snapshot, relay: Relay, share_names: bool) -> None:
 # Close codes worth their own series; anything else a client sends is "other", so a label
 # never takes more values than this list.
 RFC_CLOSE_CODES = (1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011)
-PUSHER_CLOSE_CODES = (4001, 4005, 4007, 4008, 4009, 4100, 4200, 4201, 4202)
+PUSHER_CLOSE_CODES = (4001, 4005, 4007, 4008, 4009, 4100, 4101, 4200, 4201, 4202)
 KNOWN_CLOSE_CODES = frozenset((*RFC_CLOSE_CODES, *PUSHER_CLOSE_CODES))
 
 

@@ -4,6 +4,11 @@ Writing is synchronous and never awaits on the broadcast path: `send()` queues a
 the connection for the next flush; the flush writes what the transport will take and, only when
 the transport pushes back, starts one task that waits for it to drain. A client whose queue
 overflows is closed with 4100 and never holds up anyone else.
+
+What the relay holds for a client is bounded by what the client is owed, not by what it sends:
+replies it can do without (errors, pongs) wait behind a backlog it has not read only up to
+`REPLY_BACKLOG_BYTES`, and a client that keeps sending frames the relay refuses is closed
+(sidecar/relay/bad_frames.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
+from sidecar.relay.bad_frames import BadFrameBudget
 from sidecar.relay.fanout import FlushScheduler
 from sidecar.relay.frames import Frame, text_frame
 from sidecar.relay.heartbeat import Heartbeat
@@ -24,6 +30,10 @@ from sidecar.relay.send_queue import SendQueue
 # call for many events); a large event goes out in slices of it, so that the transport copies at
 # most this much per connection, never the whole event.
 WRITE_BUDGET = 64 * 1024
+# Replies (pusher:error, pongs) queued behind bytes the client has not read, at most; later ones
+# are dropped until it reads. A client sending a flood and never reading held one ~100-byte
+# error per frame, up to the whole send queue (16 MiB); now the transport's buffer and this.
+REPLY_BACKLOG_BYTES = 4 * 1024
 
 
 class FrameSink(Protocol):
@@ -47,10 +57,12 @@ class ConnectionState(Enum):
 class Connection:
     __slots__ = (
         "_abort_timer",
+        "_bad_frames",
         "_close_ready",
         "_draining",
         "_marked",
         "_queue",
+        "_replies_queued",
         "_scheduler",
         "_sink",
         "app_id",
@@ -61,6 +73,7 @@ class Connection:
         "socket_id",
         "state",
         "subscriptions",
+        "trusted",
     )
 
     def __init__(
@@ -88,6 +101,11 @@ class Connection:
         self._draining = False
         self._close_ready = close_ready
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._replies_queued = 0  # reply bytes queued since the queue was last empty
+        self._bad_frames: BadFrameBudget | None = None  # made at the first refusal
+        # Holds a subscription the app signed (private, presence, a signed-in user's channel):
+        # only then may it send messages up to limits.max_client_message_bytes.
+        self.trusted = False
 
     @property
     def queued_bytes(self) -> int:
@@ -128,6 +146,36 @@ class Connection:
         if not self.write_now(frame):
             self.send(frame)
 
+    def reply(self, frame: bytes) -> None:
+        """A frame answering the client's own (a pong, an error) that it can do without.
+
+        Written at once when nothing is queued. Behind a backlog the client has not read, at
+        most REPLY_BACKLOG_BYTES of replies wait; later ones are dropped (a client that reads
+        again gets replies again, so the one that is merely slow loses a few pongs at worst).
+        """
+        if self.write_now(frame) or self.state is not ConnectionState.OPEN:
+            return
+        if self._replies_queued + len(frame) > REPLY_BACKLOG_BYTES:
+            return
+        self._replies_queued += len(frame)
+        self.send(frame)
+
+    def refuse_frame(self, error: bytes, *, bad_frame: bool = True) -> None:
+        """Answer a frame the relay refused with `error` (a pusher:error or subscription_error).
+
+        `bad_frame`: the frame was wrong, not just over a rate; past the budget of those the
+        connection is closed with 4101 instead of answered.
+        """
+        if bad_frame:
+            now = time.monotonic()
+            budget = self._bad_frames
+            if budget is None:
+                budget = self._bad_frames = BadFrameBudget(now)
+            if not budget.spend(now):
+                self.close(CloseCode.TOO_MANY_BAD_FRAMES)
+                return
+        self.reply(text_frame(error))
+
     def flush(self) -> None:
         self._marked = False
         if self._draining or self.state is ConnectionState.CLOSED:
@@ -146,7 +194,9 @@ class Connection:
         if queue.queued_bytes:
             self._draining = True
             asyncio.get_running_loop().create_task(self._wait_and_flush())
-        elif self.state is ConnectionState.CLOSING:
+            return
+        self._replies_queued = 0  # all handed to the transport: replies may queue again
+        if self.state is ConnectionState.CLOSING:
             self.state = ConnectionState.CLOSED
             code = self.close_code or CloseCode.NORMAL
             self._close_ready(code, self.close_reason)

@@ -44,6 +44,7 @@ class CloseCode(IntEnum):
     NO_PROTOCOL = 4008
     UNAUTHORIZED = 4009
     OVER_CAPACITY = 4100  # a client too slow to drain its send queue
+    TOO_MANY_BAD_FRAMES = 4101  # refused frames past the budget (sidecar/relay/bad_frames.py)
     RECONNECT = 4200  # shutdown or reload: pusher-js reconnects at once
     PONG_NOT_RECEIVED = 4201
     CLOSED_FOR_INACTIVITY = 4202
@@ -298,6 +299,7 @@ CLOSE_REASONS: dict[int, str] = {
     CloseCode.UNSUPPORTED_PROTOCOL: f"Unsupported protocol; this relay speaks {PROTOCOL_VERSION}",
     CloseCode.NO_PROTOCOL: "No protocol version given; add ?protocol=7",
     CloseCode.OVER_CAPACITY: "Client too slow: send queue over its limit",
+    CloseCode.TOO_MANY_BAD_FRAMES: "Too many invalid messages",
     CloseCode.RECONNECT: "Relay restarting: reconnect",
     CloseCode.PONG_NOT_RECEIVED: "Pong reply not received",
     CloseCode.CLOSED_FOR_INACTIVITY: "Closed after inactivity",

@@ -66,8 +66,10 @@ from sidecar.relay.protocol import (
 )
 from sidecar.relay.session import Session, SignedInUsers
 from sidecar.relay.subscriptions import (
+    Kind,
     SubscriptionRefused,
     authorize,
+    channel_kind,
     is_cache,
     is_presence,
 )
@@ -76,6 +78,8 @@ from sidecar.relay.subscriptions import (
 HEARTBEAT_SWEEP_INTERVAL = 1.0
 SWEEP_SLICE = 500  # connections checked per loop turn
 TERMINATED_REASON = "Connections of this user terminated by the app"
+# Answers pusher:ping: the same bytes every time (a reply, dropped for a client not reading).
+PONG_TEXT_FRAME = text_frame(PONG_FRAME)
 
 
 @dataclass(slots=True)
@@ -183,15 +187,16 @@ class Relay:
             message = parse_client_frame(text)
             self._handle(conn, message)
         except ProtocolError as exc:
-            if exc.code == ErrorCode.CLIENT_EVENT_RATE_LIMITED:
+            rate_limited = exc.code == ErrorCode.CLIENT_EVENT_RATE_LIMITED
+            if rate_limited:
                 self.stats.client_events_rate_limited += 1
-            conn.send_json(encode_error(exc.message, exc.code))
+            conn.refuse_frame(encode_error(exc.message, exc.code), bad_frame=not rate_limited)
             if exc.close is not None:
                 conn.close(exc.close)
 
     def on_binary(self, conn: Connection) -> None:
         conn.heartbeat.on_activity(time.monotonic())
-        conn.send_json(
+        conn.refuse_frame(
             encode_error(
                 "binary frames are not supported: send JSON text", ErrorCode.INVALID_MESSAGE
             )
@@ -200,7 +205,7 @@ class Relay:
     def _handle(self, conn: Connection, message: ClientMessage) -> None:
         match message:
             case Ping():
-                conn.send_json(PONG_FRAME)
+                conn.reply(PONG_TEXT_FRAME)
             case Pong():
                 pass
             case Subscribe():
@@ -247,7 +252,7 @@ class Relay:
                 max_user_info_bytes=self.limits.max_presence_user_info_bytes,
             )
         except SubscriptionRefused as exc:
-            conn.send_json(
+            conn.refuse_frame(
                 encode_subscription_error(channel, exc.error_type, exc.message, exc.status)
             )
             return
@@ -273,6 +278,8 @@ class Relay:
 
     def _add(self, conn: Connection, channel: str) -> None:
         conn.subscriptions.add(channel)
+        if not conn.trusted and channel_kind(channel) is not Kind.PUBLIC:
+            conn.trusted = True  # the app signed it: larger frames (client events) from now on
         self.channels[conn.app_id].subscribe(channel, conn)
         conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
 

@@ -17,9 +17,10 @@ import logging
 import time
 
 from sidecar.apps import AppConfig
+from sidecar.config import LimitsConfig
 from sidecar.edge.origin import OriginPolicy
 from sidecar.observe.bad_input import bad_input
-from sidecar.relay.connection import WRITE_BUDGET, Connection
+from sidecar.relay.connection import WRITE_BUDGET, Connection, ConnectionState
 from sidecar.relay.frames import close_frame, pong_frame, text_frame
 from sidecar.relay.handshake import (
     HandshakeError,
@@ -31,7 +32,7 @@ from sidecar.relay.handshake import (
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode, check_handshake, encode_error
 from sidecar.relay.relay import Relay
-from sidecar.relay.wsframes import FrameError, FrameReader, Opcode, parse_close
+from sidecar.relay.wsframes import FrameError, FrameReader, Message, Opcode, parse_close
 
 log = logging.getLogger("sidecar.connections")
 
@@ -39,6 +40,17 @@ log = logging.getLogger("sidecar.connections")
 CLOSE_TIMEOUT = 5.0
 APP_PATH = "/app/"
 NO_STATUS = 1005
+# Until a connection holds a channel the app signed, its messages are subscriptions, sign-ins
+# and pings: a few hundred bytes, a presence channel_data with its user_info the largest. Client
+# events (up to limits.max_client_message_bytes) come after a private or presence subscription.
+# So an unfinished frame from anyone else pins at most this much, not 64 KiB.
+UNTRUSTED_MESSAGE_BYTES = 8 * 1024
+
+
+def untrusted_message_limit(limits: LimitsConfig) -> int:
+    """The largest message from a connection the app has not signed anything for yet."""
+    largest = max(UNTRUSTED_MESSAGE_BYTES, 4 * limits.max_presence_user_info_bytes)
+    return min(limits.max_client_message_bytes, largest)
 
 
 class WebSocketEndpoint:
@@ -106,6 +118,7 @@ class PusherSocket(asyncio.Protocol):
         "_reader",
         "_relay",
         "_transport",
+        "_trusted",
         "conn",
         "write",
     )
@@ -113,12 +126,13 @@ class PusherSocket(asyncio.Protocol):
     def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
         self._relay = relay
         self._transport = transport
-        self._reader = FrameReader(relay.limits.max_client_message_bytes)
+        self._reader = FrameReader(untrusted_message_limit(relay.limits))
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._close_sent = False
         self._close_received = False
         self._failed = False
+        self._trusted = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.conn: Connection | None = None
         # Called once per delivery: the transport's own method, no wrapper. A closed transport
@@ -192,18 +206,26 @@ class PusherSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._failed or self._close_received:
             return
+        if not self._trusted and self.conn is not None and self.conn.trusted:
+            self._trust()
         try:
             messages = self._reader.feed(data)
         except FrameError as exc:
-            self._fail(exc.code, exc.reason)
+            # What the client sent before the broken frame is handled first, as sent.
+            self._handle(exc.messages)
+            if not (self._close_received or self._failed):
+                self._fail(exc.code, exc.reason)
             return
+        self._handle(messages)
+
+    def _handle(self, messages: list[Message]) -> None:
         conn = self.conn
         for opcode, payload in messages:
             if opcode is Opcode.CLOSE:
                 self._on_close(payload)  # type: ignore[arg-type]
                 return
-            if conn is None or self._close_sent:
-                continue
+            if conn is None or conn.state is not ConnectionState.OPEN:
+                continue  # closing: only the client's close frame matters now
             if opcode is Opcode.TEXT:
                 self._relay.on_text(conn, payload)  # type: ignore[arg-type]
             elif opcode is Opcode.BINARY:
@@ -211,7 +233,12 @@ class PusherSocket(asyncio.Protocol):
             else:
                 conn.heartbeat.on_activity(time.monotonic())
                 if opcode is Opcode.PING:
-                    conn.send(pong_frame(payload))  # type: ignore[arg-type]
+                    conn.reply(pong_frame(payload))  # type: ignore[arg-type]
+
+    def _trust(self) -> None:
+        """The connection holds a channel the app signed: messages up to the configured limit."""
+        self._trusted = True
+        self._reader.max_message = self._relay.limits.max_client_message_bytes
 
     def _on_close(self, payload: bytes) -> None:
         try:
@@ -252,9 +279,13 @@ class PusherSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._close_timer is not None:
             self._close_timer.cancel()
+            self._close_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(ConnectionResetError("connection lost"))
-        conn = self.conn
+        self._drained = None
+        # The connection points back at this object (its sink, close_ready): let go of it, so
+        # that both are freed now by reference counting, not by a later full collection.
+        conn, self.conn = self.conn, None
         if conn is None:
             return
         self._relay.forget(conn)

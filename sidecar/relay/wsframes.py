@@ -27,12 +27,17 @@ class Opcode(IntEnum):
 
 
 class FrameError(Exception):
-    """The client broke the framing rules; the connection ends with `code`."""
+    """The client broke the framing rules; the connection ends with `code`.
+
+    `messages` are those the same `feed()` completed before the broken frame: the client sent
+    them first, so they are handled before the connection ends.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.messages: list[Message] = []
 
 
 PROTOCOL_ERROR = 1002
@@ -75,50 +80,104 @@ def parse_close(payload: bytes) -> int:
 
 
 class FrameReader:
-    """Frames of one client connection: masked, unextended, bounded by `max_message` bytes."""
+    """Frames of one client connection: masked, unextended, bounded by `max_message` bytes.
 
-    __slots__ = ("_buffer", "_fragments", "_fragments_opcode", "_fragments_size", "max_message")
+    An unfinished frame is kept as the pieces it came in, joined once it is whole (copying the
+    tail into every read would be quadratic in a slowly sent frame). Its header is checked as
+    soon as it is read, so what is kept is never more than `max_message` and a header.
+    `max_message` may change between feeds (the connection raises it once it is trusted).
+    """
+
+    __slots__ = (
+        "_fragments",
+        "_fragments_opcode",
+        "_fragments_size",
+        "_needed",
+        "_pending",
+        "_pending_size",
+        "max_message",
+    )
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._buffer = b""
-        self._fragments: list[bytes] = []
+        # The unfinished frame, as received. Idle connections are the many: they share one empty
+        # tuple rather than hold an empty list each (56 bytes, times every connection).
+        self._pending: list[bytes] | tuple[()] = ()
+        self._pending_size = 0
+        self._needed = 0  # bytes the unfinished frame needs before it can be read further
+        self._fragments: list[bytes] | tuple[()] = ()
         self._fragments_opcode: Opcode | None = None
         self._fragments_size = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for messages not yet complete: the unfinished frame and fragments."""
+        return self._pending_size + self._fragments_size
+
     def feed(self, data: bytes) -> list[Message]:
-        buffer = self._buffer + data if self._buffer else data
+        """The messages `data` completes; FrameError (carrying those before it) on bad framing."""
+        pending = self._pending
+        if pending:
+            assert isinstance(pending, list)
+            pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._needed:
+                return []
+            buffer = b"".join(pending)
+        else:
+            buffer = data
         messages: list[Message] = []
+        try:
+            offset, needed = self._read(buffer, messages)
+        except FrameError as exc:
+            exc.messages = messages
+            self._pending = ()
+            self._pending_size = 0
+            raise
+        end = len(buffer)
+        if offset < end:
+            self._pending = [buffer[offset:] if offset else buffer]
+            self._pending_size = end - offset
+            self._needed = needed
+        elif pending:
+            self._pending = ()
+            self._pending_size = 0
+        return messages
+
+    def _read(self, buffer: bytes, messages: list[Message]) -> tuple[int, int]:
+        """Whole frames from `buffer` into `messages`: where the rest starts, and how many bytes
+        from there the next frame needs before it can be read further."""
         offset = 0
         end = len(buffer)
-        while end - offset >= HEADER_MIN:
+        while True:
+            if end - offset < HEADER_MIN:
+                return offset, HEADER_MIN
             first, second = buffer[offset], buffer[offset + 1]
             length = second & 0x7F
             position = offset + 2
             if length == 126:
                 if end - position < 2:
-                    break
+                    return offset, 4
                 length = int.from_bytes(buffer[position : position + 2], "big")
                 position += 2
             elif length == 127:
                 if end - position < 8:
-                    break
+                    return offset, 10
                 length = int.from_bytes(buffer[position : position + 8], "big")
                 position += 8
             if length >> 63:
                 raise FrameError(PROTOCOL_ERROR, "frame length with the most significant bit set")
             self._check_header(first, second, length)
-            if end - position < MASK_LENGTH + length:
-                break
+            frame_end = position + MASK_LENGTH + length
+            if frame_end > end:
+                return offset, frame_end - offset
             mask = buffer[position : position + MASK_LENGTH]
             position += MASK_LENGTH
-            payload = unmask(buffer[position : position + length], mask)
-            offset = position + length
+            payload = unmask(buffer[position:frame_end], mask)
+            offset = frame_end
             message = self._complete(first, payload)
             if message is not None:
                 messages.append(message)
-        self._buffer = buffer[offset:] if offset < end else b""
-        return messages
 
     def _check_header(self, first: int, second: int, length: int) -> None:
         if first & 0x70:
@@ -149,14 +208,14 @@ class FrameReader:
         if opcode is Opcode.CONTINUATION:
             if self._fragments_opcode is None:
                 raise FrameError(PROTOCOL_ERROR, "continuation without a message to continue")
-            self._fragments.append(payload)
+            self._fragments.append(payload)  # type: ignore[union-attr]
             self._fragments_size += len(payload)
             if not final:
                 return None
             opcode = self._fragments_opcode
             payload = b"".join(self._fragments)
             self._fragments_opcode = None
-            self._fragments = []
+            self._fragments = ()
             self._fragments_size = 0
         elif self._fragments_opcode is not None:
             raise FrameError(PROTOCOL_ERROR, "new message before the last one was finished")
