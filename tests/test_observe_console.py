@@ -272,4 +272,4 @@ async def test_the_relay_reports_connections_subscriptions_and_client_events(
         ("disconnected", one.socket_id, None),
     ]
     assert made[6]["source"] == "client" and made[6]["data"] == '{"who":"ann"}'
-    assert made[7]["code"] == 4200 and made[7]["channels"] == 1
+    assert made[7]["code"] == 4200 and made[7]["subscriptions"] == 1

@@ -225,7 +225,7 @@ class ItemTap:
                 "app": app_id,
                 "socket_id": socket_id,
                 "code": code,
-                "channels": channels,
+                "subscriptions": channels,  # not "channels": that names an event's
             }
         )
 

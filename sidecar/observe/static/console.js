@@ -30,10 +30,12 @@ function clock(seconds) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+const oneDecimal = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
+
 function bytes(n) {
   if (n < 1024) return `${count.format(n)} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  if (n < 1024 * 1024) return `${oneDecimal.format(n / 1024)} KiB`;
+  return `${oneDecimal.format(n / 1024 / 1024)} MiB`;
 }
 
 // The data as the subscribers get it: pretty-printed when it is whole JSON, as is otherwise.
@@ -54,11 +56,10 @@ function details(item) {
     case "event": {
       cell.appendChild(el("span", "name", item.event));
       cell.appendChild(el("span", `source ${item.source}`, SOURCES[item.source] || item.source));
-      meta(bytes(item.size) + (item.socket_id ? ` · from ${item.socket_id}` : "")
+      meta(bytes(item.size) + (item.truncated ? `, first ${bytes(previewBytes)} shown` : "")
+        + (item.socket_id ? ` · from ${item.socket_id}` : "")
         + (item.user_id ? ` · user ${item.user_id}` : ""));
-      const pre = el("pre", "payload", payloadText(item));
-      if (item.truncated) pre.textContent += `\n… (first ${count.format(item.data.length)} characters of ${bytes(item.size)})`;
-      cell.appendChild(pre);
+      cell.appendChild(el("pre", "payload", payloadText(item) + (item.truncated ? " …" : "")));
       break;
     }
     case "connected":
@@ -67,7 +68,7 @@ function details(item) {
     case "disconnected":
       cell.appendChild(el("span", "name", item.socket_id));
       meta(`code ${item.code}${CLOSES[item.code] ? ` (${CLOSES[item.code]})` : ""}`
-        + (item.channels ? ` · left ${item.channels} channel${item.channels > 1 ? "s" : ""}` : ""));
+        + (item.subscriptions ? ` · left ${item.subscriptions} channel${item.subscriptions > 1 ? "s" : ""}` : ""));
       break;
     case "subscribed":
     case "unsubscribed":
@@ -81,7 +82,7 @@ function details(item) {
     default:
       break;
   }
-  if (item.worker) meta(`worker ${item.worker}`);
+  if (item.worker !== undefined) meta(`worker ${item.worker}`);
   if (item.app && appCount > 1) meta(`app ${item.app}`);
   return cell;
 }
@@ -120,16 +121,30 @@ function row(item) {
 }
 
 let rate = 100;
+let previewBytes = 1024;
 let appCount = 1;
+
+// Newest first, by the time each happened: a worker's items come up to a twentieth of a
+// second after the supervisor's own, so a row may belong a few rows down.
+const LOOK_BACK = 50;
+let lastTime = 0;
+
+function place(log, tr, time) {
+  tr.dataset.t = time;
+  let before = log.firstElementChild;
+  for (let i = 0; before && i < LOOK_BACK && Number(before.dataset.t) > time; i += 1) {
+    before = before.nextElementSibling;
+  }
+  log.insertBefore(tr, before);
+}
 
 function show(items) {
   const log = $("log");
-  const rows = [];
   for (const item of items) {
     if (item.kind === "dropped") dropped += item.count; else shown += 1;
-    rows.push(row(item));
+    if (item.t) lastTime = Math.max(lastTime, item.t);
+    place(log, row(item), item.t || lastTime);
   }
-  log.prepend(...rows.reverse());
   while (log.rows.length > MAX_ROWS) log.deleteRow(log.rows.length - 1);
   $("empty").hidden = log.rows.length > 0;
   updateCounts();
@@ -161,6 +176,7 @@ function connect() {
   source.addEventListener("hello", (message) => {
     const hello = JSON.parse(message.data);
     rate = hello.rate;
+    previewBytes = hello.preview_bytes;
     $("rate").textContent = hello.rate;
     $("preview-bytes").textContent = count.format(hello.preview_bytes);
     $("workers").textContent = hello.workers > 1 ? `${hello.workers} workers` : "1 process";
