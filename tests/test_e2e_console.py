@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.publish.client import SidecarClient
 from tests.chromium import Chromium, require_chromium
-from tests.observe_support import admin_block, admin_url, wait_ready
+from tests.observe_support import Subscribers, admin_block, admin_url, wait_ready
 from tests.support import ROOT, PusherJs, SidecarProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chromium]
@@ -163,3 +163,35 @@ async def test_the_console_shows_a_clients_connection_subscription_and_both_even
     log = sidecar.stderr() + sidecar.stdout()
     for payload in (UNIX_PAYLOAD, FORM_PAYLOAD, "lorem ipsum"):
         assert payload not in log, f"a payload reached the log: {payload}"
+
+
+async def test_one_process_shows_the_same_over_its_stream(
+    start_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """workers: 1: the relay, the publish APIs and the channel state are all local."""
+    sidecar = start_sidecar(admin=admin_block(token=TOKEN), workers=1)
+    await wait_ready(sidecar)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    subscribers = Subscribers(sidecar)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(admin_url(sidecar, "/dashboard/console/events"), headers=headers) as stream,
+    ):
+        assert (await stream.content.readline()).startswith(b"event: hello")
+        await subscribers.open(1, "orders")
+        with SidecarClient(sidecar.socket, app_id=sidecar.app["id"]) as publisher:
+            publisher.trigger("orders", "order-created", {"note": UNIX_PAYLOAD})
+        items: list[dict[str, Any]] = []
+        name = b"hello"
+        while not any(i.get("event") == "order-created" for i in items):
+            line = await asyncio.wait_for(stream.content.readline(), 10)
+            if line.startswith(b"event: "):
+                name = line[7:].strip()
+            elif line.startswith(b"data: ") and name == b"items":
+                items += json.loads(line[6:])
+    await subscribers.close()
+    kinds = [i["kind"] for i in items]
+    assert kinds == ["connected", "subscribed", "occupied", "event"]
+    assert items[1]["channel"] == "orders" and items[1]["socket_id"] == items[0]["socket_id"]
+    assert items[3]["source"] == "unix" and UNIX_PAYLOAD in items[3]["data"]
+    assert "worker" not in items[0]
