@@ -325,13 +325,20 @@ def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:
     probe = RelayProbe(relay)
     probe.start()
     observer.add_local(probe)
-    return observer.count_publishes(broker)  # type: ignore[return-value]
+    feed = observer.console
+
+    def console_taps(on: bool) -> None:
+        relay.tap = feed.items if on else None
+        relay.state.on_transitions = feed.transitions if on else None
+
+    feed.switches.append(console_taps)
+    return observer.count_publishes(broker, source="api")  # type: ignore[return-value]
 
 
 def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, RequestCounter]:
     """A relay process's probe, and the broker and request counter for its own publish API
     (the signed API on the TLS port) that the probe reports from."""
-    publishes = PublishCounter(broker)
+    publishes = PublishCounter(broker, source="api")
     requests = RequestCounter()
     probe = RelayProbe(
         relay, publishers=[publishes], requests=requests, share_names=True, bad_input=BAD_INPUT

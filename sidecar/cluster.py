@@ -121,7 +121,20 @@ class Supervisor:
         if observer is not None:
             observer.workers_alive = self.alive
             observer.broker_ok = lambda: self.hub.workers == self.count
+            # The debug console: the workers' taps over their pipes, member and channel
+            # events from the cluster-wide state here (each worker applies every change).
+            observer.console.switches.append(self._console_taps)
+            self.hub.on_console_items = self._console_items
         return observer
+
+    def _console_taps(self, on: bool) -> None:
+        assert self.observer is not None
+        self.hub.console(on)
+        self.state.on_transitions = self.observer.console.transitions if on else None
+
+    def _console_items(self, worker_id: int, items: list[Any]) -> None:
+        if self.observer is not None:
+            self.observer.console.add_all(items, worker_id)
 
     def alive(self) -> int:
         return sum(1 for h in self.handles.values() if h.proc.returncode is None)

@@ -190,6 +190,8 @@ async def serve_publish_side(
         broker, requests = observer.count_publishes(broker), observer.requests
     gate = PublishGate(broker)
     api = PublishApi(prepared.apps, gate, signed=False, state=state)  # type: ignore[arg-type]
+    if observer is not None:
+        observer.publish_api = api  # the debug console's form publishes through it
     app = publish_application(api)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("unix"))

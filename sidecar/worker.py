@@ -29,6 +29,7 @@ from sidecar.config import Config
 from sidecar.lifecycle import Deadline, close_broker, drain_relay, run_loop
 from sidecar.live import EdgeOrigins, Reloader
 from sidecar.observe.channel import serve_worker_stats
+from sidecar.observe.console_worker import WorkerConsole
 from sidecar.relay.relay import Relay
 from sidecar.reload import plan_reload
 from sidecar.serving import Edge, Sites, serve_edge, start_relay
@@ -133,6 +134,9 @@ async def serve_observed_edge(
     if stats_fd is None:
         return await serve_edge(sites, prepared, relay, broker, listen)
     probe, edge_broker, requests = observe_relay(relay, broker)
+    console = WorkerConsole(relay, edge_broker, broker.console)  # type: ignore[arg-type]
+    broker.on_console = console.switch
+    console.switch(broker.console_on)  # a console already open when this worker started
     edge = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
     await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
     return edge

@@ -22,6 +22,9 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
   (then certificates), or nothing (certificates only). By the pipe, not by a signal: a signal
   sent while a worker is still starting would be lost (or end it); a frame waits in the pipe
   until the worker reads it.
+- console (hub to worker): data `1` while a debug console is open in the supervisor, empty
+  once none is (sidecar/observe/console.py): the worker's taps go on or off;
+- console items (worker to hub, only while on): meta a JSON list of the items its taps made.
 
 Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
 sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
@@ -51,7 +54,7 @@ from sidecar.broker.changes import (
 )
 
 _HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD = 1, 2, 3, 4, 5
+PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
 # The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
 # workers get 1, 2, ... in the order they attach, a restarted worker a new one.
 HUB_ORIGIN = 0
@@ -77,6 +80,11 @@ def decode_publication(head: bytes, data_json: bytes) -> Publication:
 
 def _meta_frame(kind: int, meta: bytes) -> bytes:
     return _HEADER.pack(kind, len(meta), 0) + meta
+
+
+def _console_frame(on: bool) -> bytes:
+    data = b"1" if on else b""
+    return _HEADER.pack(CONSOLE, 0, len(data)) + data
 
 
 def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
@@ -144,6 +152,10 @@ class WorkerBroker:
         # Called with the configuration's text (then certificates) or None (certificates
         # only). Set before start(): frames already in the pipe are read as it connects.
         self.on_reload: Callable[[str | None], None] | None = None
+        # Called with True when the supervisor opens a debug console, False when the last
+        # closes; `console_on` keeps the latest word for a listener set after start().
+        self.on_console: Callable[[bool], None] | None = None
+        self.console_on = False
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -158,6 +170,10 @@ class WorkerBroker:
                 changed(origin, changes)
             elif kind == RELOAD and self.on_reload is not None:
                 self.on_reload(data.decode() if data else None)
+            elif kind == CONSOLE:
+                self.console_on = data == b"1"
+                if self.on_console is not None:
+                    self.on_console(self.console_on)
 
         _, self._stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
@@ -175,6 +191,11 @@ class WorkerBroker:
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         assert self._stream is not None
         self._stream.write(encode_report(app_id, event))
+
+    def console(self, items: list[Any]) -> None:
+        """Items for the supervisor's debug console."""
+        assert self._stream is not None
+        self._stream.write(_meta_frame(CONSOLE_ITEMS, orjson.dumps(items)))
 
     def finish(self) -> None:
         """No more publications from this worker: what it accepted is ahead of this frame."""
@@ -206,6 +227,10 @@ class HubBroker:
         self._settled: asyncio.Event | None = None  # closing: every worker has finished
         # The state a worker that attaches starts from (the supervisor's ChannelState).
         self.snapshot: Callable[[], Any] | None = None
+        # The debug console: whether workers' taps are on, and who takes their items
+        # (worker_id, items).
+        self.console_on = False
+        self.on_console_items: Callable[[int, list[Any]], None] | None = None
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -232,6 +257,8 @@ class HubBroker:
                 self._reported(app_id, event)
             elif kind == FINISHED and holder:
                 self._on_finished(worker_id, holder[0])
+            elif kind == CONSOLE_ITEMS and self.on_console_items is not None:
+                self.on_console_items(worker_id, orjson.loads(meta_of(head)))
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
@@ -254,12 +281,19 @@ class HubBroker:
         self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
+        if self.console_on:
+            stream.write(_console_frame(True))
 
     def reload(self, config_text: str | None) -> None:
         """Ask every worker to reload: the configuration (the text the supervisor has just
         validated) and certificates, or with None certificates only."""
         data = config_text.encode() if config_text is not None else b""
         self._queue((_HEADER.pack(RELOAD, 0, len(data)), data))
+
+    def console(self, on: bool) -> None:
+        """Every worker's console taps on (a console opened) or off (the last one closed)."""
+        self.console_on = on
+        self._queue((_console_frame(on),))
 
     def detach(self, worker_id: int) -> None:
         stream = self._workers.get(worker_id)

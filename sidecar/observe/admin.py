@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.edge.redirect import LOOPBACK_NAMES, host_name
+from sidecar.observe.console_http import ConsoleEndpoints
 from sidecar.observe.metrics import CONTENT_TYPE, Exposition
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import KINDS
@@ -34,6 +35,8 @@ log = logging.getLogger("sidecar.admin")
 STATIC = {
     "dashboard.js": "application/javascript",
     "dashboard.css": "text/css",
+    "console.js": "application/javascript",
+    "console.css": "text/css",
 }
 # Health, and the dashboard's script and style (no data in them; a page loads them without
 # its token): everything else needs the token when one is set.
@@ -218,5 +221,6 @@ def admin_app(observer: Observer, token: str | None, host: str = "127.0.0.1") ->
     app.router.add_get("/status", endpoints.status)
     app.router.add_get("/dashboard", endpoints.dashboard)
     app.router.add_get("/dashboard/events", endpoints.events)
+    ConsoleEndpoints(observer, token).add_routes(app)  # the debug console
     app.router.add_get("/dashboard/{name}", endpoints.static)
     return app

@@ -22,6 +22,7 @@ from typing import Any
 from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.certificate import CertificateWatch
 from sidecar.observe.channel import WorkerStatsClient
+from sidecar.observe.console import ConsoleFeed
 from sidecar.observe.history import History, Point
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
 from sidecar.observe.snapshot import RECENT_EVENTS, CounterBook, Snapshot, key, merge
@@ -54,6 +55,13 @@ class Observer:
         # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them.
         self.webhooks: Any = None
         self.worker_restarts = 0
+        # The debug console's pages. Its switches turn the taps on with the first page: this
+        # process's publish APIs here, the relay's or the workers' where the relay runs.
+        self.console = ConsoleFeed()
+        self.console.switches.append(self._tap_publishers)
+        # The Unix socket's API (sidecar.publish.api.PublishApi), which the console's form
+        # publishes through; set where it is served.
+        self.publish_api: Any = None
         self.last_full: Snapshot | None = None  # the latest full collection, for the dashboard
         self.watchers = 0  # dashboards connected: the sampler collects in full while any are
         self.ticks = 0  # samples taken
@@ -67,11 +75,17 @@ class Observer:
 
     # Sources -------------------------------------------------------------------------------
 
-    def count_publishes(self, broker: Any) -> PublishCounter:
+    def count_publishes(self, broker: Any, source: str = "unix") -> PublishCounter:
         """`broker` wrapped for this process's publish API: what it takes is counted."""
-        counter = PublishCounter(broker)
+        counter = PublishCounter(broker, source=source)
+        if self.console.active:
+            counter.tap = self.console.publication
         self.publishers.append(counter)
         return counter
+
+    def _tap_publishers(self, on: bool) -> None:
+        for counter in self.publishers:
+            counter.tap = self.console.publication if on else None
 
     def add_local(self, probe: RelayProbe) -> None:
         async def ask(full: bool) -> Snapshot:
@@ -197,6 +211,7 @@ class Observer:
         async with self._tick:
             self._stopped = True  # dashboards' streams end now, not at the server's deadline
             self._tick.notify_all()
+        self.console.shutdown()
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -125,11 +125,19 @@ class LatencySampler:
 
 class PublishCounter:
     """Stands in front of a broker for a publish API: counts what publishers hand over and
-    keeps the latest few for the dashboard (channel, name, size; never the data)."""
+    keeps the latest few for the dashboard (channel, name, size; never the data).
 
-    def __init__(self, broker: Any, wall: Callable[[], float] = time.time) -> None:
+    `tap` is the debug console's (sidecar/observe/console.py), None while none is open: then
+    a publication costs one test more, nothing is copied or formatted for it.
+    """
+
+    def __init__(
+        self, broker: Any, wall: Callable[[], float] = time.time, source: str = "unix"
+    ) -> None:
         self._broker = broker
         self._wall = wall
+        self.source = source  # "unix" (the Unix socket) or "api" (the signed API)
+        self.tap: Callable[[Publication, str], None] | None = None
         self.published = 0
         self.published_bytes = 0
         self.recent: deque[RecentEvent] = deque(maxlen=RECENT_EVENTS)
@@ -150,6 +158,9 @@ class PublishCounter:
             )
         )
         self._broker.publish(publication)
+        tap = self.tap
+        if tap is not None:
+            tap(publication, self.source)
 
     def __getattr__(self, name: str) -> Any:
         # Everything else a broker offers (queries, start, close) is the broker's own.

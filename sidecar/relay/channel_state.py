@@ -147,6 +147,9 @@ class ChannelState:
         # Set where webhooks are sent from (the supervisor, or the single process); called with
         # each channel_occupied, channel_vacated, member_added and member_removed event.
         self.on_event = on_event
+        # The debug console's tap (sidecar/observe/console.py), where webhooks are sent from,
+        # while a console is open: every batch of transitions. None otherwise.
+        self.on_transitions: Callable[[list[Transition]], None] | None = None
         self._apps: dict[str, dict[str, _Channel]] = {}
 
     # Changes -------------------------------------------------------------------------------
@@ -174,6 +177,11 @@ class ChannelState:
                 out = []  # not state: the workers close the user's connections
         if out and self.on_event is not None:
             self._notify(out)
+        if out and self.on_transitions is not None:
+            try:
+                self.on_transitions(out)
+            except Exception:  # as in _notify: the state must not fall behind the others
+                log.exception("channel transitions observer failed")
         return out
 
     def _notify(self, transitions: list[Transition]) -> None:

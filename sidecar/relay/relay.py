@@ -73,6 +73,7 @@ from sidecar.relay.subscriptions import (
     is_cache,
     is_presence,
 )
+from sidecar.relay.tap import RelayTap
 
 # How often liveness is checked across all connections; pings go out at most this late.
 HEARTBEAT_SWEEP_INTERVAL = 1.0
@@ -112,6 +113,8 @@ class Relay:
         self.report_events: dict[str, frozenset[str]] = {}
         self._outbox: ChangeOutbox | None = None
         self.stats = RelayStats()
+        # The debug console's (sidecar/relay/tap.py): None unless a console is open.
+        self.tap: RelayTap | None = None
         self._socket_counter = itertools.count(1)
         self._socket_prefix = secrets.randbelow(10**9)
         self._sweeper: asyncio.Handle | None = None
@@ -147,6 +150,8 @@ class Relay:
     def open(self, conn: Connection) -> None:
         self.connections[conn.socket_id] = conn
         self.stats.connections_opened += 1
+        if self.tap is not None:
+            self.tap.opened(conn.app_id, conn.socket_id)
         conn.send_json(encode_connection_established(conn.socket_id, self.limits.activity_timeout))
 
     def forget(self, conn: Connection) -> None:
@@ -157,6 +162,8 @@ class Relay:
         self.stats.connections_closed += 1
         code = conn.close_code or 1006  # no close frame: as the "connection closed" log says
         self.stats.closed_by_code[code] = self.stats.closed_by_code.get(code, 0) + 1
+        if self.tap is not None:
+            self.tap.closed(conn.app_id, conn.socket_id, code, len(conn.subscriptions))
         registry = self.channels[conn.app_id]
         session = self.sessions.pop(conn.socket_id, None)
         for channel in conn.subscriptions:
@@ -282,6 +289,8 @@ class Relay:
             conn.trusted = True  # the app signed it: larger frames (client events) from now on
         self.channels[conn.app_id].subscribe(channel, conn)
         conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
+        if self.tap is not None:
+            self.tap.subscribed(conn.app_id, conn.socket_id, channel)
 
     def _unsubscribe(self, conn: Connection, channel: str) -> None:
         session = self.sessions.get(conn.socket_id)
@@ -290,6 +299,8 @@ class Relay:
             self.channels[conn.app_id].unsubscribe(channel, conn)
             conn.heartbeat.on_subscriptions_changed(time.monotonic(), len(conn.subscriptions))
             self._announce_leave(conn, channel, session)
+            if self.tap is not None:
+                self.tap.unsubscribed(conn.app_id, conn.socket_id, channel)
         elif session is not None and session.pending.pop(channel, None) is not None:
             self._announce(MemberLeave(conn.app_id, channel, conn.socket_id))
 
@@ -333,6 +344,8 @@ class Relay:
         )
         self.broker.publish(publication)
         self.stats.client_events += 1
+        if self.tap is not None:
+            self.tap.client_event(publication)
         self._report(conn.app_id, report)
 
     def _signin(self, conn: Connection, signin: Signin) -> None:

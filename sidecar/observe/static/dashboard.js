@@ -248,4 +248,5 @@ function connect() {
 }
 
 window.addEventListener("resize", drawCharts);
+$("console-link").href = "/dashboard/console" + (token ? `?token=${encodeURIComponent(token)}` : "");
 connect();
