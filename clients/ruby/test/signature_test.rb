@@ -34,11 +34,10 @@ class SignatureTest < Minitest::Test
                  reply[:auth]
   end
 
-  def test_private_channel_with_custom_data_signs_it_as_the_pusher_gem_does
-    reply = client.authenticate("private-foobar", "1234.1234", { a: 1 })
-    assert_equal '{"a":1}', reply[:channel_data]
-    signed = OpenSSL::HMAC.hexdigest("SHA256", SECRET, '1234.1234:private-foobar:{"a":1}')
-    assert_equal "#{KEY}:#{signed}", reply[:auth]
+  def test_private_channel_leaves_custom_data_out_as_the_sidecar_checks
+    reply = client.authenticate("private-foobar", "1234.1234", { user_id: 10 })
+    assert_equal({ auth: "#{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4" },
+                 reply)
   end
 
   def test_without_key_or_secret_auth_is_a_clear_error

@@ -35,12 +35,10 @@ module Sidecar
         channel_data = presence_data(custom_data)
         { auth: auth("#{socket_id}:#{channel}:#{channel_data}"), channel_data: channel_data }
       else
-        # custom_data on a private channel is signed as the pusher gem does, for the same auth.
-        channel_data = custom_data && JSON.generate(custom_data)
-        signed = channel_data ? "#{socket_id}:#{channel}:#{channel_data}" : "#{socket_id}:#{channel}"
-        reply = { auth: auth(signed) }
-        reply[:channel_data] = channel_data if channel_data
-        reply
+        # Private channels sign socket_id:channel only, as the sidecar checks them: custom
+        # data (one auth action passing the user for every channel) is left out, where the
+        # pusher gem would sign it too and the sidecar would refuse the subscription.
+        { auth: auth("#{socket_id}:#{channel}") }
       end
     end
 
