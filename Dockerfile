@@ -2,7 +2,7 @@
 # docker-compose.yml fills from the environment. Build: docker build -t sidecar .
 FROM python:3.11-slim-bookworm
 
-# envsubst renders configs/docker.yaml from the environment at start.
+# envsubst renders configs/docker.yaml.in from the environment at start.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gettext-base \
     && rm -rf /var/lib/apt/lists/*
@@ -19,7 +19,7 @@ RUN groupadd --gid 10001 sidecar \
     && chown sidecar:sidecar /var/lib/sidecar/certs /run/sockets \
     && chmod 0700 /var/lib/sidecar/certs \
     && chmod 0770 /run/sockets
-COPY configs/docker.yaml /etc/sidecar/sidecar.yaml.in
+COPY configs/docker.yaml.in /etc/sidecar/sidecar.yaml.in
 
 USER sidecar
 EXPOSE 443 80
