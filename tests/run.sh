@@ -27,6 +27,15 @@ $venv/bin/python -m pip install --quiet --upgrade pip
 $venv/bin/python -m pip install --quiet -e '.[test]'
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
+# The Ruby side: Debian's ruby, rack, puma and unicorn for clients/ruby and examples/, and the
+# gem's own minitest suite (a failure stops here).
+if ! command -v ruby >/dev/null || ! command -v puma >/dev/null || ! command -v unicorn >/dev/null \
+  || ! ruby -e 'require "rack"' 2>/dev/null; then
+  echo "tests/run.sh: installing ruby, ruby-rack, puma and unicorn (apt), for clients/ruby and examples/"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ruby ruby-rack puma unicorn
+fi
+(cd clients/ruby && ruby -Ilib -Itest -e 'Dir["test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }')
+
 $venv/bin/ruff check sidecar tests bench
 $venv/bin/ruff format --check sidecar tests bench
 exec $venv/bin/python -m pytest -q "$@"
