@@ -280,6 +280,7 @@ class HookedStats:
     closed_by_code: dict[int, int] = field(default_factory=dict)
     client_events: int = 0
     client_events_rate_limited: int = 0
+    subscriptions_rate_limited: int = 0
 
 
 async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
@@ -288,6 +289,7 @@ async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
         closed_by_code={1000: 2, 4200: 1, 3999: 1, 4998: 2},
         client_events=7,
         client_events_rate_limited=3,
+        subscriptions_rate_limited=4,
     )
     snap = RelayProbe(relay).snapshot(full=False)
     assert snap.counter("connections_closed", code="1000") == 2
@@ -295,3 +297,4 @@ async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
     assert snap.counter("connections_closed", code="other") == 3
     assert snap.counter("client_events") == 7
     assert snap.counter("client_events_rate_limited") == 3
+    assert snap.counter("subscriptions_rate_limited") == 4

@@ -86,6 +86,12 @@ CATALOGUE = (
         "Client events refused with 4301: over the connection's rate",
     ),
     Spec(
+        "subscriptions_rate_limited",
+        "counter",
+        "Subscribe and unsubscribe frames refused with 4301: over the connection's rate "
+        "(limits.subscriptions_per_second, limits.presence_joins_per_second)",
+    ),
+    Spec(
         "http_requests",
         "counter",
         "HTTP API requests answered, by listener (unix, tls), route and status",

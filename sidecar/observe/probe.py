@@ -254,6 +254,7 @@ def write_counters(
     counters[key("slow_client_closes")] = stats.slow_client_closes
     counters[key("client_events")] = stats.client_events
     counters[key("client_events_rate_limited")] = stats.client_events_rate_limited
+    counters[key("subscriptions_rate_limited")] = stats.subscriptions_rate_limited
     counters[key("messages_delivered")] = fanout.delivered if fanout is not None else 0
     counters[key("delivered_bytes")] = getattr(fanout, "delivered_bytes", 0)
     published = published_bytes = 0
