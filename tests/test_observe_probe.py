@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.apps import AppRegistry
 from sidecar.broker.base import Publication
 from sidecar.config import AppConfig, LimitsConfig
+from sidecar.edge import accept as accept_module
 from sidecar.observe import probe as probe_module
 from sidecar.observe.probe import (
     KINDS,
@@ -298,3 +299,18 @@ async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
     assert snap.counter("client_events") == 7
     assert snap.counter("client_events_rate_limited") == 3
     assert snap.counter("subscriptions_rate_limited") == 4
+
+
+async def test_what_the_browser_port_met_while_accepting_is_reported(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept_module, "STATS", {})
+    monkeypatch.setattr(probe_module, "ACCEPT_STATS", accept_module.STATS)
+    assert RelayProbe(relay).snapshot(full=False).counter("connections_over_ip_limit") == 0
+    tls, unix = accept_module.stats_of("tls"), accept_module.stats_of("unix")
+    tls.out_of_files, tls.over_address_cap, unix.out_of_files = 2, 7, 5
+    snap = RelayProbe(relay).snapshot(full=False)
+    assert snap.counter("accept_out_of_files", listener="tls") == 2
+    assert snap.counter("connections_over_ip_limit") == 7
+    # The publish socket is reported by the process serving it (the observer's own).
+    assert snap.counter("accept_out_of_files", listener="unix") == 0

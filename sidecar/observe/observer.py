@@ -22,7 +22,12 @@ from typing import Any
 from sidecar.observe.certificate import CertificateWatch
 from sidecar.observe.channel import WorkerStatsClient
 from sidecar.observe.history import History, Point
-from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
+from sidecar.observe.probe import (
+    PublishCounter,
+    RelayProbe,
+    RequestCounter,
+    write_accept_stats,
+)
 from sidecar.observe.snapshot import RECENT_EVENTS, CounterBook, Snapshot, key, merge
 
 log = logging.getLogger("sidecar.observe")
@@ -128,6 +133,7 @@ class Observer:
             counters[key(name)] = counters.get(key(name), 0) + value
         own_requests: dict[Any, float] = {}
         self.requests.write(own_requests)
+        write_accept_stats(own_requests, ("unix", "http"))  # this process's own listeners
         for k, v in own_requests.items():
             counters[k] = counters.get(k, 0) + v
         events = [e for p in self.publishers for e in p.recent]
