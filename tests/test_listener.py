@@ -15,7 +15,7 @@ from sidecar.apps import AppRegistry
 from sidecar.config import AppConfig, LimitsConfig
 from sidecar.edge.accept import AddressCap, Lease
 from sidecar.edge.forwarded import TrustedProxies
-from sidecar.edge.listener import CountedProtocol, EdgeProtocol
+from sidecar.edge.listener import CountedProtocol, EdgeProtocol, counted
 from sidecar.edge.origin import OriginPolicy
 from sidecar.relay.handshake import MAX_HEAD_BYTES, RequestHead
 from sidecar.relay.relay import Relay
@@ -470,3 +470,29 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted_at_the_hea
     assert relay.connections == {}
     first.transport.protocol.connection_lost(None)
     assert counts.counts.held("198.51.100.7") == 0
+
+
+async def test_a_protocol_reading_into_its_own_buffer_keeps_doing_so() -> None:
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buffer = bytearray(16)
+            self.got = 0
+            self.lost = False
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buffer
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += nbytes
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost = True
+
+    counts = cap(5)
+    inner = Buffered()
+    served = counted(inner, counts.admit("192.0.2.1"))  # type: ignore[arg-type]
+    assert isinstance(served, asyncio.BufferedProtocol)
+    assert served.get_buffer(100) is inner.buffer
+    served.buffer_updated(3)
+    served.connection_lost(None)
+    assert (inner.got, inner.lost, counts.counts.held("192.0.2.1")) == (3, True, 0)

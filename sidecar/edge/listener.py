@@ -72,6 +72,39 @@ class CountedProtocol(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+class CountedBufferedProtocol(asyncio.BufferedProtocol):
+    """CountedProtocol for a protocol that reads into its own buffer."""
+
+    __slots__ = (
+        "_inner",
+        "_lease",
+        "buffer_updated",
+        "eof_received",
+        "get_buffer",
+        "pause_writing",
+        "resume_writing",
+    )
+
+    def __init__(self, inner: asyncio.BufferedProtocol, lease: Lease) -> None:
+        self._inner = inner
+        self._lease = lease
+        self.get_buffer = inner.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = inner.buffer_updated  # type: ignore[method-assign]
+        self.eof_received = inner.eof_received  # type: ignore[method-assign]
+        self.pause_writing = inner.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = inner.resume_writing  # type: ignore[method-assign]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lease.release()
+        self._inner.connection_lost(exc)
+
+
+def counted(inner: asyncio.BaseProtocol, lease: Lease) -> CountedProtocol | CountedBufferedProtocol:
+    if isinstance(inner, asyncio.BufferedProtocol):
+        return CountedBufferedProtocol(inner, lease)
+    return CountedProtocol(inner, lease)  # type: ignore[arg-type]
+
+
 class EdgeProtocol(asyncio.Protocol):
     """Reads a connection's first request head, then steps aside for whoever serves it."""
 
@@ -169,7 +202,7 @@ class EdgeProtocol(asyncio.Protocol):
         taker = transport.get_protocol()
         if lease is not None and taker is not self:
             self._lease = None
-            transport.set_protocol(CountedProtocol(taker, lease))
+            transport.set_protocol(counted(taker, lease))
 
     def _step_aside(self) -> asyncio.Transport:
         if self._timer is not None:
