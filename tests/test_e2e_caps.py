@@ -200,3 +200,27 @@ async def test_running_out_of_file_descriptors_is_logged_counted_and_survived(
     await ws.close()
     metrics = await scrape(session, starved)
     assert metric(metrics, 'sidecar_accept_out_of_files_total{listener="tls"}') >= 1
+
+
+# Subscription churn -------------------------------------------------------------------------
+
+
+async def test_subscription_churn_past_the_rate_gets_4301_and_is_dropped(
+    impatient: SidecarProcess, session: aiohttp.ClientSession
+) -> None:
+    churner = await open_ws(session, impatient)
+    for i in range(150):  # 300 frames at once: past the burst of 100
+        await churner.send_json({"event": "pusher:subscribe", "data": {"channel": f"churn-{i}"}})
+        await churner.send_json({"event": "pusher:unsubscribe", "data": {"channel": f"churn-{i}"}})
+    await churner.send_json({"event": "pusher:ping", "data": {}})
+    frames = []
+    while not frames or frames[-1]["event"] != "pusher:pong":
+        frames.append(json.loads(await churner.receive_str(timeout=5)))
+    succeeded = [f for f in frames if f["event"] == "pusher_internal:subscription_succeeded"]
+    errors = [f for f in frames if f["event"] == "pusher:error"]
+    assert 50 <= len(succeeded) <= 60  # a burst of 100 frames: 50 pairs (and a few refilled)
+    assert len(errors) >= 180 and {e["data"]["code"] for e in errors} == {4301}
+    assert errors[0]["data"]["message"] == (
+        "subscriptions refused: over the limit of 100 per second"
+    )
+    await churner.close()
