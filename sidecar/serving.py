@@ -237,7 +237,7 @@ async def serve_admin(sites: Sites, prepared: Prepared, observer: Observer | Non
         observer.start()
         await sites.serve(
             admin_application(observer, prepared.config.admin.token),
-            lambda r: web.SockSite(r, admin),
+            lambda r: AcceptingSite(r, admin, "admin"),
         )
 
 

@@ -175,8 +175,8 @@ class AcceptStats:
     over_address_cap: int = 0  # connections refused: limits.max_connections_per_ip
 
 
-# This process's listeners by name ("tls", "unix", "http"): a relay process reports "tls", the
-# process holding the publish socket and the plain-HTTP port reports those (observe/).
+# This process's listeners by name ("tls", "unix", "http", "admin"): a relay process reports
+# "tls", the process holding the others reports those (sidecar/observe/).
 STATS: dict[str, AcceptStats] = {}
 
 
@@ -200,7 +200,7 @@ class Acceptor(asyncio.AbstractServer):
         self,
         sock: socket.socket,
         factory: ProtocolFactory,
-        listener: str,  # for logs and metrics: "tls", "unix", "http"
+        listener: str,  # for logs and metrics: "tls", "unix", "http", "admin"
         *,
         ssl: SSLContext | None = None,
         handshake_timeout: float | None = None,
@@ -347,7 +347,8 @@ class Acceptor(asyncio.AbstractServer):
 
 
 class AcceptingSite(web.SockSite):
-    """aiohttp's socket site, accepting through an `Acceptor` (the plain-HTTP port)."""
+    """aiohttp's socket site, accepting through an `Acceptor` (the plain-HTTP port, the admin
+    listener)."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, listener: str) -> None:
         super().__init__(runner, sock)

@@ -102,7 +102,7 @@ CATALOGUE = (
         "Times a listener could not accept for want of a file descriptor (EMFILE/ENFILE) "
         "and paused; the clients wait in the backlog",
         ("listener",),
-        (("tls",), ("unix",), ("http",)),
+        (("tls",), ("unix",), ("http",), ("admin",)),
     ),
     Spec(
         "http_requests",

@@ -133,7 +133,7 @@ class Observer:
             counters[key(name)] = counters.get(key(name), 0) + value
         own_requests: dict[Any, float] = {}
         self.requests.write(own_requests)
-        write_accept_stats(own_requests, ("unix", "http"))  # this process's own listeners
+        write_accept_stats(own_requests, ("unix", "http", "admin"))  # this process's own listeners
         for k, v in own_requests.items():
             counters[k] = counters.get(k, 0) + v
         events = [e for p in self.publishers for e in p.recent]
