@@ -20,6 +20,7 @@ import pytest
 
 from tests.support import SidecarProcess, base_config, free_port, running_sidecar
 from tests.test_e2e_relay import open_ws, tls_context
+from tests.test_e2e_reload import sighup, write_config
 
 PER_IP = 3
 
@@ -224,3 +225,36 @@ async def test_subscription_churn_past_the_rate_gets_4301_and_is_dropped(
         "subscriptions refused: over the limit of 100 per second"
     )
     await churner.close()
+
+
+# With workers, and reloaded -----------------------------------------------------------------
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[SidecarProcess]:
+    config = base_config(tmp_path, workers=2, limits={"max_connections_per_ip": 4})
+    sidecar = SidecarProcess(tmp_path, config)
+    try:
+        yield sidecar.start()
+    finally:
+        sidecar.stop()
+
+
+async def test_the_per_address_limit_is_per_node_and_applied_live_by_a_reload(
+    two_workers: SidecarProcess, session: aiohttp.ClientSession
+) -> None:
+    sockets, refusals = [], 0
+    for _ in range(12):  # each of the two workers allows half the node's 4
+        try:
+            sockets.append(await open_ws(session, two_workers))
+        except (aiohttp.ClientError, OSError, ssl.SSLError):
+            refusals += 1
+    # The kernel hashes each connection to a worker: 2 at least (one worker full), 4 at most.
+    assert 2 <= len(sockets) <= 4 and refusals == 12 - len(sockets)
+    write_config(two_workers, limits={"max_connections_per_ip": 0})
+    sighup(two_workers)
+    await two_workers.wait_for_log(lambda e: e.get("msg") == "config reloaded")
+    await asyncio.sleep(0.5)  # the workers apply it after the supervisor's line
+    more = [await open_ws(session, two_workers) for _ in range(8)]  # no limit now
+    for ws in sockets + more:
+        await ws.close()
