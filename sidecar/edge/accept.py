@@ -268,25 +268,23 @@ class Acceptor(asyncio.AbstractServer):
         self._paused = self._loop.call_later(OUT_OF_FILES_PAUSE, self._resume)
 
     def _accepted(self, conn: socket.socket, address: object) -> None:
+        # Non-blocking for the loop; TCP_NODELAY is the loop's transports' own doing.
         conn.setblocking(False)
-        lease: Lease | None = None
         cap = self.cap
-        if self._tcp:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if cap is not None:
-                peer = address[0]  # type: ignore[index]
-                if cap.defers(peer):
-                    cap_at_head: AddressCap | None = cap
-                else:
-                    cap_at_head = None
-                    lease = cap.admit(peer)
-                    if lease is None:
-                        self._refuse(conn)
-                        return
-                protocol = self.factory(lease, cap_at_head)
-                self._serve(conn, protocol, lease)
+        if not self._tcp or cap is None:
+            self._serve(conn, self.factory(None, None), None)
+            return
+        peer = address[0]  # type: ignore[index]
+        lease: Lease | None = None
+        cap_at_head: AddressCap | None = None
+        if cap.defers(peer):
+            cap_at_head = cap
+        else:
+            lease = cap.admit(peer)
+            if lease is None:
+                self._refuse(conn)
                 return
-        self._serve(conn, self.factory(None, None), None)
+        self._serve(conn, self.factory(lease, cap_at_head), lease)
 
     def _refuse(self, conn: socket.socket) -> None:
         """Over the cap: closed at once. Plain HTTP is told why, if the socket takes it now;
