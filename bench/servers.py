@@ -294,7 +294,8 @@ class SidecarServer(Server):
             "publish": {"socket": self.socket},
             "apps": [{"id": APP_ID, "key": APP_KEY, "secret": APP_SECRET}],
             "log": {"level": "warning"},
-            "limits": {"send_queue_bytes": "64MiB"},
+            # Every client of a benchmark comes from one address.
+            "limits": {"send_queue_bytes": "64MiB", "max_connections_per_ip": 0},
         }
         config["workers"] = self.workers  # explicit: "auto" would follow the taskset
         path = self.workdir / "sidecar.yaml"

@@ -72,6 +72,24 @@ DEFAULT_CLIENT_EVENTS_PER_SECOND = 10
 # of every cached event, bounded in bytes (an event may be megabytes).
 DEFAULT_CACHE_TTL = 1800
 DEFAULT_CACHE_MAX_BYTES = 64 * MiB
+# Per node (shared out among the workers): a browser opens one WebSocket per tab, and a NAT of
+# a few hundred users stays well below it; one address holding thousands is a flood.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
+# An idle HTTP keep-alive connection is a file descriptor held for nothing: aiohttp's default
+# is an hour. Browsers reuse a connection within seconds or not at all; behind a load balancer,
+# set it above the balancer's own idle timeout (60 s on AWS) so that it is the one to close.
+DEFAULT_KEEPALIVE_TIMEOUT = 15.0
+# A client has this long to send its first request head (after TLS, which has its own limit).
+DEFAULT_REQUEST_HEAD_TIMEOUT = 15.0
+# The app writes a whole publish at once on a local socket: one still incomplete after this
+# long is a stuck or broken publisher, answered 408 rather than held forever.
+DEFAULT_PUBLISH_REQUEST_TIMEOUT = 10.0
+# pusher-js subscribes to every channel at once on connect and again on each reconnect: the
+# burst (as many as the rate) must take a page's channels; past it, subscribe/unsubscribe churn.
+DEFAULT_SUBSCRIPTIONS_PER_SECOND = 100
+# A presence join is a member_added (and its leave a member_removed) to every other member: a
+# tenth of the subscription rate, so one member churning cannot make the others slow clients.
+DEFAULT_PRESENCE_JOINS_PER_SECOND = 10
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,14 @@ class LimitsConfig:
     # Per process (each worker): more are refused with 4004, pusher-js backs off. Each holds a
     # file descriptor and up to send_queue_bytes, so a bound is what keeps a flood survivable.
     max_connections: int = 100_000
+    # Per address, over every connection to the browser port (WebSocket or HTTP, from accept
+    # to close); per node: each of N workers allows its share. 0: no limit.
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # idle HTTP keep-alive, seconds
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT  # first request head, seconds
+    publish_request_timeout: float = DEFAULT_PUBLISH_REQUEST_TIMEOUT  # Unix socket; over: 408
+    subscriptions_per_second: int = DEFAULT_SUBSCRIPTIONS_PER_SECOND  # per connection; 4301
+    presence_joins_per_second: int = DEFAULT_PRESENCE_JOINS_PER_SECOND  # per connection; 4301
 
 
 @dataclass(frozen=True)
@@ -331,6 +357,24 @@ def _limits(raw: Any) -> LimitsConfig:
         cache_ttl=_int(raw, "limits", "cache_ttl", d.cache_ttl, 1, 7 * 86400),
         cache_max_bytes=_bytes(raw, "limits", "cache_max_bytes", d.cache_max_bytes),
         max_connections=_int(raw, "limits", "max_connections", d.max_connections, 1, 10_000_000),
+        max_connections_per_ip=_int(
+            raw, "limits", "max_connections_per_ip", d.max_connections_per_ip, 0, 10_000_000
+        ),
+        keepalive_timeout=_seconds(
+            raw, "limits", "keepalive_timeout", d.keepalive_timeout, 1, 3630
+        ),
+        request_head_timeout=_seconds(
+            raw, "limits", "request_head_timeout", d.request_head_timeout, 1, 600
+        ),
+        publish_request_timeout=_seconds(
+            raw, "limits", "publish_request_timeout", d.publish_request_timeout, 1, 600
+        ),
+        subscriptions_per_second=_int(
+            raw, "limits", "subscriptions_per_second", d.subscriptions_per_second, 1, 100_000
+        ),
+        presence_joins_per_second=_int(
+            raw, "limits", "presence_joins_per_second", d.presence_joins_per_second, 1, 100_000
+        ),
     )
     return limits
 

@@ -21,8 +21,17 @@ from sidecar.config import AppConfig, Config
 # Bound at start: a socket, a process, a TLS listener, or the structures sized by them.
 RESTART_SECTIONS = ("listen", "http", "tls", "publish", "upstream", "broker", "admin", "workers")
 # Limits that size what is shared by every connection (each process's presence bookkeeping and
-# cache of last events): changing them under way would leave the processes disagreeing.
-RESTART_LIMITS = ("max_presence_members", "cache_ttl", "cache_max_bytes")
+# cache of last events): changing them under way would leave the processes disagreeing. And
+# limits handed to a listener's servers when they are made: aiohttp's keep-alive, and the
+# publish socket's timeout (in the supervisor, which has no relay to read limits from).
+# The other limits are read at each accept, connection, subscription or event: live.
+RESTART_LIMITS = (
+    "max_presence_members",
+    "cache_ttl",
+    "cache_max_bytes",
+    "keepalive_timeout",
+    "publish_request_timeout",
+)
 # Config fields named as the file names them.
 KEY_NAMES = {
     "allowed_origins": "cors.allowed_origins",

@@ -33,10 +33,12 @@ from sidecar.app import (
 from sidecar.apps import AppRegistry
 from sidecar.broker import Broker
 from sidecar.config import Config
+from sidecar.edge.accept import AcceptingSite, AddressCap
 from sidecar.edge.acme import AcmeService, start_acme
 from sidecar.edge.acme_client import ChallengeStore
 from sidecar.edge.certificates import CertificateManager
 from sidecar.edge.cors import PolicyOrigins
+from sidecar.edge.forwarded import TrustedProxies
 from sidecar.edge.http_errors import QuietAppRunner
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.origin import OriginPolicy
@@ -57,10 +59,18 @@ class Sites:
     runners: list[web.AppRunner] = field(default_factory=list)
 
     async def serve(
-        self, app: web.Application, make_site: Callable[[web.AppRunner], web.BaseSite]
+        self,
+        app: web.Application,
+        make_site: Callable[[web.AppRunner], web.BaseSite],
+        keepalive_timeout: float | None = None,
     ) -> web.AppRunner:
+        """`keepalive_timeout`: seconds an idle keep-alive connection is kept (None: aiohttp's
+        default, an hour: for the admin listener only, which is not the public's)."""
+        extra = {} if keepalive_timeout is None else {"keepalive_timeout": keepalive_timeout}
         # aiohttp's own refusals (a request its parser cannot read) in JSON, without a traceback.
-        runner = QuietAppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = QuietAppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=1.0, **extra
+        )
         await runner.setup()
         self.runners.append(runner)
         await make_site(runner).start()
@@ -148,6 +158,11 @@ async def serve_edge(
         app.middlewares.insert(0, requests.middleware("tls"))
     websockets = WebSocketEndpoint(relay, policy)
     passthrough = upgrade_passthrough(config)
+    cap = AddressCap(
+        lambda: relay.limits.max_connections_per_ip,
+        TrustedProxies(config.listen.trusted_proxies),
+        processes=relay_processes(config),
+    )
     runner = await sites.serve(
         app,
         lambda r: EdgeSite(
@@ -158,9 +173,18 @@ async def serve_edge(
             handshake_timeout=config.tls.handshake_timeout,
             backlog=LISTEN_BACKLOG,
             passthrough=passthrough,
+            cap=cap,
         ),
+        keepalive_timeout=config.limits.keepalive_timeout,
     )
     return Edge(runner, websockets, app[EDGE_API], gate, policy, app[EDGE_CORS], certificates)
+
+
+def relay_processes(config: Config) -> int:
+    """How many processes share the browser port: each allows its share of a per-node limit."""
+    from sidecar.cluster import worker_count  # cluster serves through this module
+
+    return worker_count(config)
 
 
 @dataclass
@@ -197,7 +221,15 @@ async def serve_publish_side(
         app.middlewares.insert(0, requests.middleware("unix"))
     runner = await sites.serve(
         app,
-        lambda r: FastPublishSite(r, config.publish.socket, api, backlog=1024, requests=requests),
+        lambda r: FastPublishSite(
+            r,
+            config.publish.socket,
+            api,
+            backlog=1024,
+            requests=requests,
+            request_timeout=config.limits.publish_request_timeout,
+        ),
+        keepalive_timeout=config.limits.keepalive_timeout,
     )
     os.chmod(config.publish.socket, config.publish.socket_mode)
     return PublishSide(runner, api, gate)
@@ -210,7 +242,7 @@ async def serve_admin(sites: Sites, prepared: Prepared, observer: Observer | Non
         observer.start()
         await sites.serve(
             admin_application(observer, prepared.config.admin.token, prepared.config.admin.host),
-            lambda r: web.SockSite(r, admin),
+            lambda r: AcceptingSite(r, admin, "admin"),
         )
 
 
@@ -224,7 +256,11 @@ async def serve_plain_http(
     if sock is not None:
         config = prepared.config
         app = redirect_application(config.listen.port, challenges, redirect_names(config))
-        runner = await sites.serve(app, lambda r: web.SockSite(r, sock))
+        runner = await sites.serve(
+            app,
+            lambda r: AcceptingSite(r, sock, "http"),
+            keepalive_timeout=config.limits.keepalive_timeout,
+        )
     return runner, challenges
 
 

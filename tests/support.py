@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -60,6 +61,7 @@ class SidecarProcess:
     workdir: Path
     config: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
+    open_files: int | None = None  # RLIMIT_NOFILE (soft and hard) of the process, if set
     stdout_path: Path = field(init=False)
     stderr_path: Path = field(init=False)
 
@@ -95,11 +97,18 @@ class SidecarProcess:
     def launch(self) -> SidecarProcess:
         """Start the process without waiting for it to be ready."""
         self.config_path.write_text(yaml.safe_dump(self.config))
+        open_files = self.open_files
+
+        def limit_open_files() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
             [*sidecar_command(), "run", "--config", str(self.config_path)],
             cwd=self.workdir,
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
+            preexec_fn=limit_open_files if open_files is not None else None,
         )
         return self
 

@@ -59,6 +59,12 @@ def test_defaults_from_an_empty_mapping(raw: object) -> None:
     assert config.limits.client_events_per_second == 10
     assert config.limits.cache_ttl == 1800
     assert config.limits.cache_max_bytes == 64 * MiB
+    assert config.limits.max_connections_per_ip == 1000
+    assert config.limits.keepalive_timeout == 15.0
+    assert config.limits.request_head_timeout == 15.0
+    assert config.limits.publish_request_timeout == 10.0
+    assert config.limits.subscriptions_per_second == 100
+    assert config.limits.presence_joins_per_second == 10
     assert config.log.level == "info"
     assert config.webhooks == WebhookSettings()
     assert config.webhooks.vacate_delay == 3.0
@@ -185,6 +191,12 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"limits": {"client_events_per_second": True}}, "limits.client_events_per_second"),
         ({"limits": {"cache_ttl": 0}}, "limits.cache_ttl"),
         ({"limits": {"cache_max_bytes": -5}}, "limits.cache_max_bytes"),
+        ({"limits": {"max_connections_per_ip": -1}}, "limits.max_connections_per_ip"),
+        ({"limits": {"keepalive_timeout": 0}}, "limits.keepalive_timeout"),
+        ({"limits": {"request_head_timeout": "15s"}}, "limits.request_head_timeout"),
+        ({"limits": {"publish_request_timeout": 0.5}}, "limits.publish_request_timeout"),
+        ({"limits": {"subscriptions_per_second": 0}}, "limits.subscriptions_per_second"),
+        ({"limits": {"presence_joins_per_second": 1.5}}, "limits.presence_joins_per_second"),
         ({"cors": {"allowed_origins": "https://app.example.com"}}, "cors.allowed_origins"),
         ({"cors": {"allowed_origins": [1]}}, "cors.allowed_origins"),
         ({"cors": {"allowed_origins": ["example.com"]}}, "cors.allowed_origins[0]"),
@@ -507,6 +519,25 @@ def test_presence_client_event_and_cache_limits() -> None:
     assert config.limits.client_events_per_second == 50
     assert config.limits.cache_ttl == 60
     assert config.limits.cache_max_bytes == MiB
+
+
+def test_connection_caps_timeouts_and_subscription_rates() -> None:
+    limits = from_mapping(
+        {
+            "limits": {
+                "max_connections_per_ip": 0,
+                "keepalive_timeout": 5,
+                "request_head_timeout": 2.5,
+                "publish_request_timeout": 3,
+                "subscriptions_per_second": 20,
+                "presence_joins_per_second": 2,
+            }
+        }
+    ).limits
+    assert limits.max_connections_per_ip == 0  # no limit
+    assert (limits.keepalive_timeout, limits.request_head_timeout) == (5.0, 2.5)
+    assert limits.publish_request_timeout == 3.0
+    assert (limits.subscriptions_per_second, limits.presence_joins_per_second) == (20, 2)
 
 
 def test_shutdown_deadline_defaults_to_ten_seconds_and_takes_fractions() -> None:

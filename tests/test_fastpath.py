@@ -842,3 +842,51 @@ def test_escaped_data_within_the_limit_is_published_on_the_fast_path(data: str) 
     assert http.made == []  # answered here, not handed to aiohttp as too large
     assert b"".join(transport.writes) == OK
     assert broker.publications == [Publication.of("7", ("c",), "e", data)]
+
+
+# A request that does not arrive whole in time -------------------------------------------------
+
+
+def timed_harness(timeout: float) -> Harness:
+    harness = Harness()
+    harness.protocol = FastPublishProtocol(harness.api, harness.http, timeout=timeout)
+    harness.protocol.connection_made(harness.transport)
+    return harness
+
+
+@pytest.mark.parametrize("cut", [10, len(post("/apps/1/events")) - 3])
+async def test_a_half_sent_request_gets_408_and_is_closed(cut: int) -> None:
+    harness = timed_harness(0.05)
+    harness.feed(post("/apps/1/events")[:cut])  # in the head, or in the body
+    await asyncio.sleep(0.1)
+    assert error_of(harness.transport.written, "HTTP/1.1 408 Request Timeout") == (
+        "request not complete within 0.05 s"
+    )
+    assert harness.transport.closed
+    assert harness.broker.publications == []
+    harness.protocol.connection_lost(None)
+
+
+async def test_the_clock_runs_only_while_a_request_is_incomplete() -> None:
+    harness = timed_harness(0.1)
+    whole = post("/apps/1/events")
+    for _ in range(3):  # each completed in time, however it was split
+        harness.feed(whole[:20])
+        await asyncio.sleep(0.06)
+        harness.feed(whole[20:])
+    await asyncio.sleep(0.15)  # idle between requests: the app's keep-alive pool, kept
+    assert harness.broker.publications == [ORDERS] * 3
+    assert not harness.transport.closed
+    assert b"408" not in harness.transport.written
+
+
+async def test_no_408_once_handed_to_aiohttp_or_lost() -> None:
+    handed = timed_harness(0.05)
+    handed.feed(request("GET", "/apps/1/channels")[:-2])  # aiohttp's, once the head is whole
+    handed.feed(b"\r\n")
+    lost = timed_harness(0.05)
+    lost.feed(post("/apps/1/events")[:10])
+    lost.protocol.connection_lost(None)
+    await asyncio.sleep(0.1)
+    assert handed.transport.written == b"" and not handed.transport.closed
+    assert lost.transport.written == b""

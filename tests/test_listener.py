@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import struct
 from collections.abc import AsyncIterator
@@ -12,8 +13,9 @@ import pytest
 
 from sidecar.apps import AppRegistry
 from sidecar.config import AppConfig, LimitsConfig
-from sidecar.edge import listener as listener_module
-from sidecar.edge.listener import EdgeProtocol
+from sidecar.edge.accept import AddressCap, Lease
+from sidecar.edge.forwarded import TrustedProxies
+from sidecar.edge.listener import CountedProtocol, EdgeProtocol, counted
 from sidecar.edge.origin import OriginPolicy
 from sidecar.relay.handshake import MAX_HEAD_BYTES, RequestHead
 from sidecar.relay.relay import Relay
@@ -66,13 +68,6 @@ class FakeEndpoint:
         self.upgrades.append((transport, head, rest))
 
 
-class PeerTransport(FakeTransport):
-    """A fake transport that knows its peer, as the bad-input log asks it."""
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("203.0.113.9", 40000) if name == "peername" else default
-
-
 class FakePassthrough:
     """Stands in for UpgradePassthrough: wants every path but the relay's."""
 
@@ -87,11 +82,24 @@ class FakePassthrough:
 
 
 class Edge:
-    def __init__(self, websockets: Any = None, passthrough: Any = None) -> None:
-        self.transport = PeerTransport()
+    def __init__(
+        self,
+        websockets: Any = None,
+        passthrough: Any = None,
+        *,
+        lease: Lease | None = None,
+        cap_at_head: AddressCap | None = None,
+        head_timeout: float = 15.0,
+        peer: str = "192.0.2.1",
+    ) -> None:
+        self.transport = FakeTransport()
+        self.transport.peername = (peer, 50000)
         self.http_made: list[FakeHttp] = []
         self.endpoint = websockets or FakeEndpoint()
-        self.protocol = EdgeProtocol(self._make_http, self.endpoint, passthrough)
+        self.protocol = EdgeProtocol(
+            self._make_http, self.endpoint, passthrough, lease, cap_at_head, head_timeout
+        )
+        self.transport.set_protocol(self.protocol)
         self.protocol.connection_made(self.transport)  # type: ignore[arg-type]
 
     def _make_http(self) -> FakeHttp:
@@ -313,9 +321,8 @@ async def test_over_long_upgrade_head_in_one_read_is_handed_to_http() -> None:
 # The head timeout ---------------------------------------------------------------------------
 
 
-async def test_slow_head_gets_408_and_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "HEAD_TIMEOUT", 0.01)
-    edge = Edge()
+async def test_slow_head_gets_408_and_is_closed() -> None:
+    edge = Edge(head_timeout=0.01)
     edge.feed(UPGRADE[:20])
     await asyncio.sleep(0.05)
     head, _, body = bytes(edge.transport.data).partition(b"\r\n\r\n")
@@ -326,29 +333,24 @@ async def test_slow_head_gets_408_and_is_closed(monkeypatch: pytest.MonkeyPatch)
     assert edge.endpoint.upgrades == [] and edge.http_made == []
 
 
-async def test_silent_client_gets_408(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "HEAD_TIMEOUT", 0.01)
-    edge = Edge()
+async def test_silent_client_gets_408() -> None:
+    edge = Edge(head_timeout=0.01)
     await asyncio.sleep(0.05)
     assert edge.transport.data.startswith(b"HTTP/1.1 408 ")
     assert edge.transport.closed
 
 
 @pytest.mark.parametrize("request_bytes", [UPGRADE, API_REQUEST])
-async def test_no_408_once_the_head_is_handed_on(
-    monkeypatch: pytest.MonkeyPatch, request_bytes: bytes
-) -> None:
-    monkeypatch.setattr(listener_module, "HEAD_TIMEOUT", 0.01)
-    edge = Edge()
+async def test_no_408_once_the_head_is_handed_on(request_bytes: bytes) -> None:
+    edge = Edge(head_timeout=0.01)
     edge.feed(request_bytes)
     await asyncio.sleep(0.05)
     assert b"408" not in edge.transport.data
     assert not edge.transport.closed
 
 
-async def test_no_408_after_the_connection_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "HEAD_TIMEOUT", 0.01)
-    edge = Edge()
+async def test_no_408_after_the_connection_is_lost() -> None:
+    edge = Edge(head_timeout=0.01)
     edge.feed(UPGRADE[:5])
     edge.protocol.connection_lost(ConnectionResetError())
     await asyncio.sleep(0.05)
@@ -396,3 +398,115 @@ async def test_close_frame_after_the_head_through_the_real_endpoint(relay: Relay
     assert edge.transport.data.endswith(b"\x88\x02" + struct.pack("!H", 1000))
     assert edge.transport.closed
     edge.transport.protocol.connection_lost(None)
+
+
+# Connections per address --------------------------------------------------------------------
+
+TRUSTED = TrustedProxies((ipaddress.ip_network("10.0.0.0/8"),))
+
+
+def cap(limit: int = 1, trusted: TrustedProxies = TRUSTED) -> AddressCap:
+    return AddressCap(lambda: limit, trusted)
+
+
+@pytest.mark.parametrize("request_bytes", [UPGRADE, API_REQUEST])
+async def test_the_lease_goes_with_the_connection_and_ends_with_it(
+    request_bytes: bytes,
+) -> None:
+    counts = cap(5)
+    lease = counts.admit("192.0.2.1")
+    edge = Edge(lease=lease)
+    if request_bytes is UPGRADE:
+        taker = PusherSocket.__new__(PusherSocket)  # what the endpoint would set
+        edge.endpoint.upgrade = lambda transport, head, rest: transport.set_protocol(taker)
+    edge.feed(request_bytes)
+    served = edge.transport.protocol
+    assert isinstance(served, CountedProtocol)
+    assert counts.counts.held("192.0.2.1") == 1  # held while served
+    if request_bytes is API_REQUEST:
+        assert served.data_received == edge.http.data_received  # read with no extra call
+        served.data_received(b"more")
+        assert edge.http.received[-1] == b"more"
+        served.connection_lost(None)
+    else:
+        served._lease.release()  # as its connection_lost would (no real socket to lose here)
+    assert counts.counts.held("192.0.2.1") == 0
+
+
+async def test_a_connection_refused_on_the_spot_releases_its_lease_when_it_closes(
+    relay: Relay,
+) -> None:
+    counts = cap(5)
+    edge = Edge(WebSocketEndpoint(relay, OriginPolicy([])), lease=counts.admit("192.0.2.1"))
+    edge.feed(UPGRADE.replace(b"Host:", b"Origin: https://evil.example\r\nHost:"))
+    assert edge.transport.data.startswith(b"HTTP/1.1 403 ")
+    assert edge.transport.protocol is edge.protocol  # still ours: no one took it over
+    edge.protocol.connection_lost(None)
+    assert counts.counts.held("192.0.2.1") == 0
+
+
+async def test_a_lost_connection_before_its_head_releases_its_lease() -> None:
+    counts = cap(5)
+    edge = Edge(lease=counts.admit("192.0.2.1"))
+    edge.feed(UPGRADE[:10])
+    edge.protocol.connection_lost(None)
+    assert counts.counts.held("192.0.2.1") == 0
+
+
+def forwarded(request: bytes, client: str) -> bytes:
+    return request.replace(b"Host:", f"X-Forwarded-For: {client}\r\nHost:".encode(), 1)
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted_at_the_head(
+    relay: Relay,
+) -> None:
+    counts = cap(1)
+    first = Edge(cap_at_head=counts, peer="10.0.0.1")
+    first.feed(forwarded(API_REQUEST, "198.51.100.7"))
+    assert counts.counts.held("198.51.100.7") == 1
+    assert counts.counts.held("10.0.0.1") == 0  # the proxy itself is not the client
+    # Another client through the same proxy has a count of its own.
+    other = Edge(cap_at_head=counts, peer="10.0.0.1")
+    other.feed(forwarded(API_REQUEST, "198.51.100.8"))
+    assert isinstance(other.transport.protocol, CountedProtocol)
+    # Over the cap: HTTP gets 429 JSON, a Pusher upgrade gets 4004 as over max_connections.
+    http = Edge(cap_at_head=counts, peer="10.0.0.1")
+    http.feed(forwarded(API_REQUEST, "198.51.100.7"))
+    head, _, body = bytes(http.transport.data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    assert json.loads(body) == {"error": "too many connections from this address"}
+    assert http.transport.closed and http.http_made == []
+    ws = Edge(WebSocketEndpoint(relay, OriginPolicy(["*"])), cap_at_head=counts, peer="10.0.0.1")
+    ws.feed(forwarded(UPGRADE, "198.51.100.7"))
+    data = bytes(ws.transport.data)
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert b'"code":4004' in data.replace(b"\\", b"")
+    assert relay.connections == {}
+    first.transport.protocol.connection_lost(None)
+    assert counts.counts.held("198.51.100.7") == 0
+
+
+async def test_a_protocol_reading_into_its_own_buffer_keeps_doing_so() -> None:
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buffer = bytearray(16)
+            self.got = 0
+            self.lost = False
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buffer
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += nbytes
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost = True
+
+    counts = cap(5)
+    inner = Buffered()
+    served = counted(inner, counts.admit("192.0.2.1"))  # type: ignore[arg-type]
+    assert isinstance(served, asyncio.BufferedProtocol)
+    assert served.get_buffer(100) is inner.buffer
+    served.buffer_updated(3)
+    served.connection_lost(None)
+    assert (inner.got, inner.lost, counts.counts.held("192.0.2.1")) == (3, True, 0)

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.apps import AppRegistry
 from sidecar.broker.base import Publication
 from sidecar.config import AppConfig, LimitsConfig
+from sidecar.edge import accept as accept_module
 from sidecar.observe import probe as probe_module
 from sidecar.observe.probe import (
     KINDS,
@@ -281,6 +282,7 @@ class HookedStats:
     closed_by_code: dict[int, int] = field(default_factory=dict)
     client_events: int = 0
     client_events_rate_limited: int = 0
+    subscriptions_rate_limited: int = 0
 
 
 async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
@@ -289,6 +291,7 @@ async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
         closed_by_code={1000: 2, 4200: 1, 3999: 1, 4998: 2},
         client_events=7,
         client_events_rate_limited=3,
+        subscriptions_rate_limited=4,
     )
     snap = RelayProbe(relay).snapshot(full=False)
     assert snap.counter("connections_closed", code="1000") == 2
@@ -296,3 +299,19 @@ async def test_hooks_the_relay_may_have_are_read(relay: Relay) -> None:
     assert snap.counter("connections_closed", code="other") == 3
     assert snap.counter("client_events") == 7
     assert snap.counter("client_events_rate_limited") == 3
+    assert snap.counter("subscriptions_rate_limited") == 4
+
+
+async def test_what_the_browser_port_met_while_accepting_is_reported(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept_module, "STATS", {})
+    monkeypatch.setattr(probe_module, "ACCEPT_STATS", accept_module.STATS)
+    assert RelayProbe(relay).snapshot(full=False).counter("connections_over_ip_limit") == 0
+    tls, unix = accept_module.stats_of("tls"), accept_module.stats_of("unix")
+    tls.out_of_files, tls.over_address_cap, unix.out_of_files = 2, 7, 5
+    snap = RelayProbe(relay).snapshot(full=False)
+    assert snap.counter("accept_out_of_files", listener="tls") == 2
+    assert snap.counter("connections_over_ip_limit") == 7
+    # The publish socket is reported by the process serving it (the observer's own).
+    assert snap.counter("accept_out_of_files", listener="unix") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import struct
@@ -307,6 +308,44 @@ async def test_max_subscriptions_gives_pusher_error(relay: Relay, make_client: M
     client.text(relay, "pusher:unsubscribe", {"channel": "b"})
     client.text(relay, "pusher:subscribe", {"channel": "d"})
     assert client.conn.subscriptions == {"a", "c", "d"}
+
+
+async def test_subscribe_and_unsubscribe_over_the_rate_get_4301_and_are_dropped(
+    relay: Relay, make_client: MakeClient
+) -> None:
+    relay.limits = dataclasses.replace(LIMITS, subscriptions_per_second=4, max_subscriptions=100)
+    client = make_client()
+    client.new_messages()
+    for _ in range(3):  # subscribe/unsubscribe churn: 6 frames, a burst of 4 goes through
+        client.text(relay, "pusher:subscribe", {"channel": "a"})
+        client.text(relay, "pusher:unsubscribe", {"channel": "a"})
+    await turns()
+    messages = client.new_messages()
+    assert [m["event"] for m in messages] == [
+        "pusher_internal:subscription_succeeded",
+        "pusher_internal:subscription_succeeded",
+        "pusher:error",
+        "pusher:error",
+    ]
+    assert messages[-1]["data"] == {
+        "message": "subscriptions refused: over the limit of 4 per second",
+        "code": 4301,
+    }
+    assert client.conn.subscriptions == set()  # the dropped subscribe never happened
+    assert relay.stats.subscriptions_rate_limited == 2
+    assert relay.stats.client_events_rate_limited == 0
+    assert client.conn.state is ConnectionState.OPEN  # an error, not a close
+    await asyncio.sleep(0.5)  # two more a half second later
+    client.text(relay, "pusher:subscribe", {"channel": "b"})
+    client.text(relay, "pusher:subscribe", {"channel": "c"})
+    client.text(relay, "pusher:subscribe", {"channel": "d"})
+    await turns()
+    assert [m["event"] for m in client.new_messages()] == [
+        "pusher_internal:subscription_succeeded",
+        "pusher_internal:subscription_succeeded",
+        "pusher:error",
+    ]
+    assert client.conn.subscriptions == {"b", "c"}
 
 
 async def test_a_bad_frame_gets_pusher_error_and_stays_open(

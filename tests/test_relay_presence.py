@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from sidecar.apps import AppRegistry
 from sidecar.relay.channel_state import ChannelInfo
+from sidecar.relay.connection import ConnectionState
 from sidecar.relay.relay import Relay
 from tests.relay_browser import (
     APP,
+    LIMITS,
     SIGNER,
     MakeBrowser,
     browser_factory,
@@ -247,3 +252,48 @@ async def test_unsubscribing_before_the_join_is_answered_leaves_no_member(
     await turns()
     assert client.events() == []
     assert relay.state.members(APP.id, "presence-room") == {"watcher": None}
+
+
+async def test_one_member_churning_a_presence_room_costs_the_others_a_bounded_trickle() -> None:
+    """Join/leave in a loop (the attack that sent 20 members 800,000 frames): the joins past
+    limits.presence_joins_per_second are refused with 4301, the others hear of a few."""
+    limits = dataclasses.replace(
+        LIMITS, max_presence_members=50, subscriptions_per_second=100, presence_joins_per_second=10
+    )
+    r = Relay(AppRegistry((APP,)), limits)
+    r.start()
+    try:
+        browser = browser_factory(r)
+        members = [browser() for _ in range(20)]
+        for i, member in enumerate(members):
+            member.subscribe("presence-room", {"user_id": f"member-{i}"})
+        await turns()
+        for member in members:
+            member.events()
+        churner = browser()
+        started = time.monotonic()
+        for _ in range(2000):
+            churner.subscribe("presence-room", {"user_id": "churner"})
+            await turns(2)  # the join comes back through the broker
+            churner.text(r, "pusher:unsubscribe", {"channel": "presence-room"})
+            await turns(2)
+        elapsed = time.monotonic() - started
+        errors = churner.events("pusher:error")
+        # Joins: a burst of 10, then 10 a second; each join and its leave is one frame each.
+        allowed_joins = 10 + 10 * elapsed + 1
+        assert len(errors) >= 2000 - 2 * allowed_joins
+        assert {e["data"]["code"] for e in errors} == {4301}
+        for member in members:
+            frames = member.events()
+            assert len(frames) <= 2 * allowed_joins
+            assert {e["event"] for e in frames} <= {
+                "pusher_internal:member_added",
+                "pusher_internal:member_removed",
+            }
+            assert member.closes == [] and member.conn.state is ConnectionState.OPEN
+        assert r.stats.subscriptions_rate_limited == len(errors)
+        assert r.state.info(APP.id, "presence-room") == ChannelInfo(20, 20)
+    finally:
+        r.stop()
+        for conn in list(r.connections.values()):
+            r.forget(conn)

@@ -25,7 +25,14 @@ def test_live_settings_are_applied_and_named() -> None:
     running = config()
     new = config(
         cors={"allowed_origins": ["https://app.example.com"], "allow_credentials": True},
-        limits={"activity_timeout": 30, "client_events_per_second": 5},
+        limits={
+            "activity_timeout": 30,
+            "client_events_per_second": 5,
+            "max_connections_per_ip": 10,
+            "request_head_timeout": 3,
+            "subscriptions_per_second": 20,
+            "presence_joins_per_second": 2,
+        },
         log={"level": "debug"},
         webhooks={"batch_window": 1},
         shutdown={"deadline": 3},
@@ -36,6 +43,10 @@ def test_live_settings_are_applied_and_named() -> None:
         "cors.allow_credentials",
         "limits.activity_timeout",
         "limits.client_events_per_second",
+        "limits.max_connections_per_ip",
+        "limits.request_head_timeout",
+        "limits.subscriptions_per_second",
+        "limits.presence_joins_per_second",
         "webhooks.batch_window",
         "log.level",
         "shutdown.deadline",
@@ -52,7 +63,13 @@ def test_settings_bound_at_start_are_kept_as_they_run_and_named_for_a_restart() 
         publish={"socket": "/tmp/other.sock"},
         admin={"port": 9700, "token": "a-token-of-sixteen-chars"},
         workers=3,
-        limits={"cache_ttl": 60, "max_presence_members": 5, "pong_timeout": 5},
+        limits={
+            "cache_ttl": 60,
+            "max_presence_members": 5,
+            "pong_timeout": 5,
+            "keepalive_timeout": 3,
+            "publish_request_timeout": 2,
+        },
         cors={"allowed_origins": ["*"]},
     )
     plan = plan_reload(running, new)
@@ -65,6 +82,8 @@ def test_settings_bound_at_start_are_kept_as_they_run_and_named_for_a_restart() 
         "workers",
         "limits.cache_ttl",
         "limits.max_presence_members",
+        "limits.keepalive_timeout",
+        "limits.publish_request_timeout",
     }
     assert plan.changed == ("cors.allowed_origins", "limits.pong_timeout")
     effective = plan.effective
@@ -76,6 +95,7 @@ def test_settings_bound_at_start_are_kept_as_they_run_and_named_for_a_restart() 
     assert (effective.admin, effective.workers) == (running.admin, running.workers)
     assert effective.limits.cache_ttl == running.limits.cache_ttl
     assert effective.limits.max_presence_members == running.limits.max_presence_members
+    assert effective.limits.keepalive_timeout == running.limits.keepalive_timeout
     assert effective.limits.pong_timeout == 5
     assert effective.allowed_origins == ("*",)
 

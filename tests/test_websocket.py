@@ -51,6 +51,10 @@ class FakeTransport:
         self.aborted = False
         self.protocol: Any = None
         self.limits: tuple[int | None, int | None] | None = None
+        self.peername: tuple[str, int] | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peername if name == "peername" else default
 
     def write(self, data: bytes | memoryview) -> None:
         self.data += data

@@ -87,6 +87,25 @@ CATALOGUE = (
         "Client events refused with 4301: over the connection's rate",
     ),
     Spec(
+        "subscriptions_rate_limited",
+        "counter",
+        "Subscribe and unsubscribe frames refused with 4301: over the connection's rate "
+        "(limits.subscriptions_per_second, limits.presence_joins_per_second)",
+    ),
+    Spec(
+        "connections_over_ip_limit",
+        "counter",
+        "Browser-port connections refused: over limits.max_connections_per_ip",
+    ),
+    Spec(
+        "accept_out_of_files",
+        "counter",
+        "Times a listener could not accept for want of a file descriptor (EMFILE/ENFILE) "
+        "and paused; the clients wait in the backlog",
+        ("listener",),
+        (("tls",), ("unix",), ("http",), ("admin",)),
+    ),
+    Spec(
         "http_requests",
         "counter",
         "HTTP API requests answered, by listener (unix, tls), route and status",

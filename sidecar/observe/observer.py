@@ -24,7 +24,12 @@ from sidecar.observe.certificate import CertificateWatch
 from sidecar.observe.channel import WorkerStatsClient
 from sidecar.observe.console import ConsoleFeed
 from sidecar.observe.history import History, Point
-from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
+from sidecar.observe.probe import (
+    PublishCounter,
+    RelayProbe,
+    RequestCounter,
+    write_accept_stats,
+)
 from sidecar.observe.snapshot import RECENT_EVENTS, CounterBook, Snapshot, key, merge
 
 log = logging.getLogger("sidecar.observe")
@@ -144,6 +149,7 @@ class Observer:
         own_requests: dict[Any, float] = {}
         self.requests.write(own_requests)
         BAD_INPUT.write(own_requests)  # this process's (a worker's come in its snapshot)
+        write_accept_stats(own_requests, ("unix", "http", "admin"))  # this process's own listeners
         for k, v in own_requests.items():
             counters[k] = counters.get(k, 0) + v
         events = [e for p in self.publishers for e in p.recent]

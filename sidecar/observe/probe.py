@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar.broker.base import Publication
+from sidecar.edge.accept import STATS as ACCEPT_STATS
 from sidecar.observe.bad_input import BadInputLog
 from sidecar.observe.snapshot import (
     RECENT_EVENTS,
@@ -271,6 +272,8 @@ def write_counters(
     counters[key("slow_client_closes")] = stats.slow_client_closes
     counters[key("client_events")] = stats.client_events
     counters[key("client_events_rate_limited")] = stats.client_events_rate_limited
+    counters[key("subscriptions_rate_limited")] = stats.subscriptions_rate_limited
+    write_accept_stats(counters, ("tls",))  # the browser port is a relay process's
     counters[key("messages_delivered")] = fanout.delivered if fanout is not None else 0
     counters[key("delivered_bytes")] = getattr(fanout, "delivered_bytes", 0)
     published = published_bytes = 0
@@ -281,6 +284,17 @@ def write_counters(
     counters[key("published_bytes")] = published_bytes
     if requests is not None:
         requests.write(counters)
+
+
+def write_accept_stats(counters: dict[Any, float], listeners: Iterable[str]) -> None:
+    """What this process's `listeners` met while accepting (sidecar/edge/accept.py)."""
+    for listener in listeners:
+        accepted = ACCEPT_STATS.get(listener)
+        if accepted is None:
+            continue
+        counters[key("accept_out_of_files", listener=listener)] = accepted.out_of_files
+        if listener == "tls":
+            counters[key("connections_over_ip_limit")] = accepted.over_address_cap
 
 
 def write_gauges(snap: Snapshot, relay: Relay, share_names: bool) -> None:

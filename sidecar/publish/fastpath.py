@@ -7,6 +7,11 @@ handler task, the task writes the reply), and under load every turn is long. Her
 broker and answered inside the same `data_received` call. Anything else (another path, a
 chunked body, `Expect`, a body over the limit) is handed on to aiohttp with the bytes already
 read, and aiohttp serves that connection from then on.
+
+A request must arrive whole within `limits.publish_request_timeout` of its first byte: one
+still incomplete then is answered 408 and the connection closed (a publisher that stopped
+half-way would otherwise hold it, and its bytes, for good). Idle connections between requests
+are the app's keep-alive pool, and stay.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import Callable
 from typing import cast
 
 import orjson
 from aiohttp import web
 
+from sidecar.config import DEFAULT_PUBLISH_REQUEST_TIMEOUT
+from sidecar.edge.accept import Acceptor
 from sidecar.edge.listener import hand_over
 from sidecar.observe.probe import RequestCounter
 from sidecar.publish.api import PublishApi
@@ -59,6 +67,8 @@ class FastPublishProtocol(asyncio.Protocol):
         "_needed",
         "_requests",
         "_size",
+        "_timeout",
+        "_timer",
         "_transport",
     )
 
@@ -67,11 +77,15 @@ class FastPublishProtocol(asyncio.Protocol):
         api: PublishApi,
         http: Callable[[], asyncio.Protocol],
         requests: RequestCounter | None = None,
+        timeout: float | None = None,
     ) -> None:
+        """`timeout`: seconds a request has to arrive whole (None: no limit, for tests)."""
         assert not api.signed, "the Unix socket's API: trusted, never signed"
         self._api = api
         self._http = http
         self._requests = requests
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None  # runs while a request is incomplete
         # Bytes not yet answered: pieces as they came, joined once a request is complete, so a
         # large body is copied once, not once per piece.
         self._chunks: list[bytes] = []
@@ -99,6 +113,37 @@ class FastPublishProtocol(asyncio.Protocol):
         if self._buffer:  # the start of a request still incomplete
             self._chunks, self._size = [self._buffer], len(self._buffer)
             self._buffer = b""
+        self._time_request()
+
+    def _time_request(self) -> None:
+        """The clock runs from a request's first byte until it is whole (a request that comes
+        whole in one read, the usual case, never starts it)."""
+        if self._timeout is None:
+            return
+        if self._chunks and self._transport is not None:
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._timeout, self._too_slow)
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        transport, self._transport = self._transport, None
+        self._chunks, self._size, self._needed = [], 0, 0
+        if transport is None:
+            return
+        reason = f"request not complete within {self._timeout} s"
+        log.info("api request refused", extra={"listener": "unix", "status": 408, "reason": reason})
+        transport.write(json_reply(408, orjson.dumps({"error": reason}), close=True))
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _serve_one(self) -> bool:
         """Answer the request at the head of the buffer; False when more bytes are needed."""
@@ -188,6 +233,9 @@ class FastPublishProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _hand_to_http(self) -> None:
+        if self._timer is not None:  # aiohttp's from now on
+            self._timer.cancel()
+            self._timer = None
         transport, self._transport = self._transport, None
         buffer, self._buffer = self._buffer, b""
         assert transport is not None
@@ -204,17 +252,25 @@ class FastPublishSite(web.UnixSite):
         api: PublishApi,
         backlog: int,
         requests: RequestCounter | None = None,
+        request_timeout: float = DEFAULT_PUBLISH_REQUEST_TIMEOUT,
     ) -> None:
         super().__init__(runner, path, backlog=backlog)
         self._api = api
         self._requests = requests
+        self._request_timeout = request_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         http = self._runner.server
         assert http is not None
-        api, requests = self._api, self._requests
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(
-            lambda: FastPublishProtocol(api, http, requests), self._path, backlog=self._backlog
+        api, requests, timeout = self._api, self._requests, self._request_timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self._path)
+            sock.listen(self._backlog)
+        except OSError:
+            sock.close()
+            raise
+        self._server = Acceptor(
+            sock, lambda lease, cap: FastPublishProtocol(api, http, requests, timeout), "unix"
         )

@@ -25,6 +25,7 @@ from sidecar.relay.frames import Frame, text_frame
 from sidecar.relay.heartbeat import Heartbeat
 from sidecar.relay.protocol import CLOSE_REASONS, CloseCode
 from sidecar.relay.send_queue import SendQueue
+from sidecar.relay.session import RateLimiter
 
 # Bytes handed to the transport in one write. Small frames are merged up to this size (one system
 # call for many events); a large event goes out in slices of it, so that the transport copies at
@@ -72,6 +73,7 @@ class Connection:
         "opened_at",
         "socket_id",
         "state",
+        "subscription_rate",
         "subscriptions",
         "trusted",
     )
@@ -90,6 +92,8 @@ class Connection:
         self.app_id = app_id
         self.heartbeat = heartbeat
         self.subscriptions: set[str] = set()
+        # limits.subscriptions_per_second, made at the first subscribe or unsubscribe
+        self.subscription_rate: RateLimiter | None = None
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
         self.close_reason = ""

@@ -149,6 +149,7 @@ REASONS = {
     408: "Request Timeout",
     413: "Payload Too Large",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",

@@ -56,6 +56,7 @@ class ErrorCode(IntEnum):
     UNAUTHORIZED = 4009  # a refused pusher:signin; the connection stays open
     INVALID_MESSAGE = 4300  # malformed or unknown frame; the connection stays open
     CLIENT_EVENT_RATE_LIMITED = 4301
+    RATE_LIMITED = 4301  # Pusher's one code for "too many": subscriptions too
 
 
 class ProtocolError(Exception):

@@ -64,7 +64,7 @@ from sidecar.relay.protocol import (
     event_prefix,
     parse_client_frame,
 )
-from sidecar.relay.session import Session, SignedInUsers
+from sidecar.relay.session import RateLimiter, Session, SignedInUsers
 from sidecar.relay.subscriptions import (
     Kind,
     SubscriptionRefused,
@@ -92,6 +92,7 @@ class RelayStats:
     closed_by_code: dict[int, int] = field(default_factory=dict)  # close code -> connections
     client_events: int = 0  # accepted and published
     client_events_rate_limited: int = 0  # refused with 4301
+    subscriptions_rate_limited: int = 0  # subscribe/unsubscribe frames refused with 4301
 
 
 class Relay:
@@ -216,9 +217,11 @@ class Relay:
             case Pong():
                 pass
             case Subscribe():
-                self._subscribe(conn, message)
+                if self._subscription_allowed(conn):
+                    self._subscribe(conn, message)
             case Unsubscribe(channel=channel):
-                self._unsubscribe(conn, channel)
+                if self._subscription_allowed(conn):
+                    self._unsubscribe(conn, channel)
             case ClientEvent():
                 self._client_event(conn, message)
             case Signin():
@@ -237,6 +240,41 @@ class Relay:
 
     # Subscriptions -------------------------------------------------------------------------
 
+    def _subscription_allowed(self, conn: Connection) -> bool:
+        """Within limits.subscriptions_per_second (subscribes and unsubscribes alike); else
+        the frame is dropped with 4301. Churn costs every other subscriber of the channel (and
+        webhooks) far more than it costs the client."""
+        now = time.monotonic()
+        rate = conn.subscription_rate
+        if rate is None:
+            rate = conn.subscription_rate = RateLimiter(self.limits.subscriptions_per_second, now)
+        if rate.allow(now):
+            return True
+        per_second = self.limits.subscriptions_per_second
+        self._rate_limited(
+            conn, f"subscriptions refused: over the limit of {per_second} per second"
+        )
+        return False
+
+    def _presence_join_allowed(self, conn: Connection) -> bool:
+        """Within limits.presence_joins_per_second: a join (and the leave that may follow) is a
+        frame to every member, so one member cannot flood the others (nor make them slow)."""
+        now = time.monotonic()
+        session = self._session(conn)
+        if session.joins is None:
+            session.joins = RateLimiter(self.limits.presence_joins_per_second, now)
+        if session.joins.allow(now):
+            return True
+        per_second = self.limits.presence_joins_per_second
+        self._rate_limited(
+            conn, f"presence subscription refused: over the limit of {per_second} per second"
+        )
+        return False
+
+    def _rate_limited(self, conn: Connection, message: str) -> None:
+        self.stats.subscriptions_rate_limited += 1
+        conn.send_json(encode_error(message, ErrorCode.RATE_LIMITED))
+
     def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
         channel = subscribe.channel
         session = self.sessions.get(conn.socket_id)
@@ -250,6 +288,8 @@ class Relay:
             raise ProtocolError(
                 f"over the limit of {self.limits.max_subscriptions} subscriptions per connection"
             )
+        if is_presence(channel) and not self._presence_join_allowed(conn):
+            return
         try:
             presence = authorize(
                 self._app(conn),

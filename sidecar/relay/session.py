@@ -40,7 +40,8 @@ class Session:
     members: dict[str, str] = field(default_factory=dict)
     # presence channel -> user_id, joins sent and not answered yet
     pending: dict[str, str] = field(default_factory=dict)
-    limiter: RateLimiter | None = None
+    limiter: RateLimiter | None = None  # client events
+    joins: RateLimiter | None = None  # presence subscriptions
 
 
 class SignedInUsers(Generic[C]):

@@ -64,8 +64,15 @@ class WebSocketEndpoint:
         # whoever serves next.
         self.closing = False
 
-    def upgrade(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
-        """Answer the upgrade request `head` and take the connection over."""
+    def upgrade(
+        self,
+        transport: asyncio.Transport,
+        head: RequestHead,
+        rest: bytes,
+        over_quota: bool = False,
+    ) -> None:
+        """Answer the upgrade request `head` and take the connection over; `over_quota`: its
+        address holds limits.max_connections_per_ip already (4004, as over max_connections)."""
         if not self.origins.allows(head.header("origin")):
             # Refused before the upgrade: a browser reports it and pusher-js does not loop.
             refuse_http(transport, http_response(403, {"error": "Origin not allowed"}))
@@ -84,7 +91,7 @@ class WebSocketEndpoint:
             socket.refuse(code or CloseCode.APP_NOT_FOUND)
         elif self.closing:
             socket.refuse(CloseCode.RECONNECT)
-        elif len(self.relay.connections) >= self.relay.limits.max_connections:
+        elif over_quota or len(self.relay.connections) >= self.relay.limits.max_connections:
             socket.refuse(CloseCode.OVER_QUOTA)
         else:
             socket.open(app)
