@@ -139,3 +139,16 @@ def test_user_info_nested_too_deeply_is_refused_before_it_travels() -> None:
         ).user_info
         == nested
     )
+
+
+def test_a_private_channel_signed_with_the_apps_custom_data_is_allowed() -> None:
+    # The pusher libraries sign custom data on any channel when the app passes it, and
+    # pusher-js sends it back as channel_data.
+    signer = pusher.Pusher(app_id=APP.id, key=APP.key, secret=APP.secret)
+    reply = signer.authenticate("private-room", "1.2", {"user_id": "7"})
+    assert allow(Subscribe("private-room", reply["auth"], reply["channel_data"]), "1.2") is None
+    plain = signer.authenticate("private-room", "1.2")
+    assert allow(Subscribe("private-room", plain["auth"], reply["channel_data"]), "1.2") is None
+    for channel_data in (None, '{"user_id":"8"}'):
+        with pytest.raises(SubscriptionRefused):
+            allow(Subscribe("private-room", reply["auth"], channel_data), "1.2")

@@ -130,6 +130,20 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _signed_with_data(app: AppConfig, socket_id: str, subscribe: Subscribe) -> bool:
+    try:
+        verify_auth(
+            subscribe.auth,
+            key=app.key,
+            secret=app.secret,
+            signed=channel_string(socket_id, subscribe.channel, subscribe.channel_data),
+            what="socket_id:channel_name:channel_data",
+        )
+    except SignatureError:
+        return False
+    return True
+
+
 def authorize(
     app: AppConfig,
     socket_id: str,
@@ -159,7 +173,15 @@ def authorize(
             what="socket_id:channel_name:channel_data" if presence else "socket_id:channel_name",
         )
     except SignatureError as exc:
-        raise SubscriptionRefused(str(exc)) from None
+        # The pusher server libraries sign a private channel's custom data too when the app
+        # passes it (`authenticate(socket_id, custom_data)`), and pusher-js then sends it as
+        # channel_data: that signature is as good as the plain one.
+        if (
+            presence
+            or subscribe.channel_data is None
+            or not _signed_with_data(app, socket_id, subscribe)
+        ):
+            raise SubscriptionRefused(str(exc)) from None
     if presence:
         return parse_channel_data(subscribe.channel_data, max_user_info_bytes)
     return None
