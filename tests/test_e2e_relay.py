@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -219,7 +220,7 @@ async def test_idle_connection_without_subscriptions_closes_4202(
 async def test_slow_client_closed_4100_others_get_everything(
     start_sidecar: Callable[..., SidecarProcess],
 ) -> None:
-    sidecar = start_sidecar(limits={"send_queue_bytes": "256KiB"})
+    sidecar = start_sidecar(limits={"send_queue_bytes": "1MiB"})
     ctx = tls_context(sidecar)
     # The slow client: a raw TLS socket with a tiny receive buffer that stops reading.
     raw = socket.socket()
@@ -249,15 +250,23 @@ async def test_slow_client_closed_4100_others_get_everything(
         chunk = "z" * 60_000
         count = 400  # 24 MB in all: far over the slow client's queue and socket buffers
 
+        received = [0]
+
         def publish_all() -> None:
             with SidecarClient(sidecar.socket, app_id=sidecar.app["id"]) as client:
                 for i in range(count):
+                    # Paced by the fast client (at most 4 events, 240 KB, ahead of it): on a
+                    # loaded machine an unpaced publisher can put even a reading client a queue
+                    # behind, and this test is about the one that does not read at all.
+                    while i - received[0] > 4:
+                        time.sleep(0.001)
                     client.trigger("firehose", "chunk", f"{i}:{chunk}")
 
         publishing = asyncio.ensure_future(asyncio.to_thread(publish_all))
         for i in range(count):
             frame = await next_frame(fast, timeout=10)
             assert frame["data"].startswith(f"{i}:")
+            received[0] = i + 1
         await publishing
         await fast.close()
     writer.transport.resume_reading()
