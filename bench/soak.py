@@ -113,6 +113,9 @@ class Soak:
                 }
             ],
             "log": {"level": "warning"},
+            # Every client of the soak comes from 127.0.0.1: the per-address cap (1,000) would
+            # refuse most of them. The other limits stay at their defaults.
+            "limits": {"max_connections_per_ip": 0},
             "workers": self.args.workers,
         }
         path = self.workdir / "sidecar.yaml"
