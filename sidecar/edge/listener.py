@@ -21,6 +21,7 @@ from typing import Protocol, cast
 
 from aiohttp import web
 
+from sidecar.http_glue import hand_over
 from sidecar.observe.bad_input import bad_input
 from sidecar.relay.handshake import (
     HEAD_END,
@@ -34,13 +35,6 @@ from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 # A client has this long to send its first request head (after TLS, which has its own limit).
 HEAD_TIMEOUT = 15.0
 NOT_WEBSOCKET = "the only upgrade served here is Upgrade: websocket"
-
-
-def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: bytes) -> None:
-    """Give a connection to `protocol` as if it had been its own from the start."""
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    protocol.data_received(read)
 
 
 class Passthrough(Protocol):

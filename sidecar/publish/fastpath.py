@@ -20,7 +20,7 @@ from typing import cast
 import orjson
 from aiohttp import web
 
-from sidecar.edge.listener import hand_over
+from sidecar.http_glue import hand_over
 from sidecar.observe.probe import RequestCounter
 from sidecar.publish.api import PublishApi
 from sidecar.publish.events import ApiError, parse_batch, parse_events
