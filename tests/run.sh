@@ -29,4 +29,5 @@ npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 $venv/bin/ruff check sidecar tests bench
 $venv/bin/ruff format --check sidecar tests bench
+$venv/bin/lint-imports
 exec $venv/bin/python -m pytest -q "$@"
