@@ -35,11 +35,12 @@ from sidecar.edge.passthrough import UpgradePassthrough
 from sidecar.edge.proxy import ReverseProxy
 from sidecar.edge.redirect import UNKNOWN_HOST, RedirectNames
 from sidecar.edge.tls import ensure_self_signed
+from sidecar.http_glue import LISTENER, json_error, json_errors
 from sidecar.observe.admin import admin_app
 from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter
-from sidecar.publish.api import LISTENER, PublishApi, json_error, json_errors
+from sidecar.publish.api import PublishApi
 from sidecar.publish.unix import claim_socket_path
 from sidecar.relay.channel_state import ChannelState
 from sidecar.relay.relay import Relay

@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 from sidecar.config import AppConfig
-from sidecar.edge.tls import write_private
+from sidecar.config_secrets import write_private
 
 DEV_APP_FILE = "app.json"
 

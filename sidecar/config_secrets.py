@@ -1,8 +1,11 @@
-"""App secrets: outside development, long enough and not one of the examples."""
+"""App secrets: outside development, long enough and not one of the examples; secret files
+written readable by their owner only."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from sidecar.config_values import ConfigError
@@ -64,3 +67,11 @@ def check_secrets(apps: Sequence[HasSecret] | None, *, development: bool) -> Non
                 f"must be at least {MIN_SECRET} characters outside development (tls.mode "
                 f"self-signed); make one with {make}",
             )
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only (0600), never briefly wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)

@@ -38,4 +38,5 @@ fi
 
 $venv/bin/ruff check sidecar tests bench
 $venv/bin/ruff format --check sidecar tests bench
+$venv/bin/lint-imports
 exec $venv/bin/python -m pytest -q "$@"

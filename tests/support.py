@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / "node"
+# The repository: found from here wherever this helper lives under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+NODE_DIR = ROOT / "tests/node"
 IN_CI = os.environ.get("CI") == "true"
 
 

@@ -18,8 +18,9 @@ from sidecar.apps import AppRegistry
 from sidecar.broker.base import Publication
 from sidecar.broker.changes import Change, CountDelta, MemberJoin, TerminateUser
 from sidecar.config import AppConfig
+from sidecar.http_glue import json_errors
 from sidecar.publish import api as api_module
-from sidecar.publish.api import PublishApi, client_max_size, json_errors
+from sidecar.publish.api import PublishApi, client_max_size
 from sidecar.relay.auth import hmac_sha256_hex, string_to_sign
 from sidecar.relay.channel_state import ChannelState
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from sidecar.edge.tls import ensure_self_signed
-from tests.support import SidecarProcess, base_config, free_port, sidecar_command
+from tests.support import ROOT, SidecarProcess, base_config, free_port, sidecar_command
 
 pytestmark = pytest.mark.e2e
 
@@ -169,7 +169,7 @@ def test_bad_config_stops_with_one_line_naming_the_key(
 
 
 def test_check_config_accepts_the_examples(tmp_path: Path) -> None:
-    examples = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    examples = sorted((ROOT / "configs").glob("*.yaml"))
     assert examples
     pair = ensure_self_signed(tmp_path / "certs")
     for example in examples:
@@ -191,7 +191,7 @@ def test_check_config_accepts_the_examples(tmp_path: Path) -> None:
 
 
 def test_production_example_is_refused_until_its_secret_is_replaced(tmp_path: Path) -> None:
-    example = Path(__file__).parent.parent / "configs" / "production.yaml"
+    example = ROOT / "configs" / "production.yaml"
     result = run_cli("check-config", str(example), cwd=tmp_path)
     assert result.returncode == 2
     assert "apps[0].secret: is a placeholder" in result.stderr

@@ -38,8 +38,9 @@ def write(path: Path, **raw: Any) -> None:
     path.write_text(yaml.safe_dump({"apps": [ONE], "cors": {"allowed_origins": [PAGE]}, **raw}))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_log_level() -> Iterator[None]:
+    """Every reload sets the root logger's level: put it back, or later tests see INFO lines."""
     root = logging.getLogger()
     level = root.level
     yield

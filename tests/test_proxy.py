@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.config_edge import UpstreamConfig
 from sidecar.edge.forwarded import TrustedProxies, forwarded_middleware
 from sidecar.edge.proxy import ReverseProxy
-from sidecar.publish.api import json_errors
+from sidecar.http_glue import json_errors
 from tests.support import free_port
 from tests.upstream_apps import CHUNK, Upstream, pattern
 

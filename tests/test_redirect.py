@@ -9,8 +9,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import redirect_application, redirect_names
 from sidecar.config import from_mapping
-from sidecar.edge.redirect import RedirectNames, host_name
+from sidecar.edge.redirect import RedirectNames
 from sidecar.edge.tls import ensure_self_signed
+from sidecar.http_glue import host_name
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,8 @@ environment of its own.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def quick_start() -> str:

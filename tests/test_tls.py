@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sidecar.edge.tls import CertificatePair, ensure_self_signed, server_context, write_private
+from sidecar.config_secrets import write_private
+from sidecar.edge.tls import CertificatePair, ensure_self_signed, server_context
 
 
 def load(pair: CertificatePair) -> x509.Certificate:

@@ -28,8 +28,8 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sidecar.config_secrets import write_private
 from sidecar.config_tls import AcmeConfig
-from sidecar.edge.tls import write_private
 
 log = logging.getLogger("sidecar.acme")
 

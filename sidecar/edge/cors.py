@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRouterAdapter
 
 from sidecar.edge.origin import OriginPolicy
-from sidecar.publish.api import json_error
+from sidecar.http_glue import json_error
 
 # What the HTTP API answers to: events and batches are POSTed, queries are GETs.
 ALLOWED_METHODS = ("GET", "POST")

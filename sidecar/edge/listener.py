@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sidecar.config import DEFAULT_REQUEST_HEAD_TIMEOUT
 from sidecar.edge.accept import OVER_CAP, Acceptor, AddressCap, Lease
+from sidecar.http_glue import hand_over
 from sidecar.observe.bad_input import bad_input
 from sidecar.relay.handshake import (
     HEAD_END,
@@ -34,17 +35,6 @@ from sidecar.relay.handshake import (
 from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 
 NOT_WEBSOCKET = "the only upgrade served here is Upgrade: websocket"
-
-
-def hand_over(transport: asyncio.Transport, protocol: asyncio.Protocol, read: bytes) -> None:
-    """Give a connection to `protocol` as if it had been its own from the start."""
-    if transport.is_closing():
-        # Gone already (a reply to an earlier request failed): connection_lost is scheduled
-        # and would reach `protocol` before it started (aiohttp asserts, and logs a traceback).
-        return
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    protocol.data_received(read)
 
 
 class Passthrough(Protocol):

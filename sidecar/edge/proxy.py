@@ -26,7 +26,7 @@ from sidecar.edge.proxy_headers import (
     end_to_end,
     upstream_request_headers,
 )
-from sidecar.publish.api import json_error
+from sidecar.http_glue import json_error
 
 log = logging.getLogger("sidecar.proxy")
 

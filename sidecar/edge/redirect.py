@@ -13,20 +13,11 @@ import re
 from collections.abc import Iterable
 
 from sidecar.edge.certinfo import name_matches
+from sidecar.http_glue import LOOPBACK_NAMES, host_name
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 # What a name may look like to be written into a Location: DNS labels, or a bracketed IPv6.
 PLAIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
 UNKNOWN_HOST = "unknown host: this port redirects to https for the sidecar's own names only"
-
-
-def host_name(host: str) -> str:
-    """A Host header's name, without its port, lower-case: `[::1]:8080` is `[::1]`."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    name = host.rsplit(":", 1)[0] if ":" in host else host
-    return name.rstrip(".")
 
 
 def as_host(name: str) -> str:

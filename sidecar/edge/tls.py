@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sidecar.config_secrets import write_private
+
 SELF_SIGNED_NAMES = ("localhost",)
 SELF_SIGNED_IPS = ("127.0.0.1", "::1")
 # Browsers cap publicly trusted certificates at about a year; a local one can live longer, but
@@ -29,14 +31,6 @@ class CertificatePair:
     cert: Path
     key: Path
     created: bool = False
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only (0600), never briefly wider."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def ensure_self_signed(directory: str | os.PathLike[str]) -> CertificatePair:

@@ -22,13 +22,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.edge.redirect import LOOPBACK_NAMES, host_name
+from sidecar.http_glue import LISTENER, LOOPBACK_NAMES, host_name, json_errors
 from sidecar.observe.console_http import ConsoleEndpoints
 from sidecar.observe.metrics import CONTENT_TYPE, Exposition
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import KINDS
 from sidecar.observe.snapshot import Snapshot
-from sidecar.publish.api import LISTENER, json_errors
 
 log = logging.getLogger("sidecar.admin")
 

@@ -15,7 +15,7 @@ from cryptography import x509
 
 
 @dataclass(frozen=True)
-class CertificateInfo:
+class CertificateStatus:
     path: str
     not_after: datetime.datetime | None  # None: unreadable
     subject: str = ""
@@ -49,16 +49,16 @@ class CertificateWatch:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = None if path is None else Path(path)
         self._stamp: tuple[int, int] | None = None
-        self._info: CertificateInfo | None = None
+        self._info: CertificateStatus | None = None
 
-    def current(self) -> CertificateInfo | None:
+    def current(self) -> CertificateStatus | None:
         if self.path is None:
             return None
         try:
             st = self.path.stat()
         except OSError as exc:
             self._stamp = None
-            return CertificateInfo(str(self.path), None, error=exc.strerror or str(exc))
+            return CertificateStatus(str(self.path), None, error=exc.strerror or str(exc))
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp or self._info is None:
             self._info = read_certificate(self.path)
@@ -66,10 +66,10 @@ class CertificateWatch:
         return self._info
 
 
-def read_certificate(path: Path) -> CertificateInfo:
+def read_certificate(path: Path) -> CertificateStatus:
     """The first certificate of a PEM file (the server's own, before its chain)."""
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError) as exc:
-        return CertificateInfo(str(path), None, error=f"unreadable: {str(exc)[:100]}")
-    return CertificateInfo(str(path), cert.not_valid_after_utc, cert.subject.rfc4514_string())
+        return CertificateStatus(str(path), None, error=f"unreadable: {str(exc)[:100]}")
+    return CertificateStatus(str(path), cert.not_valid_after_utc, cert.subject.rfc4514_string())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import ClientConnectionError, web
@@ -21,63 +20,7 @@ from sidecar.relay.client_messages import USER_ID_RE
 
 log = logging.getLogger("sidecar.api")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EMPTY_OK = b"{}"
-# Which listener an application serves ("unix" or "tls"), for the log lines of its refusals.
-LISTENER = web.AppKey("listener", str)
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
-    )
-
-
-@web.middleware
-def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """Every refusal is JSON with a message, aiohttp's own (404, 405, 413) included.
-
-    Not a coroutine itself: a WebSocket upgrade gets its handler's coroutine back untouched, so
-    a connection that lives for hours does not also keep this middleware's frame alive.
-    """
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return handler(request)
-    return _json_errors(request, handler)
-
-
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        refused(request, exc.status, exc.message)
-        return json_error(exc.status, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        message = exc.reason
-        if exc.status == 413:
-            message = "request body too large for this app's payload limit"
-        refused(request, exc.status, message)
-        response = json_error(exc.status, message)
-        for name, value in exc.headers.items():  # Allow on a 405, for one
-            if name not in ("Content-Type", "Content-Length"):
-                response.headers[name] = value
-        return response
-
-
-def refused(request: web.Request, status: int, reason: str) -> None:
-    """One line per refused API request: the path (never the query, which carries the
-    signature), the status and why; never the body."""
-    log.info(
-        "api request refused",
-        extra={
-            "listener": request.app.get(LISTENER, "tls"),
-            "method": request.method,
-            "path": request.path[:200],
-            "status": status,
-            "reason": reason,
-        },
-    )
 
 
 class PublishApi:

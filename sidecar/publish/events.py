@@ -12,6 +12,7 @@ import orjson
 
 from sidecar.broker.base import Publication
 from sidecar.config import AppConfig
+from sidecar.http_glue import ApiError
 from sidecar.relay.protocol import (
     MAX_EVENT_NAME_LENGTH,
     SOCKET_ID_RE,
@@ -23,13 +24,6 @@ from sidecar.relay.protocol import (
 MAX_CHANNELS_PER_EVENT = 100
 # Hosted Pusher takes 10 events per batch; a local relay can take more in one round trip.
 MAX_BATCH_EVENTS = 100
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _decode_object(body: bytes | memoryview) -> dict[str, Any]:

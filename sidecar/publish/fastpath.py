@@ -28,7 +28,7 @@ from aiohttp import web
 
 from sidecar.config import DEFAULT_PUBLISH_REQUEST_TIMEOUT
 from sidecar.edge.accept import Acceptor
-from sidecar.edge.listener import hand_over
+from sidecar.http_glue import hand_over
 from sidecar.observe.probe import RequestCounter
 from sidecar.publish.api import PublishApi
 from sidecar.publish.events import ApiError, parse_batch, parse_events
