@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
 from bench.servers import SidecarServer, paced, unix_pusher_publisher, wait_unix
-from sidecar.edge.tls import ensure_self_signed
+from sidecar.tls.contexts import ensure_self_signed
 
 
 def floor_server(path: str) -> None:

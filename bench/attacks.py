@@ -83,9 +83,9 @@ def report(signum, frame):
 
 signal.signal(signal.SIGUSR1, report)
 gc.callbacks.append(timed)
-import sidecar.app
+from sidecar.server import prepare
 if os.environ.get("ATTACKS_GC_THRESHOLDS"):
-    sidecar.app.GC_THRESHOLDS = tuple(map(int, os.environ["ATTACKS_GC_THRESHOLDS"].split(",")))
+    prepare.GC_THRESHOLDS = tuple(map(int, os.environ["ATTACKS_GC_THRESHOLDS"].split(",")))
 from sidecar.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -377,7 +377,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=30_000, help="churn: connect/close cycles")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--subscribe", action="store_true", help="gc-pause: one channel each")
-    parser.add_argument("--gc-thresholds", help="override sidecar.app.GC_THRESHOLDS: 700,10,10")
+    parser.add_argument(
+        "--gc-thresholds", help="override sidecar.server.prepare.GC_THRESHOLDS: 700,10,10"
+    )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="attacks-") as folder:

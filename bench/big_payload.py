@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
 from bench.servers import KINDS, PeakRss, available
-from sidecar.edge.tls import ensure_self_signed
+from sidecar.tls.contexts import ensure_self_signed
 
 MiB = 1024 * 1024
 

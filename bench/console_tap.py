@@ -33,11 +33,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import cpu_seconds, free_port, process_tree, wait_unix
-from sidecar.broker.base import Publication
+from sidecar.api.client import SidecarClient
+from sidecar.engine.broker.base import Publication
 from sidecar.observe.console import ConsoleFeed
 from sidecar.observe.probe import PublishCounter
 from sidecar.observe.snapshot import RecentEvent
-from sidecar.publish.client import SidecarClient
 
 
 class NullBroker:

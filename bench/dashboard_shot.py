@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import SidecarServer, paced
-from sidecar.edge.tls import ensure_self_signed
-from tests.chromium import Chromium
+from sidecar.tls.contexts import ensure_self_signed
+from tests.support.chromium import Chromium
 
 BENCH = Path(__file__).resolve().parent
 WSLOAD = BENCH / "client" / "wsload"

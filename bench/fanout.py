@@ -39,7 +39,7 @@ from bench.servers import (
     paced,
     rss_bytes,
 )
-from sidecar.edge.tls import ensure_self_signed
+from sidecar.tls.contexts import ensure_self_signed
 
 BENCH = Path(__file__).resolve().parent
 WSLOAD = BENCH / "client" / "wsload"

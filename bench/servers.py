@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.publish.client import UnixHTTPConnection
+from sidecar.api.client import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

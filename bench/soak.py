@@ -62,7 +62,7 @@ from bench.soak_traffic import (
     round_trip,
     wait_event,
 )
-from tests.wire import RawSocket, pusher_frame
+from tests.support.wire import RawSocket, pusher_frame
 
 BENCH = Path(__file__).resolve().parent
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.servers import APP_ID, APP_KEY, APP_SECRET
-from tests.wire import (
+from tests.support.wire import (
     OPCODE_BINARY,
     OPCODE_PING,
     RawSocket,

@@ -12,11 +12,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sidecar import config as config_module
-from sidecar.config import Config, ConfigError
+from sidecar.config import model as config_module
+from sidecar.config.model import Config, ConfigError
 
 if TYPE_CHECKING:
-    from sidecar.app import Prepared
+    from sidecar.server.prepare import Prepared
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -111,13 +111,14 @@ def invoked_as(argv0: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sidecar import app as app_module
-    from sidecar import cluster, single
-    from sidecar.edge.certinfo import CertificateError
-    from sidecar.lifecycle import run_loop
+    from sidecar.api.unix import SocketInUse
     from sidecar.observe.logging import setup
-    from sidecar.publish.unix import SocketInUse
-    from sidecar.startup import StartError
+    from sidecar.server import prepare as app_module
+    from sidecar.server import single
+    from sidecar.server import supervisor as cluster
+    from sidecar.server.lifecycle import run_loop
+    from sidecar.server.startup import StartError
+    from sidecar.tls.certinfo import CertificateError
 
     # A SIGHUP while starting (a deploy script reloading early) is not an end: the file is
     # read next, and the loop's handler reloads from then on.
@@ -160,7 +161,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from sidecar import worker
+    from sidecar.server import worker
 
     return worker.worker_main(
         args.config,
@@ -174,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from sidecar.startup import check_paths
+    from sidecar.server.startup import check_paths
 
     try:
         cfg = config_module.load(args.file)
@@ -191,7 +192,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from sidecar.edge.inventory import report
+    from sidecar.tls.inventory import report
 
     try:
         cfg = _load(args.config)
@@ -221,7 +222,7 @@ def _default_app_id(args: argparse.Namespace) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from sidecar.publish.client import PublishError, SidecarClient
+    from sidecar.api.client import PublishError, SidecarClient
 
     try:
         data = _read_data(args.data)
@@ -313,8 +314,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# The supervisor starts each worker as `sidecar _worker ...` (sidecar/cluster.py): a command of
-# its own parser, so that `sidecar --help` lists only what a person runs.
+# The supervisor starts each worker as `sidecar _worker ...` (sidecar/server/supervisor.py): a
+# command of its own parser, so that `sidecar --help` lists only what a person runs.
 WORKER_COMMAND = "_worker"
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import PusherJs, SidecarProcess, base_config
+from tests.support.process import PusherJs, SidecarProcess, base_config
 
 
 @pytest.fixture

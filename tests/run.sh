@@ -25,7 +25,7 @@ venv=.venv-test
 [ -x $venv/bin/python ] || python3 -m venv $venv
 $venv/bin/python -m pip install --quiet --upgrade pip
 $venv/bin/python -m pip install --quiet -e '.[test]'
-npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/support/node --no-audit --no-fund --loglevel=error
 
 # The Ruby side: Debian's ruby, rack, puma and unicorn for clients/ruby and examples/, and the
 # gem's own minitest suite (a failure stops here).

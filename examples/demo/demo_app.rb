@@ -14,11 +14,11 @@ require "sidecar/client"
 #   POST /pusher/auth     pusher-js's channel authorization: {auth:, channel_data:}
 #   POST /publish         publishes, answers {pid:, n:, bytes:, sha256:, ms:}
 #   GET  /pusher.min.js   pusher-js, from PUSHER_JS (default: the copy `npm ci --prefix
-#                         tests/node` installs in this repository)
+#                         tests/support/node` installs in this repository)
 class DemoApp
   PUBLIC = File.expand_path("public", __dir__)
   DEFAULT_PUSHER_JS = File.expand_path(
-    "../../tests/node/node_modules/pusher-js/dist/web/pusher.min.js", __dir__
+    "../../tests/support/node/node_modules/pusher-js/dist/web/pusher.min.js", __dir__
   )
   # The channels the page may join; the auth endpoint signs these and no others.
   CHANNELS = { public: "demo", private: "private-demo", presence: "presence-demo" }.freeze
@@ -96,7 +96,7 @@ class DemoApp
 
   def pusher_js
     unless File.file?(@pusher_js)
-      return json(404, { error: "pusher-js is not at #{@pusher_js}: run `npm ci --prefix tests/node` " \
+      return json(404, { error: "pusher-js is not at #{@pusher_js}: run `npm ci --prefix tests/support/node` " \
                                 "in the repository, or set PUSHER_JS to your copy of pusher.min.js" })
     end
 

@@ -15,7 +15,7 @@ import aiohttp_cors
 from aiohttp import hdrs, web
 from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRouterAdapter
 
-from sidecar.edge.origin import OriginPolicy
+from sidecar.config.origins import OriginPolicy
 from sidecar.http_glue import json_error
 
 # What the HTTP API answers to: events and batches are POSTed, queries are GETs.

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from sidecar.config_tls import HstsConfig
+from sidecar.config.tls import HstsConfig
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEADER = "Strict-Transport-Security"

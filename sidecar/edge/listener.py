@@ -21,18 +21,18 @@ from typing import Protocol, cast
 
 from aiohttp import web
 
-from sidecar.config import DEFAULT_REQUEST_HEAD_TIMEOUT
-from sidecar.edge.accept import OVER_CAP, Acceptor, AddressCap, Lease
+from sidecar.accept import OVER_CAP, Acceptor, AddressCap, Lease
+from sidecar.config.model import DEFAULT_REQUEST_HEAD_TIMEOUT
+from sidecar.edge.websocket import WebSocketEndpoint, refuse_http
 from sidecar.http_glue import hand_over
 from sidecar.observe.bad_input import bad_input
-from sidecar.relay.handshake import (
+from sidecar.protocol.http_head import (
     HEAD_END,
     MAX_HEAD_BYTES,
     RequestHead,
     http_response,
     read_head,
 )
-from sidecar.relay.websocket import WebSocketEndpoint, refuse_http
 
 NOT_WEBSOCKET = "the only upgrade served here is Upgrade: websocket"
 

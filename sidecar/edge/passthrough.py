@@ -29,11 +29,11 @@ import posixpath
 from typing import cast
 from urllib.parse import unquote
 
-from sidecar.config_edge import UpstreamConfig
-from sidecar.edge.forwarded import TrustedProxies
+from sidecar.config.edge import UpstreamConfig
 from sidecar.edge.proxy_headers import Hop, upgrade_request
 from sidecar.observe.bad_input import bad_input
-from sidecar.relay.handshake import HandshakeError, RequestHead, check_upgrade, http_response
+from sidecar.protocol.forwarded import TrustedProxies
+from sidecar.protocol.http_head import HandshakeError, RequestHead, check_upgrade, http_response
 
 log = logging.getLogger("sidecar.proxy")
 

@@ -17,16 +17,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.config_edge import UpstreamConfig
-from sidecar.edge.forwarded import TrustedProxies
+from sidecar.config.edge import UpstreamConfig
 from sidecar.edge.hsts import HEADER as HSTS
-from sidecar.edge.proxy_headers import (
-    Hop,
-    connection_tokens,
-    end_to_end,
-    upstream_request_headers,
-)
+from sidecar.edge.proxy_headers import Hop, connection_tokens, end_to_end, upstream_request_headers
 from sidecar.http_glue import json_error
+from sidecar.protocol.forwarded import TrustedProxies
 
 log = logging.getLogger("sidecar.proxy")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar.edge.forwarded import TrustedProxies, parse_address
+from sidecar.protocol.forwarded import TrustedProxies, parse_address
 
 Headers = list[tuple[str, str]]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sidecar.edge.certinfo import name_matches
 from sidecar.http_glue import LOOPBACK_NAMES, host_name
+from sidecar.tls.certinfo import name_matches
 
 # What a name may look like to be written into a Location: DNS labels, or a bracketed IPv6.
 PLAIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")

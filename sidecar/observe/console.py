@@ -11,7 +11,7 @@ first, every drop counted and shown in the stream as a `{"kind": "dropped", "cou
 marker. A page that reads slowly only loses its own items; the relay never waits for it.
 
 With workers, connections and subscriptions happen in the workers: the supervisor tells them
-over their pipe to turn their taps on or off (sidecar/broker/pipe.py), and each sends its
+over their pipe to turn their taps on or off (sidecar/engine/broker/pipe.py), and each sends its
 items back on the same pipe, capped by a queue of its own (sidecar/observe/console_worker.py).
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from sidecar.broker.base import Publication
-from sidecar.relay.channel_state import MemberAdded, MemberRemoved, Occupied, Transition, Vacated
+from sidecar.engine.broker.base import Publication
+from sidecar.engine.channel_state import MemberAdded, MemberRemoved, Occupied, Transition, Vacated
 
 log = logging.getLogger("sidecar.observe")
 
@@ -207,7 +207,7 @@ class Viewer:
 
 
 class ItemTap:
-    """The relay's tap (sidecar.relay.tap.RelayTap) and a publish API's: each happening made
+    """The relay's tap (sidecar.engine.tap.RelayTap) and a publish API's: each happening made
     into an item and handed to `sink`."""
 
     def __init__(self, sink: Callable[[Item], None], wall: Callable[[], float] = time.time):

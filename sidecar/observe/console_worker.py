@@ -1,7 +1,7 @@
 """A worker's end of the debug console (sidecar/observe/console.py).
 
 The supervisor has the console pages; connections and subscriptions happen here. While the
-supervisor says a console is open (a frame on the pipe, sidecar/broker/pipe.py), the relay's
+supervisor says a console is open (a frame on the pipe, sidecar/engine/broker/pipe.py), the relay's
 tap and the signed API's are on; what they make waits in a queue of its own (bounded, capped
 at WORKER_RATE items a second, drops counted) and goes to the hub every FLUSH_INTERVAL, in one
 frame, on the pipe the worker's publications take. When the last page closes, the taps are
@@ -14,9 +14,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from sidecar.engine.relay import Relay
 from sidecar.observe.console import VIEWER_RATE, Item, ItemQueue, ItemTap
 from sidecar.observe.probe import PublishCounter
-from sidecar.relay.relay import Relay
 
 # Twice what one page is shown: the pages' own caps decide, this only bounds the pipe.
 WORKER_RATE = 2 * VIEWER_RATE

@@ -20,17 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.observe.bad_input import BAD_INPUT
-from sidecar.observe.certificate import CertificateWatch
-from sidecar.observe.channel import WorkerStatsClient
+from sidecar.observe.certificate_watch import CertificateWatch
 from sidecar.observe.console import ConsoleFeed
 from sidecar.observe.history import History, Point
-from sidecar.observe.probe import (
-    PublishCounter,
-    RelayProbe,
-    RequestCounter,
-    write_accept_stats,
-)
+from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter, write_accept_stats
 from sidecar.observe.snapshot import RECENT_EVENTS, CounterBook, Snapshot, key, merge
+from sidecar.observe.worker_stats import WorkerStatsClient
 
 log = logging.getLogger("sidecar.observe")
 
@@ -64,7 +59,7 @@ class Observer:
         # process's publish APIs here, the relay's or the workers' where the relay runs.
         self.console = ConsoleFeed()
         self.console.switches.append(self._tap_publishers)
-        # The Unix socket's API (sidecar.publish.api.PublishApi), which the console's form
+        # The Unix socket's API (sidecar.api.handlers.PublishApi), which the console's form
         # publishes through; set where it is served.
         self.publish_api: Any = None
         self.last_full: Snapshot | None = None  # the latest full collection, for the dashboard

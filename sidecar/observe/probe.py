@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sidecar.broker.base import Publication
-from sidecar.edge.accept import STATS as ACCEPT_STATS
+from sidecar.accept import STATS as ACCEPT_STATS
+from sidecar.engine.broker.base import Publication
 from sidecar.observe.bad_input import BadInputLog
 from sidecar.observe.snapshot import (
     RECENT_EVENTS,
@@ -30,11 +30,11 @@ from sidecar.observe.snapshot import (
     Snapshot,
     key,
 )
-from sidecar.relay.subscriptions import channel_kind as relay_channel_kind
-from sidecar.relay.subscriptions import is_cache
+from sidecar.protocol.channel_rules import channel_kind as relay_channel_kind
+from sidecar.protocol.channel_rules import is_cache
 
 if TYPE_CHECKING:
-    from sidecar.relay.relay import Relay
+    from sidecar.engine.relay import Relay
 
 # Upper bounds (seconds) of the delivery latency histogram: from one loop turn to a backlog.
 LATENCY_BUCKETS = (
@@ -287,7 +287,7 @@ def write_counters(
 
 
 def write_accept_stats(counters: dict[Any, float], listeners: Iterable[str]) -> None:
-    """What this process's `listeners` met while accepting (sidecar/edge/accept.py)."""
+    """What this process's `listeners` met while accepting (sidecar/accept.py)."""
     for listener in listeners:
         accepted = ACCEPT_STATS.get(listener)
         if accepted is None:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sidecar.config import WebhookConfig, WebhookSettings
+from sidecar.config.model import WebhookConfig, WebhookSettings
 from sidecar.webhooks import payload
 from sidecar.webhooks.backoff import retry_delay
 from sidecar.webhooks.holds import CANCELLING, HELD, Event, Holds, pair_key

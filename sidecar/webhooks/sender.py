@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.config import AppConfig, WebhookSettings
+from sidecar.config.model import AppConfig, WebhookSettings
 from sidecar.webhooks.payload import headers
 from sidecar.webhooks.queue import Delivery, Outcome, WebhookCounters, WebhookQueue
 

@@ -6,7 +6,7 @@ require "sidecar/error"
 
 module Sidecar
   # The signatures a page needs from its app, exactly as the sidecar checks them
-  # (sidecar/relay/auth.py): `key:hex(HMAC-SHA256(secret, string))` over
+  # (sidecar/protocol/signatures.py): `key:hex(HMAC-SHA256(secret, string))` over
   #
   #   socket_id:channel                 private channels
   #   socket_id:channel:channel_data    presence channels (channel_data: the JSON string sent)

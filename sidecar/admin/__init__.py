@@ -1,0 +1,1 @@
+"""The admin listener: /metrics, /status, the dashboard and its console."""

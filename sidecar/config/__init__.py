@@ -1,0 +1,1 @@
+"""Configuration: the YAML validated into typed settings (the lowest layer)."""

@@ -1,0 +1,370 @@
+"""The broker between worker processes on one machine: a hub and one pipe per worker.
+
+The supervisor accepts publications (the Unix socket API) and writes each to every worker's
+pipe; a worker hands publications it accepted itself (the signed API on the TLS port, client
+events) to the hub, which sends them to every worker, itself included. Channel state changes
+take the same road: a worker's batch goes to the hub, which stamps it with the worker's origin,
+applies it to the supervisor's own state and sends it to every worker. One order for everybody:
+the hub's, publications and changes alike.
+
+A worker that starts while others run gets the hub's state first (a `Reset`); a worker whose
+pipe closes has its share released by an `OriginGone` in the same order.
+
+On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then the data:
+- a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
+  literal as it will sit in every frame (a worker never decodes event data, it only splices it);
+- changes: meta `[origin, [change, ...]]` (sidecar/engine/broker/changes.py), no data;
+- a report (worker to hub only): meta `[app_id, event]`, no data;
+- finished (worker to hub only, at shutdown): nothing after it is a publication the worker
+  answered 200 for; the hub may close that worker's pipe once it has written it everything
+  accepted before, which is the worker's signal that nothing more is coming;
+- reload (hub to worker): data the text of the configuration file the supervisor validated
+  (then certificates), or nothing (certificates only). By the pipe, not by a signal: a signal
+  sent while a worker is still starting would be lost (or end it); a frame waits in the pipe
+  until the worker reads it.
+- console (hub to worker): data `1` while a debug console is open in the supervisor, empty
+  once none is (sidecar/observe/console.py): the worker's taps go on or off;
+- console items (worker to hub, only while on): meta a JSON list of the items its taps made.
+
+Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
+sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
+the pipes; each worker delivers what it read, then closes its clients with 4200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import orjson
+
+from sidecar.engine.broker.base import Deliver, Publication, Report
+from sidecar.engine.broker.changes import (
+    Change,
+    OnChanges,
+    OriginGone,
+    Reset,
+    decode_changes,
+    encode_changes,
+    restamp,
+)
+
+_HEADER = struct.Struct("!BII")
+PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
+# The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
+# workers get 1, 2, ... in the order they attach, a restarted worker a new one.
+HUB_ORIGIN = 0
+# A worker that finishes while the supervisor is not stopping was signalled alone, or the
+# whole process group was (systemd's default) and the supervisor's own signal is a moment
+# behind: its pipe is closed only after this long, so that a publication the supervisor
+# accepts in that moment still reaches the worker's clients.
+ALONE_GRACE = 0.5
+
+
+def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
+    """Header + meta, and the data literal: written one after the other, never joined."""
+    meta = orjson.dumps(
+        [pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id, pub.accepted_at]
+    )
+    return _HEADER.pack(PUBLICATION, len(meta), len(pub.data_json)) + meta, pub.data_json
+
+
+def decode_publication(head: bytes, data_json: bytes) -> Publication:
+    app_id, channels, name, socket_id, user_id, accepted_at = orjson.loads(head[_HEADER.size :])
+    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id, accepted_at)
+
+
+def _meta_frame(kind: int, meta: bytes) -> bytes:
+    return _HEADER.pack(kind, len(meta), 0) + meta
+
+
+def _console_frame(on: bool) -> bytes:
+    data = b"1" if on else b""
+    return _HEADER.pack(CONSOLE, 0, len(data)) + data
+
+
+def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
+    return _meta_frame(CHANGES, encode_changes(origin, changes))
+
+
+def encode_report(app_id: str, event: dict[str, Any]) -> bytes:
+    return _meta_frame(REPORT, orjson.dumps([app_id, event]))
+
+
+def meta_of(head: bytes) -> bytes:
+    return head[_HEADER.size :]
+
+
+class PublicationStream(asyncio.Protocol):
+    """Splits a pipe's byte stream into whole frames: on_frame(kind, header + meta, data)."""
+
+    def __init__(
+        self,
+        on_frame: Callable[[int, bytes, bytes], None],
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            kind, meta_len, data_len = _HEADER.unpack_from(buffer, offset)
+            end = offset + _HEADER.size + meta_len + data_len
+            if len(buffer) < end:
+                break
+            meta_end = offset + _HEADER.size + meta_len
+            self._on_frame(kind, bytes(buffer[offset:meta_end]), bytes(buffer[meta_end:end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def write(self, *pieces: bytes) -> None:
+        """Write if the pipe is still there: a worker that is stopping may still report."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(pieces)
+
+
+class WorkerBroker:
+    """A worker's end: publishes and changes go to the hub, the hub's come back here."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._stream: PublicationStream | None = None
+        self._closed = asyncio.Event()
+        # Called with the configuration's text (then certificates) or None (certificates
+        # only). Set before start(): frames already in the pipe are read as it connects.
+        self.on_reload: Callable[[str | None], None] | None = None
+        # Called with True when the supervisor opens a debug console, False when the last
+        # closes; `console_on` keeps the latest word for a listener set after start().
+        self.on_console: Callable[[bool], None] | None = None
+        self.console_on = False
+
+    async def start(
+        self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_frame(kind: int, head: bytes, data: bytes) -> None:
+            if kind == PUBLICATION:
+                deliver(decode_publication(head, data))
+            elif kind == CHANGES and changed is not None:
+                origin, changes = decode_changes(meta_of(head))
+                changed(origin, changes)
+            elif kind == RELOAD and self.on_reload is not None:
+                self.on_reload(data.decode() if data else None)
+            elif kind == CONSOLE:
+                self.console_on = data == b"1"
+                if self.on_console is not None:
+                    self.on_console(self.console_on)
+
+        _, self._stream = await loop.create_unix_connection(
+            lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
+        )
+
+    def publish(self, publication: Publication) -> None:
+        assert self._stream is not None
+        self._stream.write(*encode_publication(publication))
+
+    def announce(self, changes: Sequence[Change]) -> None:
+        assert self._stream is not None
+        # The origin is the hub's to say; 0 is a placeholder.
+        self._stream.write(encode_changes_frame(HUB_ORIGIN, changes))
+
+    def report(self, app_id: str, event: dict[str, Any]) -> None:
+        assert self._stream is not None
+        self._stream.write(encode_report(app_id, event))
+
+    def console(self, items: list[Any]) -> None:
+        """Items for the supervisor's debug console."""
+        assert self._stream is not None
+        self._stream.write(_meta_frame(CONSOLE_ITEMS, orjson.dumps(items)))
+
+    def finish(self) -> None:
+        """No more publications from this worker: what it accepted is ahead of this frame."""
+        assert self._stream is not None
+        self._stream.write(_meta_frame(FINISHED, b""))
+
+    async def close(self) -> None:
+        """Wait until the hub has closed the pipe: everything it accepted was delivered."""
+        await self._closed.wait()
+
+
+class HubBroker:
+    """The supervisor's end: every publication and change, from wherever, goes to every worker.
+
+    Frames are written to the pipes on the next loop turn, after the publisher's reply: a
+    write to a pipe wakes the worker reading it, and a woken worker can take the CPU from the
+    supervisor for a whole time slice (milliseconds) before the reply goes out. Several frames
+    accepted in one turn also leave in one write per pipe.
+    """
+
+    def __init__(self) -> None:
+        self._workers: dict[int, PublicationStream] = {}
+        self._pending: list[bytes] = []
+        self._next_origin = HUB_ORIGIN + 1
+        self._changed: OnChanges | None = None
+        self._reported: Report | None = None
+        self._closing = False
+        self._finished: set[int] = set()  # workers that sent FINISHED
+        self._settled: asyncio.Event | None = None  # closing: every worker has finished
+        # The state a worker that attaches starts from (the supervisor's ChannelState).
+        self.snapshot: Callable[[], Any] | None = None
+        # The debug console: whether workers' taps are on, and who takes their items
+        # (worker_id, items).
+        self.console_on = False
+        self.on_console_items: Callable[[int, list[Any]], None] | None = None
+
+    async def start(
+        self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
+    ) -> None:
+        """The hub holds no subscribers (delivery happens in the workers); `changed` sees
+        every change at the moment it takes its place in the order."""
+        self._changed = changed
+        self._reported = reported
+
+    async def attach(self, worker_id: int, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        origin = self._next_origin
+        self._next_origin += 1
+        holder: list[PublicationStream] = []
+
+        def on_frame(kind: int, head: bytes, data: bytes) -> None:
+            if kind == PUBLICATION:
+                self._queue((head, data))
+            elif kind == CHANGES:
+                frame, changes = restamp(meta_of(head), origin)
+                self._order(origin, changes, _meta_frame(CHANGES, frame))
+            elif kind == REPORT and self._reported is not None:
+                app_id, event = orjson.loads(meta_of(head))
+                self._reported(app_id, event)
+            elif kind == FINISHED and holder:
+                self._on_finished(worker_id, holder[0])
+            elif kind == CONSOLE_ITEMS and self.on_console_items is not None:
+                self.on_console_items(worker_id, orjson.loads(meta_of(head)))
+
+        def lost() -> None:
+            if holder and self._workers.get(worker_id) is holder[0]:
+                del self._workers[worker_id]
+            self._check_settled()
+            # At shutdown nothing is released: the state ends with the process, and a restart
+            # should not look like every channel vacated to the app's webhooks.
+            if not self._closing:
+                self.announce([OriginGone(origin)])
+
+        _, stream = await loop.create_unix_connection(
+            lambda: PublicationStream(on_frame, lost), sock=sock
+        )
+        holder.append(stream)
+        # What is already in the order goes to the others; the newcomer starts from the state
+        # that order made, then receives everything after it.
+        if self._pending:
+            self._write_pending()
+        self._workers[worker_id] = stream
+        self._finished.discard(worker_id)
+        if self.snapshot is not None:
+            stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
+        if self.console_on:
+            stream.write(_console_frame(True))
+
+    def reload(self, config_text: str | None) -> None:
+        """Ask every worker to reload: the configuration (the text the supervisor has just
+        validated) and certificates, or with None certificates only."""
+        data = config_text.encode() if config_text is not None else b""
+        self._queue((_HEADER.pack(RELOAD, 0, len(data)), data))
+
+    def console(self, on: bool) -> None:
+        """Every worker's console taps on (a console opened) or off (the last one closed)."""
+        self.console_on = on
+        self._queue((_console_frame(on),))
+
+    def detach(self, worker_id: int) -> None:
+        stream = self._workers.get(worker_id)
+        if stream is not None and stream.transport is not None:
+            stream.transport.close()  # its loss releases what the worker held
+
+    def publish(self, publication: Publication) -> None:
+        self._queue(encode_publication(publication))
+
+    def announce(self, changes: Sequence[Change]) -> None:
+        changes = list(changes)
+        self._order(HUB_ORIGIN, changes, encode_changes_frame(HUB_ORIGIN, changes))
+
+    def report(self, app_id: str, event: dict[str, Any]) -> None:
+        if self._reported is not None:
+            self._reported(app_id, event)
+
+    def _order(self, origin: int, changes: list[Change], frame: bytes) -> None:
+        if self._changed is not None:
+            self._changed(origin, changes)
+        self._queue((frame,))
+
+    def _queue(self, frame: tuple[bytes, ...]) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._write_pending)
+        self._pending.extend(frame)
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        for stream in self._workers.values():
+            stream.write(*pending)
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def _on_finished(self, worker_id: int, stream: PublicationStream) -> None:
+        self._finished.add(worker_id)
+        if self._closing:
+            self._check_settled()
+            return
+
+        def release() -> None:
+            if not self._closing and self._workers.get(worker_id) is stream:
+                self._write_pending()
+                self.detach(worker_id)
+
+        asyncio.get_running_loop().call_later(ALONE_GRACE, release)
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and self._finished.issuperset(self._workers):
+            self._settled.set()
+
+    async def close(self, wait: float = 0.0) -> None:
+        """Close each pipe once what was written to it is flushed: the workers' signal to stop.
+
+        With `wait`, first up to that many seconds for every worker's FINISHED, so that what
+        they accepted themselves (the signed API) is in the order before the pipes close.
+        """
+        self._closing = True
+        if wait > 0:
+            self._settled = asyncio.Event()
+            self._check_settled()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), wait)
+        if self._pending:
+            self._write_pending()
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for stream in workers:
+            if stream.transport is not None:
+                stream.transport.close()  # flushes its buffer first

@@ -1,0 +1,240 @@
+"""One browser connection: its send queue, its subscriptions, and how it ends.
+
+Writing is synchronous and never awaits on the broadcast path: `send()` queues a frame and marks
+the connection for the next flush; the flush writes what the transport will take and, only when
+the transport pushes back, starts one task that waits for it to drain. A client whose queue
+overflows is closed with 4100 and never holds up anyone else.
+
+What the relay holds for a client is bounded by what the client is owed, not by what it sends:
+replies it can do without (errors, pongs) wait behind a backlog it has not read only up to
+`REPLY_BACKLOG_BYTES`, and a client that keeps sending frames the relay refuses is closed
+(sidecar/engine/bad_frames.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Protocol
+
+from sidecar.engine.bad_frames import BadFrameBudget
+from sidecar.engine.fanout import FlushScheduler
+from sidecar.engine.heartbeat import Heartbeat
+from sidecar.engine.send_queue import SendQueue
+from sidecar.engine.session import RateLimiter
+from sidecar.protocol.frame_writer import Frame, text_frame
+from sidecar.protocol.pusher import CLOSE_REASONS, CloseCode
+
+# Bytes handed to the transport in one write. Small frames are merged up to this size (one system
+# call for many events); a large event goes out in slices of it, so that the transport copies at
+# most this much per connection, never the whole event.
+WRITE_BUDGET = 64 * 1024
+# Replies (pusher:error, pongs) queued behind bytes the client has not read, at most; later ones
+# are dropped until it reads. A client sending a flood and never reading held one ~100-byte
+# error per frame, up to the whole send queue (16 MiB); now the transport's buffer and this.
+REPLY_BACKLOG_BYTES = 4 * 1024
+
+
+class FrameSink(Protocol):
+    """Where a connection's bytes go: the transport of its WebSocket."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def is_paused(self) -> bool: ...
+
+    async def wait_drained(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class ConnectionState(Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # no new frames; what is queued is still written, then the close frame
+    CLOSED = "closed"
+
+
+class Connection:
+    __slots__ = (
+        "_abort_timer",
+        "_bad_frames",
+        "_close_ready",
+        "_draining",
+        "_marked",
+        "_queue",
+        "_replies_queued",
+        "_scheduler",
+        "_sink",
+        "app_id",
+        "close_code",
+        "close_reason",
+        "heartbeat",
+        "opened_at",
+        "socket_id",
+        "state",
+        "subscription_rate",
+        "subscriptions",
+        "trusted",
+    )
+
+    def __init__(
+        self,
+        socket_id: str,
+        app_id: str,
+        sink: FrameSink,
+        scheduler: FlushScheduler,
+        heartbeat: Heartbeat,
+        queue_limit: int,
+        close_ready: Callable[[int, str], None],
+    ) -> None:
+        self.socket_id = socket_id
+        self.app_id = app_id
+        self.heartbeat = heartbeat
+        self.subscriptions: set[str] = set()
+        # limits.subscriptions_per_second, made at the first subscribe or unsubscribe
+        self.subscription_rate: RateLimiter | None = None
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.opened_at = time.monotonic()
+        self._sink = sink
+        self._scheduler = scheduler
+        self._queue = SendQueue(queue_limit)
+        self._marked = False
+        self._draining = False
+        self._close_ready = close_ready
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._replies_queued = 0  # reply bytes queued since the queue was last empty
+        self._bad_frames: BadFrameBudget | None = None  # made at the first refusal
+        # Holds a subscription the app signed (private, presence, a signed-in user's channel):
+        # only then may it send messages up to limits.max_client_message_bytes.
+        self.trusted = False
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
+
+    def send(self, frame: Frame) -> None:
+        """Queue a complete WebSocket frame (shared, never copied) for this client."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        if not self._queue.push(frame):
+            self.close(CloseCode.OVER_CAPACITY)
+            return
+        if not self._marked and not self._draining:
+            self._marked = True
+            self._scheduler.mark(self)
+
+    def write_now(self, frame: bytes) -> bool:
+        """Write a frame at once if nothing is queued ahead of it; False: send() it instead.
+
+        A connection with queued bytes is always marked for a flush or draining, so neither
+        flag set means the queue is empty and writing now keeps the order.
+        """
+        if self._marked or self._draining or self.state is not ConnectionState.OPEN:
+            return False
+        sink = self._sink
+        if sink.is_paused():
+            return False
+        try:
+            sink.write(frame)
+        except (ConnectionError, RuntimeError):
+            self.state = ConnectionState.CLOSED
+        return True
+
+    def send_json(self, payload: bytes) -> None:
+        """Send one Pusher frame (JSON bytes) meant for this client alone: at once when
+        nothing is queued (no queue to allocate for a reply), else after what is."""
+        frame = text_frame(payload)
+        if not self.write_now(frame):
+            self.send(frame)
+
+    def reply(self, frame: bytes) -> None:
+        """A frame answering the client's own (a pong, an error) that it can do without.
+
+        Written at once when nothing is queued. Behind a backlog the client has not read, at
+        most REPLY_BACKLOG_BYTES of replies wait; later ones are dropped (a client that reads
+        again gets replies again, so the one that is merely slow loses a few pongs at worst).
+        """
+        if self.write_now(frame) or self.state is not ConnectionState.OPEN:
+            return
+        if self._replies_queued + len(frame) > REPLY_BACKLOG_BYTES:
+            return
+        self._replies_queued += len(frame)
+        self.send(frame)
+
+    def refuse_frame(self, error: bytes, *, bad_frame: bool = True) -> None:
+        """Answer a frame the relay refused with `error` (a pusher:error or subscription_error).
+
+        `bad_frame`: the frame was wrong, not just over a rate; past the budget of those the
+        connection is closed with 4101 instead of answered.
+        """
+        if bad_frame:
+            now = time.monotonic()
+            budget = self._bad_frames
+            if budget is None:
+                budget = self._bad_frames = BadFrameBudget(now)
+            if not budget.spend(now):
+                self.close(CloseCode.TOO_MANY_BAD_FRAMES)
+                return
+        self.reply(text_frame(error))
+
+    def flush(self) -> None:
+        self._marked = False
+        if self._draining or self.state is ConnectionState.CLOSED:
+            return
+        queue = self._queue
+        sink = self._sink
+        # The hot path of every delivery: locals, one pause check per write.
+        take, write, paused = queue.take, sink.write, sink.is_paused
+        try:
+            while not paused() and (piece := take(WRITE_BUDGET)) is not None:
+                write(piece)
+        except (ConnectionError, RuntimeError):
+            # The peer is gone; the WebSocket handler sees it and cleans up.
+            self.state = ConnectionState.CLOSED
+            return
+        if queue.queued_bytes:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._wait_and_flush())
+            return
+        self._replies_queued = 0  # all handed to the transport: replies may queue again
+        if self.state is ConnectionState.CLOSING:
+            self.state = ConnectionState.CLOSED
+            code = self.close_code or CloseCode.NORMAL
+            self._close_ready(code, self.close_reason)
+
+    async def _wait_and_flush(self) -> None:
+        try:
+            await self._sink.wait_drained()
+        except (ConnectionError, RuntimeError):
+            self.state = ConnectionState.CLOSED
+            return
+        finally:
+            self._draining = False
+        self.flush()
+
+    def close(self, code: int, reason: str | None = None, *, grace: float = 5.0) -> None:
+        """Begin closing: queued frames go first (all but a slow client's), then the close frame.
+
+        A client that does not take its remaining bytes within `grace` seconds is cut off.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return
+        self.state = ConnectionState.CLOSING
+        self.close_code = code
+        self.close_reason = reason if reason is not None else CLOSE_REASONS.get(code, "")
+        if code == CloseCode.OVER_CAPACITY:
+            self._queue.discard_unstarted()
+        self._abort_timer = asyncio.get_running_loop().call_later(grace, self._sink.abort)
+        if not self._marked and not self._draining:
+            self._marked = True
+            self._scheduler.mark(self)
+
+    def closed(self) -> None:
+        """The socket is gone: stop writing and cancel the cut-off timer."""
+        self.state = ConnectionState.CLOSED
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None

@@ -1,0 +1,1 @@
+"""Sans-IO: Pusher messages, WebSocket frames, HTTP heads, signatures, channel rules."""

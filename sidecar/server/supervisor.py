@@ -1,0 +1,330 @@
+"""Every core: a supervisor process and one worker per core.
+
+The supervisor owns what exists once: the publish socket, the plain-HTTP redirect, the admin
+listener, and the hub of the pipe broker. Each worker is a fresh interpreter (`sidecar _worker`,
+sidecar/server/worker.py)
+that inherits its own SO_REUSEPORT listening socket on the TLS port, so the kernel spreads
+browser connections across workers, and one end of a pipe to the hub, so every worker receives
+every publication. A publish is acknowledged once the hub has written it to the pipes: the
+supervisor never fans out, so publishing stays fast however many subscribers there are.
+
+A worker that dies is started again (its listening socket stays open in the supervisor, so
+connections wait in the backlog meanwhile).
+
+SIGTERM, within `shutdown.deadline`: the supervisor shuts the publish socket (a publisher
+still connected gets 503) and the plain-HTTP port, closes its copies of the TLS listening
+sockets and passes the signal on; each worker shuts its TLS port and its signed API and tells
+the hub it has finished; the hub writes everything accepted, then closes the pipes; each
+worker delivers what it received, closes its clients with 4200 and exits. The supervisor
+sends the webhooks still waiting meanwhile, kills a worker still there at the deadline, and
+exits.
+
+Workers never read the configuration file: the supervisor hands each the text it validated
+(inherited memfds at start: the text the cluster started with and the latest reloaded one; the
+pipe on reload), so a file edited meanwhile can neither make a worker disagree with the
+others nor stop a restarted worker from starting.
+
+SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
+socket's apps, webhooks, the log level); if the file is valid it sends each worker, over its
+pipe, the text to apply its own part from (apps and limits of its relay, the Origin
+allow-list, its signed API), and each reloads its certificates. A file that does not validate is
+refused by the supervisor; the workers then reload their certificates only (as they do after
+an ACME renewal). Workers ignore SIGHUP itself: a terminal's hangup reaches the whole process
+group, and the supervisor decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.config.model import Config
+from sidecar.engine.broker.changes import Change
+from sidecar.engine.broker.pipe import HubBroker
+from sidecar.engine.channel_state import ChannelState
+from sidecar.observe.observer import Observer
+from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
+from sidecar.server.prepare import Prepared, make_observer
+from sidecar.server.reloader import LiveWebhooks, Reloader
+from sidecar.server.serving import (
+    PlainHttp,
+    PublishSide,
+    Sites,
+    obtain_certificate,
+    remove_socket_file,
+    serve_admin,
+    serve_publish_side,
+)
+
+log = logging.getLogger("sidecar.cluster")
+
+# A worker that keeps dying is restarted at most this often.
+RESPAWN_BACKOFF = (0.5, 1, 2, 5, 10)
+# A worker that lived this long before dying starts the back-off again from the beginning.
+STABLE_AFTER = 30.0
+# Seconds kept back for the last steps of the supervisor (killing, cleaning up).
+SUPERVISOR_MARGIN = 0.25
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: int
+    proc: asyncio.subprocess.Process
+    started: float
+    failures: int = 0
+    watcher: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        prepared: Prepared,
+        config_path: str | None,
+        workers: int,
+        config_text: str | None = None,
+    ) -> None:
+        self.prepared = prepared
+        self.config_path = config_path
+        self.count = workers
+        self.hub = HubBroker()
+        # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
+        # socket's queries and is where webhooks are sent from (self.state.on_event).
+        self.state = ChannelState(prepared.config.limits.max_presence_members)
+        self.hub.snapshot = self.state.snapshot
+        self.handles: dict[int, WorkerHandle] = {}
+        self.stopping = False
+        self.observer = self._make_observer()
+        self.webhooks = LiveWebhooks(self.state, self.observer)
+        # What the cluster started with: restart-only settings stay as in it
+        # (sidecar/server/reload_plan.py), for a worker started later too (sidecar/server/worker.py:
+        # worker_config).
+        self.started_text = config_text
+        self.reloader = Reloader(
+            prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
+        )
+
+    def _make_observer(self) -> Observer | None:
+        observer = make_observer(self.prepared, self.count)
+        if observer is not None:
+            observer.workers_alive = self.alive
+            observer.broker_ok = lambda: self.hub.workers == self.count
+            # The debug console: the workers' taps over their pipes, member and channel
+            # events from the cluster-wide state here (each worker applies every change).
+            observer.console.switches.append(self._console_taps)
+            self.hub.on_console_items = self._console_items
+        return observer
+
+    def _console_taps(self, on: bool) -> None:
+        assert self.observer is not None
+        self.hub.console(on)
+        self.state.on_transitions = self.observer.console.transitions if on else None
+
+    def _console_items(self, worker_id: int, items: list[Any]) -> None:
+        if self.observer is not None:
+            self.observer.console.add_all(items, worker_id)
+
+    def alive(self) -> int:
+        return sum(1 for h in self.handles.values() if h.proc.returncode is None)
+
+    def _changed(self, origin: int, changes: list[Change]) -> None:
+        self.state.apply_all(origin, changes)
+
+    def _reported(self, app_id: str, event: dict[str, Any]) -> None:
+        """client_event and cache_miss from the workers, for the same observer."""
+        if self.state.on_event is not None:
+            self.state.on_event(app_id, event)
+
+    async def spawn(self, worker_id: int, failures: int = 0) -> None:
+        stats = socket.socketpair() if self.observer is not None else None
+        try:
+            await self._spawn(worker_id, failures, stats[1] if stats else None)
+        finally:
+            if stats is not None:
+                stats[1].close()
+        if stats is not None and self.observer is not None:
+            pid = self.handles[worker_id].proc.pid
+            await self.observer.attach_worker(worker_id, stats[0], pid)
+
+    async def _spawn(self, worker_id: int, failures: int, stats: socket.socket | None) -> None:
+        hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen = self.prepared.edge_sockets[worker_id]
+        command = [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "_worker",
+            "--worker-id",
+            str(worker_id),
+            "--listen-fd",
+            str(listen.fileno()),
+            "--broker-fd",
+            str(worker_end.fileno()),
+        ]
+        fds = [listen.fileno(), worker_end.fileno()]
+        texts = []
+        if self.config_path is not None and self.started_text is not None:
+            command += ["--config", self.config_path]
+            texts.append(("--config-fd", self.started_text))
+            if self.reloader.text != self.started_text and self.reloader.text is not None:
+                texts.append(("--reloaded-config-fd", self.reloader.text))
+        text_fds = [text_fd(text) for _, text in texts]
+        for (option, _), fd in zip(texts, text_fds, strict=True):
+            command += [option, str(fd)]
+        fds += text_fds
+        if stats is not None:
+            command += ["--stats-fd", str(stats.fileno())]
+            fds.append(stats.fileno())
+        try:
+            proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
+        finally:
+            worker_end.close()
+            for fd in text_fds:
+                os.close(fd)
+        handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
+        self.handles[worker_id] = handle
+        await self.hub.attach(worker_id, hub_end)
+        handle.watcher = asyncio.ensure_future(self._watch(handle))
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """Start a worker that died again, with back-off, unless we are stopping."""
+        code = await handle.proc.wait()
+        if self.stopping:
+            return
+        self.hub.detach(handle.worker_id)
+        if self.observer is not None:
+            self.observer.worker_exited(handle.worker_id)
+        lived = time.monotonic() - handle.started
+        failures = 0 if lived > STABLE_AFTER else handle.failures + 1
+        delay = RESPAWN_BACKOFF[min(failures, len(RESPAWN_BACKOFF) - 1)]
+        log.error(
+            "worker exited; starting it again",
+            extra={"worker": handle.worker_id, "exit_code": code, "restart_in_s": delay},
+        )
+        await asyncio.sleep(delay)
+        if not self.stopping:
+            await self.spawn(handle.worker_id, failures)
+
+    def signal_workers(self, sig: int) -> None:
+        for handle in self.handles.values():
+            if handle.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.proc.send_signal(sig)
+
+    def reload_workers(self) -> None:
+        """Every worker reloads its certificates now (not at its next check)."""
+        self.hub.reload(None)
+
+    async def reload(self) -> None:
+        """SIGHUP: validated and applied here first; then the workers do their part."""
+        plan = await self.reloader.reload()
+        self.hub.reload(self.reloader.text if plan is not None else None)
+
+    async def run(self, banner: Callable[[Prepared], None]) -> None:
+        sites = Sites()
+        stopping = stop_signal()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        plain: PlainHttp | None = None
+        publish: PublishSide | None = None
+        await self.hub.start(lambda publication: None, self._changed, self._reported)
+        await self.webhooks.start(self.prepared.apps, self.prepared.config.webhooks)
+        try:
+            # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
+            # certificate; workers start once it is on disk and follow its renewals.
+            plain = await obtain_certificate(sites, self.prepared, stopping)
+            if plain.acme is not None:
+                plain.acme.on_new_certificate.append(self.reload_workers)
+            if plain.ready:
+                publish = await self._serve(sites, banner, stopping)
+            await self._stop(sites, plain, publish)
+        finally:
+            self.stopping = True
+            if self.observer is not None:
+                await self.observer.stop()
+            if plain is not None:
+                await plain.stop(sites)
+            await sites.cleanup()
+            await self.hub.close()
+            await self._reap(0)
+            remove_socket_file(self.prepared.config.publish.socket)
+            await self.webhooks.close(timeout=0)
+        log.info("stopped")
+
+    async def _serve(
+        self, sites: Sites, banner: Callable[[Prepared], None], stopping: asyncio.Event
+    ) -> PublishSide:
+        for worker_id in range(self.count):
+            await self.spawn(worker_id)
+        publish = await serve_publish_side(
+            sites, self.prepared, self.hub, self.state, self.observer
+        )
+        self.reloader.apis.append(publish.api)
+        await serve_admin(sites, self.prepared, self.observer)
+        banner(self.prepared)
+        log.info(
+            "ready",
+            extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
+        )
+        await stopping.wait()
+        return publish
+
+    async def _stop(self, sites: Sites, plain: PlainHttp, publish: PublishSide | None) -> None:
+        """The stop in order (module docstring), within the deadline."""
+        deadline = Deadline(self.reloader.config.shutdown.deadline)
+        log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
+        self.stopping = True
+        if self.observer is not None:
+            self.observer.stopping = True
+        for sock in self.prepared.edge_sockets:
+            sock.close()  # the workers' copies stay open until each shuts its own
+        doors = [plain.stop(sites)]
+        if publish is not None:
+            doors.append(publish.stop_accepting(sites))
+        await asyncio.gather(*doors)
+        self.webhooks.mute()
+        self.signal_workers(signal.SIGTERM)
+        # Every worker says when it has shut its own doors; half the time at most, so that
+        # a stuck one leaves the others time to close their clients.
+        await self.hub.close(wait=deadline.remaining() / 2)
+        await asyncio.gather(
+            self._reap(deadline.remaining(SUPERVISOR_MARGIN)),
+            self.webhooks.close(
+                timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(SUPERVISOR_MARGIN))
+            ),
+        )
+
+    async def _reap(self, seconds: float) -> None:
+        """Wait up to `seconds` for the workers to exit; kill those still there."""
+        procs = [h.proc for h in self.handles.values() if h.proc.returncode is None]
+        if not await bounded(asyncio.gather(*(p.wait() for p in procs)), seconds):
+            for proc in procs:
+                if proc.returncode is None:
+                    log.error("worker did not stop in time; killed", extra={"pid": proc.pid})
+                    proc.kill()
+                    await proc.wait()
+        for handle in self.handles.values():
+            if handle.watcher is not None:
+                handle.watcher.cancel()
+
+
+def text_fd(text: str) -> int:
+    """A file descriptor to hand a worker `text` by (read from the start, then closed)."""
+    fd = os.memfd_create("sidecar-config", 0)  # not inheritable, but for pass_fds
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def worker_count(config: Config) -> int:
+    if config.workers == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return int(config.workers)

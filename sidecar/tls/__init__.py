@@ -1,0 +1,1 @@
+"""TLS: contexts, certificate files, ACME."""

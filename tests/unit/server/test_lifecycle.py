@@ -1,0 +1,66 @@
+"""sidecar.server.lifecycle: one deadline for a whole stop; every accepted event out before the
+4200."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from sidecar.engine import fanout
+from sidecar.engine.broker.base import Publication
+from sidecar.engine.relay import Relay
+from sidecar.protocol.frame_writer import OP_TEXT
+from sidecar.server.lifecycle import Deadline, bounded, close_broker, drain_relay
+from tests.unit.engine.test_relay import APP, MakeClient, parse_frames, subscribed
+from tests.unit.engine.test_relay import make_client as make_client
+from tests.unit.engine.test_relay import relay as relay
+
+
+def test_deadline_counts_down_and_never_below_zero() -> None:
+    now = [100.0]
+    deadline = Deadline(10, clock=lambda: now[0])
+    assert deadline.remaining() == 10
+    now[0] = 104.0
+    assert deadline.remaining() == 6
+    assert deadline.remaining(keep=1.5) == 4.5
+    now[0] = 200.0
+    assert deadline.remaining() == 0 and deadline.remaining(keep=1) == 0
+
+
+async def test_bounded_says_whether_it_finished() -> None:
+    assert await bounded(asyncio.sleep(0), 1) is True
+    assert await bounded(asyncio.sleep(10), 0.01) is False
+
+
+class StuckBroker:
+    async def close(self) -> None:
+        await asyncio.sleep(3600)
+
+
+async def test_a_broker_that_never_closes_costs_only_the_deadline() -> None:
+    await asyncio.wait_for(close_broker(StuckBroker(), Deadline(0.05)), 2)  # type: ignore[arg-type]
+
+
+async def test_every_event_handed_to_the_relay_reaches_each_client_before_its_4200(
+    relay: Relay,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Small slices: 20 events to 10 clients take 50 loop turns to hand over.
+    monkeypatch.setattr(fanout, "DELIVER_SLICE", 4)
+    clients = [make_client() for _ in range(10)]
+    for client in clients:
+        await subscribed(relay, client, "news")
+    for i in range(20):
+        relay.deliver(Publication.of(APP.id, ("news",), "tick", str(i)))
+    # The fake sockets never go away (nothing calls relay.forget): the wait for them ends at
+    # the deadline, after the close frames were asked for.
+    await drain_relay(relay, Deadline(0.3))
+    for client in clients:
+        frames = parse_frames(b"".join(bytes(w) for w in client.sink.writes))
+        events = [json.loads(p) for op, p in frames if op == OP_TEXT]
+        ticks = [e["data"] for e in events if e.get("event") == "tick"]
+        assert ticks == [str(i) for i in range(20)]
+        assert client.closes == [(4200, "Relay restarting: reconnect")]
