@@ -32,6 +32,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from sidecar.config.tls import AcmeConfig, CertFiles, TlsConfig
+from sidecar.http_glue import json_error
 from sidecar.tls.acme_client import (
     AcmeClient,
     AcmeFailure,
@@ -101,7 +102,7 @@ def answer_challenges(app: web.Application, store: ChallengeStore) -> None:
     async def answer(request: web.Request) -> web.Response:
         value = store.get(request.match_info["token"])
         if value is None:
-            return web.Response(status=404, text="no such ACME challenge\n")
+            return json_error(404, "no such ACME challenge")
         return web.Response(text=value)
 
     app.router.add_get(CHALLENGE_PATH, answer)

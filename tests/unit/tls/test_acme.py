@@ -223,6 +223,7 @@ async def test_challenges_are_answered_and_never_redirected() -> None:
         assert (answered.status, await answered.text()) == (200, "tok.thumbprint")
         unknown = await client.get("/.well-known/acme-challenge/other", allow_redirects=False)
         assert unknown.status == 404
+        assert await unknown.json() == {"error": "no such ACME challenge"}
         elsewhere = await client.get("/page?x=1", allow_redirects=False)
         assert elsewhere.status == 308
         assert elsewhere.headers["Location"].endswith(":8443/page?x=1")
