@@ -26,8 +26,8 @@ import pusher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.test_e2e_memory import rss_bytes
 from tests.support.process import SidecarProcess, base_config
+from tests.support.process_tree import rss_bytes
 
 APP = {"id": "7", "key": "bench-key", "secret": "bench-secret-0123", "client_events": True}
 SIGNER = pusher.Pusher(app_id=APP["id"], key=APP["key"], secret=APP["secret"])

@@ -7,6 +7,10 @@ from typing import Any
 import pytest
 
 from tests.support.process import PusherJs, SidecarProcess, base_config
+from tests.support.relay_clients import make_client, relay
+
+# The relay with recording clients, for every unit test that does not define its own `relay`.
+__all__ = ["make_client", "relay"]
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_e2e_relay import open_ws, tls_context
-from tests.e2e.test_e2e_reload import sighup, write_config
+from tests.support.browser_ws import open_ws, tls_context
+from tests.support.config_reload import sighup, write_config
 from tests.support.process import SidecarProcess, base_config, free_port, running_sidecar
 
 PER_IP = 3

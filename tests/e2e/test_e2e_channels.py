@@ -13,9 +13,9 @@ from typing import Any
 import pusher
 import pytest
 
-from tests.e2e.test_e2e_signed_api import server_library
 from tests.support.auth_app import MASTER_KEY, AuthApp
 from tests.support.process import PusherJs, SidecarProcess, running_sidecar
+from tests.support.pusher_server import server_library
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

@@ -14,17 +14,11 @@ import aiohttp
 import pytest
 
 from sidecar.api.client import SidecarClient
-from tests.e2e.test_e2e_signed_api import APP, client_for
 from tests.support.process import SidecarProcess
+from tests.support.process_tree import worker_pids
+from tests.support.pusher_server import APP, client_for
 
 pytestmark = pytest.mark.e2e
-
-
-def worker_pids(sidecar: SidecarProcess) -> list[int]:
-    assert sidecar.proc is not None
-    pid = sidecar.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
 
 
 async def connect_many(

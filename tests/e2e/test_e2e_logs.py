@@ -18,9 +18,9 @@ import yaml
 
 from sidecar.api.client import SidecarClient
 from sidecar.protocol.signatures import channel_string, hmac_sha256_hex, string_to_sign
-from tests.e2e.test_e2e_signed_api import client_for
 from tests.support.observe import admin_block, admin_url, wait_ready
 from tests.support.process import SidecarProcess, free_port
+from tests.support.pusher_server import client_for
 
 pytestmark = pytest.mark.e2e
 

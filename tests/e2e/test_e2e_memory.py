@@ -19,6 +19,7 @@ import pytest
 
 from sidecar.api.client import SidecarClient
 from tests.support.process import SidecarProcess
+from tests.support.process_tree import rss_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +29,6 @@ SUBSCRIBERS = 100
 # one copy from its pipe and the transports' slices; allow allocator slack. A copy per
 # subscriber would be 100 payloads.
 MAX_GROWTH = 10 * PAYLOAD
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of the sidecar and its worker processes."""
-    total = 0
-    for child in [pid, *children(pid)]:
-        with open(f"/proc/{child}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])

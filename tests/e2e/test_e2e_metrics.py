@@ -16,7 +16,6 @@ import pusher
 import pytest
 
 from sidecar.api.client import PublishError, SidecarClient
-from tests.e2e.test_e2e_signed_api import server_library
 from tests.support.observe import (
     Subscribers,
     admin_block,
@@ -28,6 +27,7 @@ from tests.support.observe import (
     wait_until,
 )
 from tests.support.process import SidecarProcess, sidecar_command
+from tests.support.pusher_server import server_library
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,10 @@ import aiohttp
 import pusher
 import pytest
 
-from tests.e2e.test_e2e_relay import next_frame, tls_context
-from tests.e2e.test_e2e_signed_api import server_library
 from tests.support.auth_app import MASTER_KEY
+from tests.support.browser_ws import next_frame, tls_context
 from tests.support.process import SidecarProcess, running_sidecar
+from tests.support.pusher_server import server_library
 
 pytestmark = pytest.mark.e2e
 

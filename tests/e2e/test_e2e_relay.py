@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,30 +16,16 @@ import aiohttp
 import pytest
 
 from sidecar.api.client import SidecarClient
+from tests.support.browser_ws import next_frame, open_ws, tls_context
 from tests.support.process import SidecarProcess
 
 pytestmark = pytest.mark.e2e
-
-
-def tls_context(sidecar: SidecarProcess) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(sidecar.cert))
 
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def open_ws(
-    session: aiohttp.ClientSession, sidecar: SidecarProcess, **kwargs: Any
-) -> aiohttp.ClientWebSocketResponse:
-    ws = await session.ws_connect(
-        kwargs.pop("url", None) or sidecar.ws_url(), ssl=tls_context(sidecar), **kwargs
-    )
-    established = json.loads(await ws.receive_str(timeout=5))
-    assert established["event"] == "pusher:connection_established"
-    return ws
 
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse, channel: str) -> None:
@@ -51,10 +36,6 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse, channel: str) -> None:
         "channel": channel,
         "data": "{}",
     }
-
-
-async def next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> dict[str, Any]:
-    return json.loads(await ws.receive_str(timeout=timeout))
 
 
 async def expect_close(ws: aiohttp.ClientWebSocketResponse, code: int, timeout: float = 6) -> None:

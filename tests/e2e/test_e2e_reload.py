@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from sidecar.api.client import SidecarClient
-from tests.e2e.test_e2e_cluster import worker_pids
+from tests.support.config_reload import sighup, write_config
 from tests.support.process import SidecarProcess, free_port
+from tests.support.process_tree import worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +25,6 @@ APP = {"id": "7", "key": "reload-key", "secret": "reload-secret-0123456789"}
 OTHER = {"id": "8", "key": "other-key", "secret": "other-secret-0123456789"}
 ALLOWED = "https://app.example.com"
 LATER = "https://admin.example.com"
-
-
-def write_config(sidecar: SidecarProcess, **changes: Any) -> None:
-    """The file the process was started with, with `changes` (the process's dict unchanged)."""
-    sidecar.config_path.write_text(yaml.safe_dump({**sidecar.config, **changes}))
-
-
-def sighup(sidecar: SidecarProcess) -> None:
-    assert sidecar.proc is not None
-    os.kill(sidecar.proc.pid, signal.SIGHUP)
 
 
 async def open_socket(

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from tests.e2e.test_e2e_signed_api import APP, client_for
 from tests.support.observe import admin_block, get_json, wait_ready, wait_until
 from tests.support.process import PusherJs, SidecarProcess
+from tests.support.pusher_server import APP, client_for
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,10 @@ import pusher
 import pytest
 from aiohttp import web
 
-from tests.e2e.test_e2e_cluster_state import APP, Socket
-from tests.e2e.test_e2e_memory import rss_bytes
+from tests.support.cluster_socket import APP, Socket
 from tests.support.observe import Samples, admin_block, sample, scrape, wait_until
 from tests.support.process import SidecarProcess, free_port
+from tests.support.process_tree import rss_bytes
 
 pytestmark = pytest.mark.e2e
 

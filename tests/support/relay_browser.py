@@ -19,7 +19,7 @@ from sidecar.engine.connection import Connection
 from sidecar.engine.heartbeat import Heartbeat
 from sidecar.engine.relay import Relay
 from sidecar.protocol.signatures import hmac_sha256_hex
-from tests.unit.engine.test_relay import Client, Sink
+from tests.support.relay_clients import Client, Sink
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one-secret", client_events=True)
 QUIET_APP = AppConfig(id="2", key="key-two", secret="secret-two-secret")

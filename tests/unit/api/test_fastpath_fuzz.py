@@ -17,8 +17,7 @@ from sidecar.engine.broker.base import Publication
 from sidecar.http_glue import ApiError
 from sidecar.protocol.http_head import MAX_HEAD_BYTES
 from sidecar.protocol.pusher import validate_channel_name
-from tests.support.fuzz import cut_points, held_bytes, split_at
-from tests.unit.api.test_fastpath import (
+from tests.support.fastpath_fakes import (
     APP,
     MAX_BODY,
     SMALL_APP,
@@ -28,6 +27,7 @@ from tests.unit.api.test_fastpath import (
     post,
     request,
 )
+from tests.support.fuzz import cut_points, held_bytes, split_at
 
 json_scalar = (
     st.none()

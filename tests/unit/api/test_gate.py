@@ -16,7 +16,7 @@ from sidecar.engine.broker.changes import TerminateUser
 from sidecar.engine.channel_state import ChannelState
 from sidecar.http_glue import ApiError
 from sidecar.server.prepare import publish_application
-from tests.unit.api.test_fastpath import (
+from tests.support.fastpath_fakes import (
     APP,
     EVENT,
     FakeBroker,
@@ -24,7 +24,7 @@ from tests.unit.api.test_fastpath import (
     HttpFactory,
     parse_responses,
 )
-from tests.unit.api.test_fastpath import post as raw_post
+from tests.support.fastpath_fakes import post as raw_post
 
 
 class RecordingBroker(FakeBroker):

@@ -19,66 +19,18 @@ from sidecar.edge.listener import CountedProtocol, EdgeProtocol, counted
 from sidecar.edge.websocket import PusherSocket, WebSocketEndpoint
 from sidecar.engine.relay import Relay
 from sidecar.protocol.forwarded import TrustedProxies
-from sidecar.protocol.http_head import MAX_HEAD_BYTES, RequestHead
-from tests.unit.edge.test_websocket import FakeTransport
+from sidecar.protocol.http_head import MAX_HEAD_BYTES
+from tests.support.edge_fakes import (
+    API_REQUEST,
+    KEY,
+    UPGRADE,
+    FakeEndpoint,
+    FakeHttp,
+    FakePassthrough,
+    FakeTransport,
+)
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-
-UPGRADE = (
-    b"GET /app/key-one?protocol=7&client=js HTTP/1.1\r\n"
-    b"Host: relay.example.com\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"\r\n"
-)
-API_REQUEST = (
-    b"POST /apps/1/events?auth_key=k HTTP/1.1\r\n"
-    b"Host: relay.example.com\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Content-Length: 13\r\n"
-    b"\r\n"
-    b'{"name":"ev"}'
-)
-
-
-class FakeHttp(asyncio.Protocol):
-    """Stands in for aiohttp's request handler: records what it was handed."""
-
-    def __init__(self) -> None:
-        self.transport: Any = None
-        self.received: list[bytes] = []
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.received.append(data)
-
-
-class FakeEndpoint:
-    """Stands in for WebSocketEndpoint: records each upgrade."""
-
-    def __init__(self) -> None:
-        self.upgrades: list[tuple[Any, RequestHead, bytes]] = []
-
-    def upgrade(self, transport: Any, head: RequestHead, rest: bytes) -> None:
-        self.upgrades.append((transport, head, rest))
-
-
-class FakePassthrough:
-    """Stands in for UpgradePassthrough: wants every path but the relay's."""
-
-    def __init__(self) -> None:
-        self.upgrades: list[tuple[Any, bytes, bytes]] = []
-
-    def wants(self, head: RequestHead) -> bool:
-        return not head.path.startswith("/app/")
-
-    def upgrade(self, transport: Any, head: RequestHead, raw_head: bytes, rest: bytes) -> None:
-        self.upgrades.append((transport, raw_head, rest))
 
 
 class Edge:

@@ -26,15 +26,15 @@ from sidecar.protocol.http_head import (
     check_upgrade,
     read_head,
 )
-from tests.support.fuzz import cut_points, held_bytes, split_at
-from tests.unit.edge.test_listener import (
+from tests.support.edge_fakes import (
     API_REQUEST,
     UPGRADE,
     FakeEndpoint,
     FakeHttp,
     FakePassthrough,
+    FakeTransport,
 )
-from tests.unit.edge.test_websocket import FakeTransport
+from tests.support.fuzz import cut_points, held_bytes, split_at
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 token = st.text(TOKEN_CHARS, min_size=1, max_size=20)

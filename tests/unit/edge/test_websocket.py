@@ -31,6 +31,7 @@ from sidecar.engine.connection import REPLY_BACKLOG_BYTES, WRITE_BUDGET, Connect
 from sidecar.engine.relay import Relay
 from sidecar.protocol.http_head import RequestHead, read_head
 from sidecar.protocol.pusher import CLOSE_REASONS, CloseCode
+from tests.support.edge_fakes import FakeTransport
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 LIMITS = LimitsConfig(activity_timeout=30, pong_timeout=10, max_client_message_bytes=1024)
@@ -40,42 +41,6 @@ ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 RNG = random.Random(7)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-class FakeTransport:
-    """Records what the socket would have done."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.protocol: Any = None
-        self.limits: tuple[int | None, int | None] | None = None
-        self.peername: tuple[str, int] | None = None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peername if name == "peername" else default
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self.protocol
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.limits = (high, low)
 
 
 def client_frame(

@@ -13,9 +13,7 @@ from sidecar.engine.broker.base import Publication
 from sidecar.engine.relay import Relay
 from sidecar.protocol.frame_writer import OP_TEXT
 from sidecar.server.lifecycle import Deadline, bounded, close_broker, drain_relay
-from tests.unit.engine.test_relay import APP, MakeClient, parse_frames, subscribed
-from tests.unit.engine.test_relay import make_client as make_client
-from tests.unit.engine.test_relay import relay as relay
+from tests.support.relay_clients import APP, MakeClient, parse_frames, subscribed
 
 
 def test_deadline_counts_down_and_never_below_zero() -> None:

@@ -21,8 +21,7 @@ from sidecar.engine.channel_state import ChannelState
 from sidecar.engine.relay import Relay
 from sidecar.server.prepare import EDGE_API, EDGE_CORS, edge_application
 from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
-from tests.unit.engine.test_relay import Client, MakeClient, subscribed, turns
-from tests.unit.engine.test_relay import make_client as make_client
+from tests.support.relay_clients import Client, MakeClient, subscribed, turns
 
 ONE = {"id": "1", "key": "key-one", "secret": "secret-one-0123"}
 TWO = {"id": "2", "key": "key-two", "secret": "secret-two-0123"}
