@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
+from typing import Any
 
 from aiohttp import web
 
@@ -267,14 +268,15 @@ class Acceptor(asyncio.AbstractServer):
         self._loop.remove_reader(self.sock.fileno())
         self._paused = self._loop.call_later(OUT_OF_FILES_PAUSE, self._resume)
 
-    def _accepted(self, conn: socket.socket, address: object) -> None:
+    def _accepted(self, conn: socket.socket, address: Any) -> None:
+        """`address` as socket.accept gives it (typed Any there): (host, port, ...) over TCP."""
         # Non-blocking for the loop; TCP_NODELAY is the loop's transports' own doing.
         conn.setblocking(False)
         cap = self.cap
         if not self._tcp or cap is None:
             self._serve(conn, self.factory(None, None), None)
             return
-        peer = address[0]  # type: ignore[index]
+        peer = address[0]
         lease: Lease | None = None
         cap_at_head: AddressCap | None = None
         if cap.defers(peer):

@@ -39,4 +39,5 @@ fi
 $venv/bin/ruff check sidecar tests bench
 $venv/bin/ruff format --check sidecar tests bench
 $venv/bin/lint-imports
+$venv/bin/mypy
 exec $venv/bin/python -m pytest -q "$@"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -266,7 +267,7 @@ class FastPublishSite(web.UnixSite):
         api, requests, timeout = self._api, self._requests, self._request_timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self._path)
+            sock.bind(os.fspath(self._path))
             sock.listen(self._backlog)
         except OSError:
             sock.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.config.model import AppConfig
@@ -27,7 +28,7 @@ class AppRegistry:
     def by_id(self, app_id: str) -> AppConfig | None:
         return self._by_id.get(app_id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[AppConfig]:
         return iter(self.apps)
 
 

@@ -61,11 +61,10 @@ def boolean(raw: dict[str, Any], key: str, name: str, default: bool) -> bool:
 
 
 def port(raw: dict[str, Any], key: str, name: str, default: int | None) -> int | None:
-    if name in raw and raw[name] is None:
+    value = raw.get(name, default)
+    if value is None:  # set to null, or unset without a default: no such port
         return None
-    return (
-        integer(raw, key, name, default, 1, 65535) if default is not None or name in raw else None
-    )
+    return integer(raw, key, name, value, 1, 65535)
 
 
 def string(raw: dict[str, Any], key: str, name: str, default: str | None) -> str | None:
@@ -97,7 +96,7 @@ def existing_file(raw: dict[str, Any], key: str, name: str) -> str | None:
     return path
 
 
-def choice(raw: dict[str, Any], key: str, name: str, default: str, choices: tuple[str, ...]):
+def choice(raw: dict[str, Any], key: str, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = raw.get(name, default)
     if value not in choices:
         raise ConfigError(f"{key}.{name}", f"must be one of {', '.join(choices)}; got {value!r}")

@@ -64,6 +64,7 @@ class CountedProtocol(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, lease: Lease) -> None:
         self._inner = inner
         self._lease = lease
+        # The inner protocol's bound methods in this object's slots (see the docstring).
         self.data_received = inner.data_received  # type: ignore[method-assign]
         self.eof_received = inner.eof_received  # type: ignore[method-assign]
         self.pause_writing = inner.pause_writing  # type: ignore[method-assign]
@@ -90,6 +91,7 @@ class CountedBufferedProtocol(asyncio.BufferedProtocol):
     def __init__(self, inner: asyncio.BufferedProtocol, lease: Lease) -> None:
         self._inner = inner
         self._lease = lease
+        # The inner protocol's bound methods in this object's slots (see CountedProtocol).
         self.get_buffer = inner.get_buffer  # type: ignore[method-assign]
         self.buffer_updated = inner.buffer_updated  # type: ignore[method-assign]
         self.eof_received = inner.eof_received  # type: ignore[method-assign]
@@ -104,7 +106,7 @@ class CountedBufferedProtocol(asyncio.BufferedProtocol):
 def counted(inner: asyncio.BaseProtocol, lease: Lease) -> CountedProtocol | CountedBufferedProtocol:
     if isinstance(inner, asyncio.BufferedProtocol):
         return CountedBufferedProtocol(inner, lease)
-    return CountedProtocol(inner, lease)  # type: ignore[arg-type]
+    return CountedProtocol(inner, lease)  # type: ignore[arg-type]  # not buffered: a Protocol
 
 
 class EdgeProtocol(asyncio.Protocol):

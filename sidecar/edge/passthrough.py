@@ -239,6 +239,7 @@ class UpgradePassthrough:
                 if upstream.socket is not None:
                     _, app = await loop.create_unix_connection(AppSide, upstream.socket)
                 else:
+                    assert upstream.host is not None and upstream.port is not None  # parsed so
                     _, app = await loop.create_connection(AppSide, upstream.host, upstream.port)
         except TimeoutError:
             self._refuse(client, 504, "the app did not accept the connection in time")

@@ -227,6 +227,8 @@ class PusherSocket(asyncio.Protocol):
 
     def _handle(self, messages: list[Message]) -> None:
         conn = self.conn
+        # Message does not tie the payload's type to the opcode: TEXT's is str (decoded by the
+        # reader), every other's bytes; hence the three ignores below.
         for opcode, payload in messages:
             if opcode is Opcode.CLOSE:
                 self._on_close(payload)  # type: ignore[arg-type]

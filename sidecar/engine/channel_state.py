@@ -204,7 +204,9 @@ class ChannelState:
             state = channels[channel] = _Channel()
         return state
 
-    def _add(self, app_id: str, name: str, state: _Channel, origin: int, delta: int) -> list:
+    def _add(
+        self, app_id: str, name: str, state: _Channel, origin: int, delta: int
+    ) -> list[Transition]:
         """Move the count of `origin` by delta (never below zero); occupied/vacated as it goes."""
         held = state.by_origin.get(origin, 0)
         delta = max(delta, -held)

@@ -98,6 +98,7 @@ class FanoutQueue:
         """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
         it. Costs nothing per broadcast meanwhile: the next call to `broadcast` finds this
         instance's timed variant, which puts the class's method back."""
+        # The instance's attribute shadows the method until _timed_broadcast deletes it.
         self.broadcast = self._timed_broadcast  # type: ignore[method-assign]
 
     def stop_timing(self) -> None:
@@ -149,14 +150,14 @@ class FanoutQueue:
                 if channel not in conn.subscriptions or conn.socket_id == excluded:
                     continue
                 delivered += 1
-                if direct and conn.write_now(frame):  # type: ignore[arg-type]
+                if direct and conn.write_now(frame):  # type: ignore[arg-type]  # direct: bytes
                     budget -= DIRECT_WRITE_COST
                 else:
                     conn.send(frame)
                     budget -= 1
             job.position = position
             if delivered != before:
-                size = len(frame) if type(frame) is bytes else sum(map(len, frame))
+                size = len(frame) if isinstance(frame, bytes) else sum(map(len, frame))
                 delivered_bytes += (delivered - before) * size
             if position == end:
                 pending.popleft()

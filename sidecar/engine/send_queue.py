@@ -80,7 +80,7 @@ class SendQueue:
             frame = frames[0]
             if type(frame) is tuple or taken + len(frame) > budget:
                 break
-            pieces.append(frames.popleft())  # type: ignore[arg-type]
+            pieces.append(frames.popleft())  # type: ignore[arg-type]  # not a tuple: bytes
             taken += len(frame)
         self.queued_bytes -= taken
         return b"".join(pieces)

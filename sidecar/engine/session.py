@@ -6,7 +6,7 @@ connections that only read public channels pay nothing for features they do not 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -66,5 +66,5 @@ class SignedInUsers(Generic[C]):
     def of(self, app_id: str, user_id: str) -> list[C]:
         return list(self._users.get((app_id, user_id), ()))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._users)

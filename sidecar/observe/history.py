@@ -39,7 +39,9 @@ class Point:
         return asdict(self)
 
 
-def quantile(q: float, counts: Sequence[float], bounds: Sequence[float] = LATENCY_BUCKETS):
+def quantile(
+    q: float, counts: Sequence[float], bounds: Sequence[float] = LATENCY_BUCKETS
+) -> float | None:
     """The q-quantile of per-bucket counts (the last bucket unbounded), interpolated within
     its bucket as Prometheus' histogram_quantile does; None for no observations."""
     total = sum(counts)

@@ -119,8 +119,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             channels[c.app_id, c.channel] = channels.get((c.app_id, c.channel), 0) + c.subscribers
         events.extend(snap.events)
     out.channels = busiest((ChannelCount(a, c, n) for (a, c), n in channels.items()), TOP_CHANNELS)
-    for kind, names in occupied.items():
-        out.gauges[key("channels", kind=kind)] = len(names)
+    for kind, channel_names in occupied.items():
+        out.gauges[key("channels", kind=kind)] = len(channel_names)
     out.events = sorted(events, key=lambda e: e.time)[-RECENT_EVENTS:]
     return out
 

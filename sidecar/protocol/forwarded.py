@@ -79,16 +79,12 @@ def forwarded_middleware(trusted: TrustedProxies) -> Callable[..., Awaitable[web
     @web.middleware
     async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote
-        if trusted.trusts(peer):
-            changes: dict[str, str] = {}
-            client = trusted.client(peer, request.headers.getall("X-Forwarded-For", ()))
-            if client is not None and client != peer:
-                changes["remote"] = client
+        if peer is not None and trusted.trusts(peer):
+            client = trusted.client(peer, request.headers.getall("X-Forwarded-For", ())) or peer
             scheme = trusted.scheme(peer, request.headers.getall("X-Forwarded-Proto", ()))
-            if scheme is not None and scheme != request.scheme:
-                changes["scheme"] = scheme
-            if changes:
-                request = request.clone(**changes)
+            scheme = scheme or request.scheme
+            if client != peer or scheme != request.scheme:
+                request = request.clone(remote=client, scheme=scheme)
         return await handler(request)
 
     return forwarded

@@ -208,6 +208,7 @@ class FrameReader:
         if opcode is Opcode.CONTINUATION:
             if self._fragments_opcode is None:
                 raise FrameError(PROTOCOL_ERROR, "continuation without a message to continue")
+            # A message under way (_fragments_opcode set) has its fragments in a list.
             self._fragments.append(payload)  # type: ignore[union-attr]
             self._fragments_size += len(payload)
             if not final:

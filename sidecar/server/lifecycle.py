@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from sidecar.engine.broker import Broker
 from sidecar.engine.relay import Relay
@@ -71,10 +72,10 @@ def stop_signal() -> asyncio.Event:
     return stopping
 
 
-def run_loop(main: object) -> None:
+def run_loop(main: Coroutine[Any, Any, object]) -> None:
     try:
         import uvloop
 
-        uvloop.run(main)  # type: ignore[arg-type]
+        uvloop.run(main)
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(main)

@@ -14,11 +14,12 @@ import gc
 import logging
 import resource
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from sidecar.admin.endpoints import admin_app
 from sidecar.api.handlers import PublishApi
@@ -253,9 +254,9 @@ def upgrade_passthrough(config: Config) -> UpgradePassthrough | None:
     return UpgradePassthrough(config.upstream, TrustedProxies(config.listen.trusted_proxies))
 
 
-def edge_middlewares(config: Config) -> list[Callable[..., object]]:
+def edge_middlewares(config: Config) -> list[Middleware]:
     """Trusted X-Forwarded-* first (they decide whether the request is HTTPS), then HSTS."""
-    middlewares: list[Callable[..., object]] = []
+    middlewares: list[Middleware] = []
     if config.listen.trusted_proxies:
         middlewares.append(forwarded_middleware(TrustedProxies(config.listen.trusted_proxies)))
     if config.tls.hsts is not None:
@@ -333,10 +334,12 @@ def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:
         relay.state.on_transitions = feed.transitions if on else None
 
     feed.switches.append(console_taps)
-    return observer.count_publishes(broker, source="api")  # type: ignore[return-value]
+    return observer.count_publishes(broker, source="api")
 
 
-def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, RequestCounter]:
+def observe_relay(
+    relay: Relay, broker: Broker
+) -> tuple[RelayProbe, PublishCounter, RequestCounter]:
     """A relay process's probe, and the broker and request counter for its own publish API
     (the signed API on the TLS port) that the probe reports from."""
     publishes = PublishCounter(broker, source="api")
@@ -345,4 +348,4 @@ def observe_relay(relay: Relay, broker: Broker) -> tuple[RelayProbe, Broker, Req
         relay, publishers=[publishes], requests=requests, share_names=True, bad_input=BAD_INPUT
     )
     probe.start()
-    return probe, publishes, requests  # type: ignore[return-value]
+    return probe, publishes, requests

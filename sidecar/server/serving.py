@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -66,7 +67,10 @@ class Sites:
     ) -> web.AppRunner:
         """`keepalive_timeout`: seconds an idle keep-alive connection is kept (None: aiohttp's
         default, an hour: for the admin listener only, which is not the public's)."""
-        extra = {} if keepalive_timeout is None else {"keepalive_timeout": keepalive_timeout}
+        # aiohttp's own keyword arguments for its RequestHandler (typed Any there).
+        extra: dict[str, Any] = {}
+        if keepalive_timeout is not None:
+            extra["keepalive_timeout"] = keepalive_timeout
         # aiohttp's own refusals (a request its parser cannot read) in JSON, without a traceback.
         runner = QuietAppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=1.0, **extra
@@ -153,7 +157,7 @@ async def serve_edge(
     ssl_context = certificates.context if certificates is not None else None
     gate = PublishGate(broker)
     policy = OriginPolicy(config.allowed_origins)
-    app = edge_application(config, prepared.apps, gate, relay.state, policy)  # type: ignore[arg-type]
+    app = edge_application(config, prepared.apps, gate, relay.state, policy)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("tls"))
     websockets = WebSocketEndpoint(relay, policy)
@@ -213,7 +217,7 @@ async def serve_publish_side(
     if observer is not None:
         broker, requests = observer.count_publishes(broker), observer.requests
     gate = PublishGate(broker)
-    api = PublishApi(prepared.apps, gate, signed=False, state=state)  # type: ignore[arg-type]
+    api = PublishApi(prepared.apps, gate, signed=False, state=state)
     if observer is not None:
         observer.publish_api = api  # the debug console's form publishes through it
     app = publish_application(api)

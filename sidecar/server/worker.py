@@ -134,7 +134,7 @@ async def serve_observed_edge(
     if stats_fd is None:
         return await serve_edge(sites, prepared, relay, broker, listen)
     probe, edge_broker, requests = observe_relay(relay, broker)
-    console = WorkerConsole(relay, edge_broker, broker.console)  # type: ignore[arg-type]
+    console = WorkerConsole(relay, edge_broker, broker.console)
     broker.on_console = console.switch
     console.switch(broker.console_on)  # a console already open when this worker started
     edge = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)

@@ -166,7 +166,7 @@ class AcmeService:
         self.current: CertificateInfo | None = None
         self.failures = 0
         # Called (on the loop) after a new certificate is on disk: reload it, tell the workers.
-        self.on_new_certificate: list[Callable[[], None]] = []
+        self.on_new_certificate: list[Callable[[], object]] = []  # what they return is unused
         self._task: asyncio.Task[None] | None = None
 
     @property

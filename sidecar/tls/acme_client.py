@@ -250,6 +250,7 @@ class AcmeClient:
             fields["email"] = self.settings.email
         eab = self.settings.eab
         if eab is not None:
+            assert net.key is not None  # _connect made the network with the account key
             fields["external_account_binding"] = messages.ExternalAccountBinding.from_data(
                 account_public_key=net.key.public_key(),
                 kid=eab.kid,
