@@ -1,14 +1,12 @@
 """The broker between worker processes on one machine: a hub and one pipe per worker.
 
-The supervisor accepts publications (the Unix socket API) and writes each to every worker's
-pipe; a worker hands publications it accepted itself (the signed API on the TLS port, client
-events) to the hub, which sends them to every worker, itself included. Channel state changes
-take the same road: a worker's batch goes to the hub, which stamps it with the worker's origin,
-applies it to the supervisor's own state and sends it to every worker. One order for everybody:
-the hub's, publications and changes alike.
-
-A worker that starts while others run gets the hub's state first (a `Reset`); a worker whose
-pipe closes has its share released by an `OriginGone` in the same order.
+The contract is Broker's (sidecar/engine/broker/base.py); here is how the pipes keep it. The
+supervisor accepts publications (the Unix socket API) and writes each to every worker's pipe; a
+worker hands publications it accepted itself (the signed API on the TLS port, client events) to
+the hub, which sends them to every worker, itself included. A worker's batch of changes goes to
+the hub, which stamps it with the worker's origin, applies it to the supervisor's own state and
+sends it to every worker. The hub's write order is the one order. A worker whose pipe closes is
+the one that is gone (`OriginGone`); one that attaches gets the supervisor's state (`Reset`).
 
 On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then the data:
 - a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
@@ -42,7 +40,7 @@ from typing import Any, cast
 
 import orjson
 
-from sidecar.engine.broker.base import Deliver, Publication, Report
+from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
 from sidecar.engine.broker.changes import (
     Change,
     OnChanges,
@@ -55,9 +53,7 @@ from sidecar.engine.broker.changes import (
 
 _HEADER = struct.Struct("!BII")
 PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
-# The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
-# workers get 1, 2, ... in the order they attach, a restarted worker a new one.
-HUB_ORIGIN = 0
+# Workers get origins 1, 2, ... in the order they attach, a restarted worker a new one.
 # A worker that finishes while the supervisor is not stopping was signalled alone, or the
 # whole process group was (systemd's default) and the supervisor's own signal is a moment
 # behind: its pipe is closed only after this long, so that a publication the supervisor
