@@ -23,7 +23,6 @@ from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig, LimitsConfig
 from sidecar.engine.broker.base import Broker, Publication
 from sidecar.engine.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
-from sidecar.engine.broker.memory import MemoryBroker
 from sidecar.engine.channel_registry import ChannelRegistry
 from sidecar.engine.channel_state import (
     ChannelState,
@@ -96,12 +95,12 @@ class RelayStats:
 
 
 class Relay:
-    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker | None = None):
+    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker):
         self.apps = apps
         self.limits = limits
-        # Without a broker of its own making (tests, tools) the relay talks to itself.
-        self._own_broker = broker is None
-        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        # Made for the process's role by sidecar/engine/broker/factory.py, started by the
+        # server with deliver, on_changes and notify.
+        self.broker = broker
         self.channels: dict[str, ChannelRegistry] = {app.id: ChannelRegistry() for app in apps}
         self.connections: dict[str, Connection] = {}
         self.state = ChannelState(limits.max_presence_members)
@@ -130,9 +129,6 @@ class Relay:
         self.scheduler = FlushScheduler(loop)
         self.fanout = FanoutQueue(loop)
         self._outbox = ChangeOutbox(self.broker.announce)
-        if self._own_broker:
-            assert isinstance(self.broker, MemoryBroker)
-            self.broker.bind(self.deliver, self.on_changes, self.notify)
         self._schedule_sweep()
 
     def notify(self, app_id: str, event: dict[str, Any]) -> None:

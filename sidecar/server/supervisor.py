@@ -49,7 +49,7 @@ from typing import Any
 
 from sidecar.config.model import Config
 from sidecar.engine.broker.changes import Change
-from sidecar.engine.broker.pipe import HubBroker
+from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.channel_state import ChannelState
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
@@ -95,7 +95,7 @@ class Supervisor:
         self.prepared = prepared
         self.config_path = config_path
         self.count = workers
-        self.hub = HubBroker()
+        self.hub = make_broker("hub", prepared.config.broker)
         # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
         # socket's queries and is where webhooks are sent from (self.state.on_event).
         self.state = ChannelState(prepared.config.limits.max_presence_members)

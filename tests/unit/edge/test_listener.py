@@ -20,6 +20,7 @@ from sidecar.edge.websocket import PusherSocket, WebSocketEndpoint
 from sidecar.engine.relay import Relay
 from sidecar.protocol.forwarded import TrustedProxies
 from sidecar.protocol.http_head import MAX_HEAD_BYTES, RequestHead
+from tests.support.local_relay import local_relay, start_local
 from tests.unit.edge.test_websocket import FakeTransport
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
@@ -363,8 +364,8 @@ async def test_no_408_after_the_connection_is_lost() -> None:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay(AppRegistry((APP,)), LimitsConfig())
-    r.start()
+    r = local_relay(AppRegistry((APP,)), LimitsConfig())
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):
