@@ -3,7 +3,7 @@
 It knows nothing of TLS, HTTP routing or aiohttp: the WebSocket edge hands it connections and
 text frames, the broker hands it publications and channel state changes.
 
-Counts and presence members are cluster-wide (sidecar/engine/channel_state.py): a subscription
+Counts and presence members are cluster-wide (sidecar/engine/presence.py): a subscription
 is announced through the broker, and a presence join is answered only once it comes back in
 the order every process shares, with the members that order gives.
 """
@@ -25,7 +25,6 @@ from sidecar.engine.broker.base import Broker, Publication
 from sidecar.engine.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
 from sidecar.engine.channel_registry import ChannelRegistry
 from sidecar.engine.channel_state import (
-    ChannelState,
     JoinAccepted,
     JoinRefused,
     MemberAdded,
@@ -38,6 +37,7 @@ from sidecar.engine.fanout import FanoutQueue, FlushScheduler
 from sidecar.engine.heartbeat import HeartbeatAction
 from sidecar.engine.last_event_cache import LastEventCache
 from sidecar.engine.outbox import ChangeOutbox
+from sidecar.engine.presence import PresenceStore, make_presence_store
 from sidecar.engine.session import RateLimiter, Session, SignedInUsers
 from sidecar.engine.tap import RelayTap
 from sidecar.protocol.channel_rules import (
@@ -103,7 +103,8 @@ class Relay:
         self.broker = broker
         self.channels: dict[str, ChannelRegistry] = {app.id: ChannelRegistry() for app in apps}
         self.connections: dict[str, Connection] = {}
-        self.state = ChannelState(limits.max_presence_members)
+        # Counts and members, cluster-wide (sidecar/engine/presence.py says what stays here).
+        self.state: PresenceStore = make_presence_store(limits)
         self.cache = LastEventCache(limits.cache_ttl, limits.cache_max_bytes)
         # What only some connections use (sign-in, presence, client events), made on demand.
         self.sessions: dict[str, Session] = {}

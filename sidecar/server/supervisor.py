@@ -50,7 +50,7 @@ from typing import Any
 from sidecar.config.model import Config
 from sidecar.engine.broker.changes import Change
 from sidecar.engine.broker.factory import make_broker
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
 from sidecar.server.prepare import Prepared, make_observer
@@ -98,7 +98,7 @@ class Supervisor:
         self.hub = make_broker("hub", prepared.config.broker)
         # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
         # socket's queries and is where webhooks are sent from (self.state.on_event).
-        self.state = ChannelState(prepared.config.limits.max_presence_members)
+        self.state = make_presence_store(prepared.config.limits)
         self.hub.snapshot = self.state.snapshot
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
