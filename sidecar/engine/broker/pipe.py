@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -59,6 +60,15 @@ PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3
 # behind: its pipe is closed only after this long, so that a publication the supervisor
 # accepts in that moment still reaches the worker's clients.
 ALONE_GRACE = 0.5
+# The bytes the hub may hold for one worker that does not read its pipe (stalled, stopped in a
+# debugger, swapping). A worker reading at its normal pace keeps this near zero (the kernel's
+# pipe buffer takes the rest); past it the hub closes that worker's pipe, which releases its
+# share (OriginGone) and stops it (a worker ends when its pipe closes; the supervisor starts it
+# again), rather than let one worker grow the supervisor without bound. 64 MiB: seconds of a
+# heavy publish rate, far beyond any pause a live worker takes.
+MAX_WORKER_BACKLOG = 64 * 1024 * 1024
+
+log = logging.getLogger("sidecar.broker")
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
@@ -137,6 +147,11 @@ class PublicationStream(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(pieces)
 
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the other end."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
 
 class WorkerBroker:
     """A worker's end: publishes and changes go to the hub, the hub's come back here."""
@@ -209,11 +224,13 @@ class HubBroker:
     Frames are written to the pipes on the next loop turn, after the publisher's reply: a
     write to a pipe wakes the worker reading it, and a woken worker can take the CPU from the
     supervisor for a whole time slice (milliseconds) before the reply goes out. Several frames
-    accepted in one turn also leave in one write per pipe.
+    accepted in one turn also leave in one write per pipe. A worker more than `max_backlog`
+    bytes behind has its pipe closed (MAX_WORKER_BACKLOG says why).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_backlog: int = MAX_WORKER_BACKLOG) -> None:
         self._workers: dict[int, PublicationStream] = {}
+        self._max_backlog = max_backlog
         self._pending: list[bytes] = []
         self._next_origin = HUB_ORIGIN + 1
         self._changed: OnChanges | None = None
@@ -321,8 +338,19 @@ class HubBroker:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        for stream in self._workers.values():
+        for worker_id, stream in list(self._workers.items()):
             stream.write(*pending)
+            if stream.backlog() > self._max_backlog:
+                self._overrun(worker_id, stream)
+
+    def _overrun(self, worker_id: int, stream: PublicationStream) -> None:
+        """A worker too far behind: its pipe goes now, what it had not read with it."""
+        log.error(
+            "worker is not reading its pipe; closing it",
+            extra={"worker": worker_id, "backlog_bytes": stream.backlog()},
+        )
+        if stream.transport is not None:
+            stream.transport.abort()  # frees the backlog; its loss releases the worker's share
 
     @property
     def workers(self) -> int:
