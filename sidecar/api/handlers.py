@@ -14,8 +14,8 @@ from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig
 from sidecar.engine.broker.base import Broker
 from sidecar.engine.broker.changes import TerminateUser
-from sidecar.engine.channel_state import ChannelState
 from sidecar.engine.client_messages import USER_ID_RE
+from sidecar.engine.presence import PresenceStore
 from sidecar.http_glue import ApiError
 from sidecar.protocol.signatures import SignatureError, verify_body, verify_signature
 
@@ -31,7 +31,7 @@ class PublishApi:
     """
 
     def __init__(
-        self, apps: AppRegistry, broker: Broker, *, signed: bool, state: ChannelState
+        self, apps: AppRegistry, broker: Broker, *, signed: bool, state: PresenceStore
     ) -> None:
         self.apps = apps
         self.broker = broker

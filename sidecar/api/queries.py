@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sidecar.engine.channel_state import ChannelInfo, ChannelState
+from sidecar.engine.channel_state import ChannelInfo
+from sidecar.engine.presence import PresenceStore
 from sidecar.http_glue import ApiError
 from sidecar.protocol.channel_rules import is_presence
 from sidecar.protocol.pusher import ProtocolError, validate_channel_name
@@ -50,7 +51,7 @@ def _attributes(info: ChannelInfo | None, attributes: list[str]) -> dict[str, in
     return out
 
 
-def channels(state: ChannelState, app_id: str, params: Mapping[str, str]) -> dict[str, Any]:
+def channels(state: PresenceStore, app_id: str, params: Mapping[str, str]) -> dict[str, Any]:
     """`GET /apps/{id}/channels`: the occupied channels, by prefix, with what `info` asks."""
     prefix = params.get("filter_by_prefix", "")
     attributes = parse_info(params)
@@ -66,7 +67,7 @@ def channels(state: ChannelState, app_id: str, params: Mapping[str, str]) -> dic
 
 
 def channel(
-    state: ChannelState, app_id: str, name: str, params: Mapping[str, str]
+    state: PresenceStore, app_id: str, name: str, params: Mapping[str, str]
 ) -> dict[str, Any]:
     """`GET /apps/{id}/channels/{name}`: occupied, and the counts `info` asks for."""
     name = channel_name(name)
@@ -77,7 +78,7 @@ def channel(
     return {"occupied": info is not None, **_attributes(info, attributes)}
 
 
-def users(state: ChannelState, app_id: str, name: str) -> dict[str, Any]:
+def users(state: PresenceStore, app_id: str, name: str) -> dict[str, Any]:
     """`GET /apps/{id}/channels/{name}/users`: the ids of a presence channel's members."""
     name = channel_name(name)
     if not is_presence(name):

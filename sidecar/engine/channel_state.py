@@ -136,7 +136,9 @@ class ChannelInfo:
 
 
 class ChannelState:
-    """Counts and members of every channel of every app, as the ordered changes made them."""
+    """Counts and members of every channel of every app, as the ordered changes made them.
+
+    The first PresenceStore (sidecar/engine/presence.py): a replica in every process."""
 
     def __init__(
         self,
@@ -162,19 +164,34 @@ class ChannelState:
 
     def apply(self, origin: int, change: Change) -> list[Transition]:
         match change:
-            case CountDelta(app_id, channel, delta):
-                out = self._count(app_id, channel, origin, delta)
+            case CountDelta():
+                return self.count(origin, change)
             case MemberJoin():
-                out = self._join(origin, change)
-            case MemberLeave(app_id, channel, socket_id):
-                out = self._leave(app_id, channel, socket_id)
+                return self.join(origin, change)
+            case MemberLeave():
+                return self.leave(origin, change)
             case OriginGone(gone):
-                out = self._origin_gone(gone)
+                return self.release(gone)
             case Reset(snapshot):
                 self.restore(snapshot)
-                out = []
+                return []
             case TerminateUser():
-                out = []  # not state: the workers close the user's connections
+                return []  # not state: the workers close the user's connections
+
+    def count(self, origin: int, change: CountDelta) -> list[Transition]:
+        return self._emit(self._count(change.app_id, change.channel, origin, change.delta))
+
+    def join(self, origin: int, change: MemberJoin) -> list[Transition]:
+        return self._emit(self._join(origin, change))
+
+    def leave(self, origin: int, change: MemberLeave) -> list[Transition]:
+        return self._emit(self._leave(change.app_id, change.channel, change.socket_id))
+
+    def release(self, origin: int) -> list[Transition]:
+        """Everything `origin` held goes (its node is gone)."""
+        return self._emit(self._origin_gone(origin))
+
+    def _emit(self, out: list[Transition]) -> list[Transition]:
         if out and self.on_event is not None:
             self._notify(out)
         if out and self.on_transitions is not None:

@@ -3,7 +3,7 @@
 It knows nothing of TLS, HTTP routing or aiohttp: the WebSocket edge hands it connections and
 text frames, the broker hands it publications and channel state changes.
 
-Counts and presence members are cluster-wide (sidecar/engine/channel_state.py): a subscription
+Counts and presence members are cluster-wide (sidecar/engine/presence.py): a subscription
 is announced through the broker, and a presence join is answered only once it comes back in
 the order every process shares, with the members that order gives.
 """
@@ -23,10 +23,8 @@ from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig, LimitsConfig
 from sidecar.engine.broker.base import Broker, Publication
 from sidecar.engine.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
-from sidecar.engine.broker.memory import MemoryBroker
 from sidecar.engine.channel_registry import ChannelRegistry
 from sidecar.engine.channel_state import (
-    ChannelState,
     JoinAccepted,
     JoinRefused,
     MemberAdded,
@@ -39,6 +37,7 @@ from sidecar.engine.fanout import FanoutQueue, FlushScheduler
 from sidecar.engine.heartbeat import HeartbeatAction
 from sidecar.engine.last_event_cache import LastEventCache
 from sidecar.engine.outbox import ChangeOutbox
+from sidecar.engine.presence import PresenceStore, make_presence_store
 from sidecar.engine.session import RateLimiter, Session, SignedInUsers
 from sidecar.engine.tap import RelayTap
 from sidecar.protocol.channel_rules import (
@@ -96,15 +95,16 @@ class RelayStats:
 
 
 class Relay:
-    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker | None = None):
+    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker):
         self.apps = apps
         self.limits = limits
-        # Without a broker of its own making (tests, tools) the relay talks to itself.
-        self._own_broker = broker is None
-        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        # Made for the process's role by sidecar/engine/broker/factory.py, started by the
+        # server with deliver, on_changes and notify.
+        self.broker = broker
         self.channels: dict[str, ChannelRegistry] = {app.id: ChannelRegistry() for app in apps}
         self.connections: dict[str, Connection] = {}
-        self.state = ChannelState(limits.max_presence_members)
+        # Counts and members, cluster-wide (sidecar/engine/presence.py says what stays here).
+        self.state: PresenceStore = make_presence_store(limits)
         self.cache = LastEventCache(limits.cache_ttl, limits.cache_max_bytes)
         # What only some connections use (sign-in, presence, client events), made on demand.
         self.sessions: dict[str, Session] = {}
@@ -130,9 +130,6 @@ class Relay:
         self.scheduler = FlushScheduler(loop)
         self.fanout = FanoutQueue(loop)
         self._outbox = ChangeOutbox(self.broker.announce)
-        if self._own_broker:
-            assert isinstance(self.broker, MemoryBroker)
-            self.broker.bind(self.deliver, self.on_changes, self.notify)
         self._schedule_sweep()
 
     def notify(self, app_id: str, event: dict[str, Any]) -> None:

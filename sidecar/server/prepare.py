@@ -33,7 +33,7 @@ from sidecar.edge.passthrough import UpgradePassthrough
 from sidecar.edge.proxy import ReverseProxy
 from sidecar.edge.redirect import UNKNOWN_HOST, RedirectNames
 from sidecar.engine.broker import Broker
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.presence import PresenceStore
 from sidecar.engine.relay import Relay
 from sidecar.http_glue import LISTENER, json_error, json_errors
 from sidecar.observe.bad_input import BAD_INPUT
@@ -208,7 +208,7 @@ def edge_application(
     config: Config,
     apps: AppRegistry,
     broker: Broker,
-    state: ChannelState,
+    state: PresenceStore,
     policy: OriginPolicy | None = None,
 ) -> web.Application:
     """The browser-facing port's HTTP side: the signed HTTP API (WebSockets never get here).

@@ -28,7 +28,7 @@ from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig, Config, ConfigError, WebhookSettings
 from sidecar.config.origins import OriginPolicy
 from sidecar.edge.cors import PolicyOrigins, resource_options
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.presence import PresenceStore
 from sidecar.engine.relay import Relay
 from sidecar.observe.observer import Observer
 from sidecar.protocol.pusher import CloseCode
@@ -47,7 +47,7 @@ class LiveWebhooks:
     when a reload changes an app's webhooks, key or secret, or the webhook settings. The old
     sender gets a few seconds to send what it holds; the counters carry on."""
 
-    def __init__(self, state: ChannelState, observer: Observer | None = None) -> None:
+    def __init__(self, state: PresenceStore, observer: Observer | None = None) -> None:
         self.state = state
         self.observer = observer
         self.counters = WebhookCounters()

@@ -30,7 +30,7 @@ from sidecar.edge.http_errors import QuietAppRunner
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.websocket import WebSocketEndpoint
 from sidecar.engine.broker import Broker
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.presence import PresenceStore
 from sidecar.engine.relay import Relay
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import RequestCounter
@@ -208,7 +208,7 @@ async def serve_publish_side(
     sites: Sites,
     prepared: Prepared,
     broker: Broker,
-    state: ChannelState,
+    state: PresenceStore,
     observer: Observer | None,
 ) -> PublishSide:
     """The Unix socket."""

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable
 
 from sidecar.engine.broker import MemoryBroker
+from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.relay import Relay
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import (
@@ -61,7 +62,7 @@ async def run_single(
     prepared: Prepared, banner: Callable[[Prepared], None], config_path: str | None = None
 ) -> None:
     tune_garbage_collector()
-    broker = MemoryBroker()
+    broker = make_broker("single", prepared.config.broker)
     relay = start_relay(prepared, broker)
     # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
     await broker.start(relay.deliver, relay.on_changes, relay.notify)

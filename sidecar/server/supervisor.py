@@ -49,8 +49,8 @@ from typing import Any
 
 from sidecar.config.model import Config
 from sidecar.engine.broker.changes import Change
-from sidecar.engine.broker.pipe import HubBroker
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.broker.factory import make_broker
+from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
 from sidecar.server.prepare import Prepared, make_observer
@@ -95,10 +95,10 @@ class Supervisor:
         self.prepared = prepared
         self.config_path = config_path
         self.count = workers
-        self.hub = HubBroker()
+        self.hub = make_broker("hub", prepared.config.broker)
         # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
         # socket's queries and is where webhooks are sent from (self.state.on_event).
-        self.state = ChannelState(prepared.config.limits.max_presence_members)
+        self.state = make_presence_store(prepared.config.limits)
         self.hub.snapshot = self.state.snapshot
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False

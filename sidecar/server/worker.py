@@ -18,6 +18,7 @@ import socket
 
 from sidecar.config import model as config_module
 from sidecar.config.model import Config
+from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.broker.pipe import WorkerBroker
 from sidecar.engine.relay import Relay
 from sidecar.observe.console_worker import WorkerConsole
@@ -55,7 +56,7 @@ async def run_worker(
     cert, key = certificate_files(config)
     listen = socket.socket(fileno=listen_fd)
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
-    broker = WorkerBroker(socket.socket(fileno=broker_fd))
+    broker = make_broker("worker", config.broker, pipe=socket.socket(fileno=broker_fd))
     relay = start_relay(prepared, broker)
     reloader = Reloader(config, apps, config_path, config_text, quiet=True, relay=relay)
     reloads = WorkerReloads(reloader)

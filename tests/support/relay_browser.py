@@ -19,6 +19,7 @@ from sidecar.engine.connection import Connection
 from sidecar.engine.heartbeat import Heartbeat
 from sidecar.engine.relay import Relay
 from sidecar.protocol.signatures import hmac_sha256_hex
+from tests.support.local_relay import local_relay, start_local
 from tests.support.relay_clients import Client, Sink
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one-secret", client_events=True)
@@ -46,8 +47,8 @@ QUIET_SIGNER = pusher.Pusher(
 @contextlib.asynccontextmanager
 async def started_relay() -> AsyncIterator[Relay]:
     """A started relay of APP and QUIET_APP, talking to itself through a memory broker."""
-    r = Relay(AppRegistry((APP, QUIET_APP)), LIMITS)
-    r.start()
+    r = local_relay(AppRegistry((APP, QUIET_APP)), LIMITS)
+    start_local(r)
     try:
         yield r
     finally:

@@ -19,6 +19,7 @@ from sidecar.engine.connection import Connection
 from sidecar.engine.heartbeat import Heartbeat
 from sidecar.engine.relay import Relay
 from sidecar.protocol.frame_writer import OP_TEXT
+from tests.support.local_relay import local_relay, start_local
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 OTHER_APP = AppConfig(id="2", key="key-two", secret="secret-two")
@@ -101,8 +102,8 @@ MakeClient = Callable[..., Client]
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay(AppRegistry((APP, OTHER_APP)), LIMITS)
-    r.start()
+    r = local_relay(AppRegistry((APP, OTHER_APP)), LIMITS)
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):

@@ -1,11 +1,8 @@
 """The broker interface: publishers hand events in, the relay receives them for delivery.
 
-Besides publications a broker carries channel state changes (sidecar/engine/broker/changes.py): who
-subscribed and joined where, so that every process agrees on counts and presence members.
-
-`publish()` never waits for delivery: it hands the event over and returns, which is what lets the
-publish API answer in microseconds whatever the number of subscribers. An in-memory broker
-serves one process; a Redis broker takes its place for several processes or machines.
+The contract every broker keeps is stated on `Broker` below; an implementation's docstring says
+only how it keeps it (sidecar/engine/broker/memory.py: one process; pipe.py: a hub and its
+workers on one machine; a Redis broker: several machines).
 """
 
 from __future__ import annotations
@@ -61,21 +58,57 @@ Deliver = Callable[[Publication], None]
 # A webhook-shaped event raised in a worker (client_event, cache_miss), for the process that
 # sends webhooks: (app_id, {"name": ..., ...}).
 Report = Callable[[str, dict[str, Any]], None]
+# Who handed a batch of changes in, as numbered by the process that orders them (the hub).
+Origin = int
+# The origin of changes the ordering process makes itself (terminate_connections, OriginGone),
+# and of every change where one process is the whole cluster. Nodes are numbered from 1.
+HUB_ORIGIN: Origin = 0
 
 
 class Broker(Protocol):
+    """How publications and channel state changes reach every process that holds subscribers.
+
+    The ordering contract, which every implementation keeps and the relay relies on:
+
+    1. **One total order per hub.** Publications (`publish`) and channel state changes
+       (`announce`) are put in one sequence by the one place that orders them (the hub; the
+       event loop for a single process). Every process started on the broker receives that
+       same sequence, publications through `deliver` and changes through `changed`, in the
+       same order, interleaved the same way. What one process handed over keeps its order.
+       A process sees its own publications and changes come back (an echo): a presence join is
+       answered only when it comes back, with the members the order gave it.
+    2. **Origins numbered by the hub.** A batch of changes is handed over without an origin;
+       the hub stamps it with the origin of the process it came from (`Origin`, 1, 2, ... in the
+       order processes attach, a restarted process a new number; `HUB_ORIGIN` for its own), and
+       `changed(origin, changes)` receives it so stamped. State is kept per origin so that a
+       process's share can be released in one step.
+    3. **`OriginGone(origin)`** is put in the order by the hub, once, when a process is lost
+       (not at shutdown: a stop must not look like every channel vacated). After it, nothing
+       more from that origin is in the order.
+    4. **`Reset(snapshot)`** is the first change a process receives when it starts while others
+       run: the whole state the order had made up to there, then everything after it.
+    5. **Hand-over never waits.** `publish` and `announce` return at once (delivery happens on a
+       later loop turn, after the publisher's reply is written); `close` returns once what was
+       accepted before it was delivered (or handed on to the hub).
+    6. **Reports** (`report`) are outside the order: a worker's webhook-shaped events reach the
+       process that sends webhooks, not echoed, not ordered with the rest.
+
+    The checks: tests/unit/engine/broker/test_contract.py runs one suite over every
+    implementation.
+    """
+
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
     ) -> None:
         """Begin receiving: `deliver` for each publication, `changed` for each batch of channel
-        state changes (in the same one order as publications, everywhere), `reported` for
-        reports from workers (where webhooks are sent from). All on the event loop."""
+        state changes (in the one order, with its origin), `reported` for reports from workers
+        (where webhooks are sent from). All called on the event loop."""
 
     def publish(self, publication: Publication) -> None:
-        """Hand a publication over. Returns at once; delivery happens later."""
+        """Hand a publication over. Returns at once; delivery happens later, in the order."""
 
     def announce(self, changes: Sequence[Change]) -> None:
-        """Hand changes over: every process, this one included, receives them in order."""
+        """Hand changes over: every process, this one included, receives them in the order."""
 
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         """Pass an event to the process that sends webhooks (no order, no echo)."""

@@ -1,4 +1,9 @@
-"""The in-memory broker: one process, delivery on the next turn of the event loop."""
+"""The in-memory broker: one process, delivery on the next turn of the event loop.
+
+The contract is Broker's (sidecar/engine/broker/base.py); here the event loop's queue is the one
+order and the process is the whole cluster: its changes carry HUB_ORIGIN, no process is ever
+gone (no OriginGone) and none joins late (no Reset).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sidecar.engine.broker.base import Deliver, Publication, Report
+from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
 from sidecar.engine.broker.changes import Change, OnChanges
 
-# The only process: its changes come from origin 0.
-ORIGIN = 0
+# The only process: its changes come from the hub's own origin.
+ORIGIN = HUB_ORIGIN
 
 
 class MemoryBroker:

@@ -1,14 +1,12 @@
 """The broker between worker processes on one machine: a hub and one pipe per worker.
 
-The supervisor accepts publications (the Unix socket API) and writes each to every worker's
-pipe; a worker hands publications it accepted itself (the signed API on the TLS port, client
-events) to the hub, which sends them to every worker, itself included. Channel state changes
-take the same road: a worker's batch goes to the hub, which stamps it with the worker's origin,
-applies it to the supervisor's own state and sends it to every worker. One order for everybody:
-the hub's, publications and changes alike.
-
-A worker that starts while others run gets the hub's state first (a `Reset`); a worker whose
-pipe closes has its share released by an `OriginGone` in the same order.
+The contract is Broker's (sidecar/engine/broker/base.py); here is how the pipes keep it. The
+supervisor accepts publications (the Unix socket API) and writes each to every worker's pipe; a
+worker hands publications it accepted itself (the signed API on the TLS port, client events) to
+the hub, which sends them to every worker, itself included. A worker's batch of changes goes to
+the hub, which stamps it with the worker's origin, applies it to the supervisor's own state and
+sends it to every worker. The hub's write order is the one order. A worker whose pipe closes is
+the one that is gone (`OriginGone`); one that attaches gets the supervisor's state (`Reset`).
 
 On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then the data:
 - a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
@@ -35,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from typing import Any, cast
 
 import orjson
 
-from sidecar.engine.broker.base import Deliver, Publication, Report
+from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
 from sidecar.engine.broker.changes import (
     Change,
     OnChanges,
@@ -55,14 +54,21 @@ from sidecar.engine.broker.changes import (
 
 _HEADER = struct.Struct("!BII")
 PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
-# The supervisor's own changes (terminate_connections, OriginGone) come from origin 0;
-# workers get 1, 2, ... in the order they attach, a restarted worker a new one.
-HUB_ORIGIN = 0
+# Workers get origins 1, 2, ... in the order they attach, a restarted worker a new one.
 # A worker that finishes while the supervisor is not stopping was signalled alone, or the
 # whole process group was (systemd's default) and the supervisor's own signal is a moment
 # behind: its pipe is closed only after this long, so that a publication the supervisor
 # accepts in that moment still reaches the worker's clients.
 ALONE_GRACE = 0.5
+# The bytes the hub may hold for one worker that does not read its pipe (stalled, stopped in a
+# debugger, swapping). A worker reading at its normal pace keeps this near zero (the kernel's
+# pipe buffer takes the rest); past it the hub closes that worker's pipe, which releases its
+# share (OriginGone) and stops it (a worker ends when its pipe closes; the supervisor starts it
+# again), rather than let one worker grow the supervisor without bound. 64 MiB: seconds of a
+# heavy publish rate, far beyond any pause a live worker takes.
+MAX_WORKER_BACKLOG = 64 * 1024 * 1024
+
+log = logging.getLogger("sidecar.broker")
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
@@ -141,6 +147,11 @@ class PublicationStream(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(pieces)
 
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the other end."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
 
 class WorkerBroker:
     """A worker's end: publishes and changes go to the hub, the hub's come back here."""
@@ -213,11 +224,13 @@ class HubBroker:
     Frames are written to the pipes on the next loop turn, after the publisher's reply: a
     write to a pipe wakes the worker reading it, and a woken worker can take the CPU from the
     supervisor for a whole time slice (milliseconds) before the reply goes out. Several frames
-    accepted in one turn also leave in one write per pipe.
+    accepted in one turn also leave in one write per pipe. A worker more than `max_backlog`
+    bytes behind has its pipe closed (MAX_WORKER_BACKLOG says why).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_backlog: int = MAX_WORKER_BACKLOG) -> None:
         self._workers: dict[int, PublicationStream] = {}
+        self._max_backlog = max_backlog
         self._pending: list[bytes] = []
         self._next_origin = HUB_ORIGIN + 1
         self._changed: OnChanges | None = None
@@ -325,8 +338,19 @@ class HubBroker:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        for stream in self._workers.values():
+        for worker_id, stream in list(self._workers.items()):
             stream.write(*pending)
+            if stream.backlog() > self._max_backlog:
+                self._overrun(worker_id, stream)
+
+    def _overrun(self, worker_id: int, stream: PublicationStream) -> None:
+        """A worker too far behind: its pipe goes now, what it had not read with it."""
+        log.error(
+            "worker is not reading its pipe; closing it",
+            extra={"worker": worker_id, "backlog_bytes": stream.backlog()},
+        )
+        if stream.transport is not None:
+            stream.transport.abort()  # frees the backlog; its loss releases the worker's share
 
     @property
     def workers(self) -> int:

@@ -29,6 +29,7 @@ from tests.support.edge_fakes import (
     FakePassthrough,
     FakeTransport,
 )
+from tests.support.local_relay import local_relay, start_local
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 
@@ -315,8 +316,8 @@ async def test_no_408_after_the_connection_is_lost() -> None:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay(AppRegistry((APP,)), LimitsConfig())
-    r.start()
+    r = local_relay(AppRegistry((APP,)), LimitsConfig())
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):

@@ -32,6 +32,7 @@ from sidecar.engine.relay import Relay
 from sidecar.protocol.http_head import RequestHead, read_head
 from sidecar.protocol.pusher import CLOSE_REASONS, CloseCode
 from tests.support.edge_fakes import FakeTransport
+from tests.support.local_relay import local_relay, start_local
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 LIMITS = LimitsConfig(activity_timeout=30, pong_timeout=10, max_client_message_bytes=1024)
@@ -163,8 +164,8 @@ async def turns(n: int = 5) -> None:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay(AppRegistry((APP,)), LIMITS)
-    r.start()
+    r = local_relay(AppRegistry((APP,)), LIMITS)
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):
@@ -838,8 +839,8 @@ LARGE_LIMITS = LimitsConfig(max_client_message_bytes=64 * 1024)
 
 @pytest.fixture
 async def large_endpoint() -> AsyncIterator[WebSocketEndpoint]:
-    relay = Relay(AppRegistry((APP,)), LARGE_LIMITS)
-    relay.start()
+    relay = local_relay(AppRegistry((APP,)), LARGE_LIMITS)
+    start_local(relay)
     yield WebSocketEndpoint(relay, OriginPolicy([ORIGIN]))
     relay.stop()
     for conn in list(relay.connections.values()):

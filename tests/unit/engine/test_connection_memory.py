@@ -30,8 +30,8 @@ from sidecar.config.model import AppConfig, LimitsConfig
 from sidecar.config.origins import OriginPolicy
 from sidecar.edge.listener import EdgeSite
 from sidecar.edge.websocket import WebSocketEndpoint
-from sidecar.engine.relay import Relay
 from tests.support.certs import make_certificate
+from tests.support.local_relay import local_relay, start_local
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 # Found by a collection after churn, whatever the count of connections: the loop's and
@@ -97,12 +97,12 @@ class Server:
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
-        self.relay = Relay(AppRegistry([APP]), LimitsConfig())
+        self.relay = local_relay(AppRegistry([APP]), LimitsConfig())
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> None:
-        self.relay.start()
+        start_local(self.relay)
         app = web.Application()
         app.router.add_get("/ping", ping)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None)

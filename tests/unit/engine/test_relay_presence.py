@@ -13,6 +13,7 @@ from sidecar.config.apps import AppRegistry
 from sidecar.engine.channel_state import ChannelInfo
 from sidecar.engine.connection import ConnectionState
 from sidecar.engine.relay import Relay
+from tests.support.local_relay import local_relay, start_local
 from tests.support.relay_browser import (
     APP,
     LIMITS,
@@ -260,8 +261,8 @@ async def test_one_member_churning_a_presence_room_costs_the_others_a_bounded_tr
     limits = dataclasses.replace(
         LIMITS, max_presence_members=50, subscriptions_per_second=100, presence_joins_per_second=10
     )
-    r = Relay(AppRegistry((APP,)), limits)
-    r.start()
+    r = local_relay(AppRegistry((APP,)), limits)
+    start_local(r)
     try:
         browser = browser_factory(r)
         members = [browser() for _ in range(20)]

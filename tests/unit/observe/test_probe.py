@@ -33,6 +33,7 @@ from sidecar.observe.probe import (
     close_code_label,
 )
 from sidecar.observe.snapshot import key, merge
+from tests.support.local_relay import local_relay, start_local
 
 APP = AppConfig(id="1", key="key-one", secret="secret-one")
 LIMITS = LimitsConfig()
@@ -203,8 +204,8 @@ class Sink:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay(AppRegistry((APP,)), LIMITS)
-    r.start()
+    r = local_relay(AppRegistry((APP,)), LIMITS)
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):

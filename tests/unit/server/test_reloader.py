@@ -21,6 +21,7 @@ from sidecar.engine.channel_state import ChannelState
 from sidecar.engine.relay import Relay
 from sidecar.server.prepare import EDGE_API, EDGE_CORS, edge_application
 from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
+from tests.support.local_relay import local_relay, start_local
 from tests.support.relay_clients import Client, MakeClient, subscribed, turns
 
 ONE = {"id": "1", "key": "key-one", "secret": "secret-one-0123"}
@@ -53,8 +54,8 @@ async def relay(config_file: Path) -> AsyncIterator[Relay]:
     write(config_file)
     config = config_module.load(config_file)
     assert config.apps is not None
-    r = Relay(AppRegistry(config.apps), config.limits)
-    r.start()
+    r = local_relay(AppRegistry(config.apps), config.limits)
+    start_local(r)
     yield r
     r.stop()
     for conn in list(r.connections.values()):

@@ -299,3 +299,51 @@ async def test_reload_frames_carry_the_config_text_or_nothing() -> None:
     assert asked == ["log:\n  level: debug\n", None]
     await hub.close()
     await asyncio.wait_for(worker.close(), 5)
+
+
+async def test_a_worker_that_does_not_read_is_cut_off_past_the_backlog_bound() -> None:
+    """Flow control: the hub holds at most max_backlog bytes for a stalled worker, then closes
+    its pipe (its share released in order); a worker that reads keeps receiving everything."""
+    bound = 256 * 1024
+    hub = HubBroker(max_backlog=bound)
+    at_hub: list[tuple[int, list[Change]]] = []
+    await hub.start(lambda p: None, lambda o, c: at_hub.append((o, c)))
+    _, reader, _ = await attached(hub, 0)
+    stalled_hub_end, stalled_end = socket.socketpair()
+    await hub.attach(1, stalled_hub_end)  # origin 2; nobody ever reads stalled_end
+    sent = 0
+    data = "x" * 4096
+    try:
+        for _ in range(400):  # up to ~16 MiB: far past the bound and the kernel's buffer
+            for _ in range(10):
+                hub.publish(Publication.of("1", ("news",), f"e{sent}", data))
+                sent += 1
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if hub.workers == 1:
+                break
+        assert hub.workers == 1  # the stalled one is gone, well before everything was sent
+        assert sent < 4000
+        await eventually(lambda: (0, [OriginGone(2)]) in at_hub)
+        await eventually(lambda: len(reader.seen) == sent + 1, timeout=5)
+        assert [s for s in reader.seen if isinstance(s, tuple)] == [(0, [OriginGone(2)])]
+        assert [s for s in reader.seen if isinstance(s, str)] == [f"e{i}" for i in range(sent)]
+    finally:
+        stalled_end.close()
+        await hub.close()
+
+
+async def test_a_worker_within_the_backlog_bound_is_kept() -> None:
+    hub = HubBroker(max_backlog=64 * 1024 * 1024)
+    await hub.start(lambda p: None)
+    stalled_hub_end, stalled_end = socket.socketpair()
+    await hub.attach(0, stalled_hub_end)
+    try:
+        for n in range(200):  # ~800 KiB held for a worker that is not reading yet
+            hub.publish(Publication.of("1", ("news",), f"e{n}", "x" * 4096))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert hub.workers == 1
+    finally:
+        stalled_end.close()
+        await hub.close()

@@ -1,0 +1,45 @@
+"""The one place a broker is made: which kind, for which role, from the configuration.
+
+Roles: `single` (one process holds everything), `hub` (the supervisor: orders what every worker
+publishes and announces) and `worker` (a relay process attached to the hub by `pipe`). The
+servers (sidecar/server/single.py, supervisor.py, worker.py) ask here; nothing else constructs
+a broker, the relay included. A Redis broker is one more branch here and a module beside
+memory.py and pipe.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal, overload
+
+from sidecar.config.model import BrokerConfig
+from sidecar.engine.broker.memory import MemoryBroker
+from sidecar.engine.broker.pipe import HubBroker, WorkerBroker
+
+Role = Literal["single", "hub", "worker"]
+
+
+@overload
+def make_broker(role: Literal["single"], config: BrokerConfig) -> MemoryBroker: ...
+@overload
+def make_broker(role: Literal["hub"], config: BrokerConfig) -> HubBroker: ...
+@overload
+def make_broker(
+    role: Literal["worker"], config: BrokerConfig, *, pipe: socket.socket
+) -> WorkerBroker: ...
+def make_broker(
+    role: Role, config: BrokerConfig, *, pipe: socket.socket | None = None
+) -> MemoryBroker | HubBroker | WorkerBroker:
+    """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only)."""
+    if config.kind != "memory":
+        # The configuration refuses other kinds today (sidecar/config/model.py: _broker).
+        raise ValueError(f"broker.kind {config.kind!r} is not available in this version")
+    if role == "single":
+        return MemoryBroker()
+    if role == "hub":
+        return HubBroker()
+    if role == "worker":
+        if pipe is None:
+            raise ValueError("a worker's broker needs its pipe to the hub")
+        return WorkerBroker(pipe)
+    raise ValueError(f"no broker for role {role!r}")
