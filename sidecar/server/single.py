@@ -26,7 +26,7 @@ from sidecar.server.lifecycle import (
     drain_relay,
     stop_signal,
 )
-from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_garbage_collector
+from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_memory
 from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     Edge,
@@ -61,7 +61,7 @@ def on_sighup(reloader: Reloader) -> None:
 async def run_single(
     prepared: Prepared, banner: Callable[[Prepared], None], config_path: str | None = None
 ) -> None:
-    tune_garbage_collector()
+    tune_memory()
     broker = make_broker("single", prepared.config.broker)
     relay = start_relay(prepared, broker)
     # One process: its channel state is the one webhooks are sent from (relay.state.on_event).

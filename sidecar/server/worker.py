@@ -29,7 +29,7 @@ from sidecar.server.prepare import (
     certificate_files,
     observe_relay,
     resolve_apps,
-    tune_garbage_collector,
+    tune_memory,
 )
 from sidecar.server.reload_plan import plan_reload
 from sidecar.server.reloader import EdgeOrigins, Reloader
@@ -51,7 +51,7 @@ async def run_worker(
     config_path: str | None = None,
     config_text: str | None = None,
 ) -> None:
-    tune_garbage_collector()
+    tune_memory()
     apps, _ = resolve_apps(config)
     cert, key = certificate_files(config)
     listen = socket.socket(fileno=listen_fd)
