@@ -26,7 +26,7 @@ from sidecar.server.lifecycle import (
     stop_signal,
 )
 from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_garbage_collector
-from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
+from sidecar.server.reloader import ApiApps, EdgeOrigins, LiveWebhooks, RelayApps, Reloader
 from sidecar.server.serving import (
     Edge,
     PlainHttp,
@@ -70,7 +70,9 @@ async def run_single(
     observer = make_observer(prepared, 1)
     webhooks = LiveWebhooks(relay.state, observer)
     await webhooks.start(prepared.apps, prepared.config.webhooks)
-    reloader = Reloader(prepared.config, prepared.apps, config_path, relay=relay, webhooks=webhooks)
+    reloader = Reloader(
+        prepared.config, prepared.apps, config_path, parts=[RelayApps(relay), webhooks]
+    )
     on_sighup(reloader)
     plain: PlainHttp | None = None
     edge: Edge | None = None
@@ -126,9 +128,10 @@ async def serve(
     edge = await serve_edge(sites, prepared, relay, edge_broker, prepared.edge_sockets[0], requests)
     publish = await serve_publish_side(sites, prepared, broker, relay.state, observer)
     await serve_admin(sites, prepared, observer)
-    reloader.apis += [edge.api, publish.api]
-    reloader.origins = EdgeOrigins(edge.policy, edge.cors)
-    reloader.certificates = edge.certificates
+    reloader.register(ApiApps(edge.api))
+    reloader.register(ApiApps(publish.api))
+    reloader.register(EdgeOrigins(edge.policy, edge.cors))
+    reloader.register_certificates(edge.certificates)
     return edge, publish
 
 

@@ -54,7 +54,7 @@ from sidecar.engine.channel_state import ChannelState
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
 from sidecar.server.prepare import Prepared, make_observer
-from sidecar.server.reloader import LiveWebhooks, Reloader
+from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     PlainHttp,
     PublishSide,
@@ -109,7 +109,7 @@ class Supervisor:
         # worker_config).
         self.started_text = config_text
         self.reloader = Reloader(
-            prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
+            prepared.config, prepared.apps, config_path, config_text, parts=[self.webhooks]
         )
 
     def _make_observer(self) -> Observer | None:
@@ -267,7 +267,7 @@ class Supervisor:
         publish = await serve_publish_side(
             sites, self.prepared, self.hub, self.state, self.observer
         )
-        self.reloader.apis.append(publish.api)
+        self.reloader.register(ApiApps(publish.api))
         await serve_admin(sites, self.prepared, self.observer)
         banner(self.prepared)
         log.info(

@@ -31,7 +31,7 @@ from sidecar.server.prepare import (
     tune_garbage_collector,
 )
 from sidecar.server.reload_plan import plan_reload
-from sidecar.server.reloader import EdgeOrigins, Reloader
+from sidecar.server.reloader import ApiApps, EdgeOrigins, RelayApps, Reloader
 from sidecar.server.serving import Edge, Sites, serve_edge, start_relay
 
 log = logging.getLogger("sidecar.cluster")
@@ -57,7 +57,9 @@ async def run_worker(
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = WorkerBroker(socket.socket(fileno=broker_fd))
     relay = start_relay(prepared, broker)
-    reloader = Reloader(config, apps, config_path, config_text, quiet=True, relay=relay)
+    reloader = Reloader(
+        config, apps, config_path, config_text, quiet=True, parts=[RelayApps(relay)]
+    )
     reloads = WorkerReloads(reloader)
     broker.on_reload = reloads.request
     await broker.start(relay.deliver, relay.on_changes)
@@ -70,9 +72,9 @@ async def run_worker(
     edge: Edge | None = None
     try:
         edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
-        reloader.apis.append(edge.api)
-        reloader.origins = EdgeOrigins(edge.policy, edge.cors)
-        reloader.certificates = edge.certificates
+        reloader.register(ApiApps(edge.api))
+        reloader.register(EdgeOrigins(edge.policy, edge.cors))
+        reloader.register_certificates(edge.certificates)
         reloads.start()
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop.wait())
