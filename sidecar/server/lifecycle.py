@@ -4,12 +4,16 @@ A stop goes: shut every door (no new connections, no new publishes: a publisher 
 connected gets 503), deliver what was accepted, close every client with 4200 (pusher-js
 reconnects at once, to whoever serves next), give them the rest of the deadline to go, and
 exit. Every wait is bounded by what is left of one deadline, taken when the signal came.
+
+The parts of a process register what they do at each step with its `StopSequence`, and what
+they release at the end; the sequence runs the steps in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +36,58 @@ class Deadline:
     def remaining(self, keep: float = 0.0) -> float:
         """Seconds left, less `keep` (kept back for what must come after)."""
         return max(0.0, self.at - self._clock() - keep)
+
+
+class Step(enum.IntEnum):
+    """The steps of a stop, in their order."""
+
+    SHUT = 1  # no new connections nor publishes
+    HAND_OVER = 2  # what was accepted is delivered: the broker closes
+    LET_GO = 3  # every client gets 4200 and the rest of the deadline; webhooks go out
+
+
+# What a part does at a step: at once (None), or an awaitable bounded by the deadline it is given.
+StopAction = Callable[[Deadline], Awaitable[object] | None]
+Release = Callable[[], Awaitable[object] | None]
+
+
+class StopSequence:
+    """What the parts of a process do at each step of its stop, and release at the end.
+
+    At a step, every action registered for it is called in the order registered (what an
+    action does at once, it has done before the next is called); what they return is awaited
+    together, and the next step starts once all of it is done. Every action is given the one
+    deadline of the stop and bounds its waits by it."""
+
+    def __init__(self) -> None:
+        self._actions: dict[Step, list[StopAction]] = {step: [] for step in Step}
+        self._releases: list[Release] = []
+
+    def at(self, step: Step, action: StopAction) -> None:
+        self._actions[step].append(action)
+
+    def on_release(self, release: Release) -> None:
+        """`release` runs at the end of the process, stopped or failed: the last registered
+        first (as things are let go of in the reverse order they were taken)."""
+        self._releases.append(release)
+
+    async def run(self, deadline: Deadline) -> None:
+        for step in Step:
+            pending = [action(deadline) for action in self._actions[step]]
+            await asyncio.gather(*(p for p in pending if p is not None))
+
+    async def release(self) -> None:
+        """One after the other; an error in one does not keep the others from running."""
+        errors: list[BaseException] = []
+        while self._releases:
+            try:
+                done = self._releases.pop()()
+                if done is not None:
+                    await done
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 async def bounded(awaitable: Awaitable[object], seconds: float) -> bool:

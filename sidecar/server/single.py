@@ -21,6 +21,8 @@ from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
     Deadline,
+    Step,
+    StopSequence,
     close_broker,
     drain_relay,
     stop_signal,
@@ -29,8 +31,6 @@ from sidecar.server.prepare import Prepared, make_observer, observe_single, tune
 from sidecar.server.reloader import ApiApps, EdgeOrigins, LiveWebhooks, RelayApps, Reloader
 from sidecar.server.serving import (
     Edge,
-    PlainHttp,
-    PublishSide,
     Sites,
     obtain_certificate,
     remove_socket_file,
@@ -74,13 +74,29 @@ async def run_single(
         prepared.config, prepared.apps, config_path, parts=[RelayApps(relay), webhooks]
     )
     on_sighup(reloader)
-    plain: PlainHttp | None = None
-    edge: Edge | None = None
-    publish: PublishSide | None = None
+    stop = StopSequence()
+    stop.on_release(lambda: webhooks.close(timeout=0))
+    stop.on_release(lambda: remove_socket_file(prepared.config.publish.socket))
+    stop.on_release(sites.cleanup)
+    if observer is not None:
+        stop.on_release(observer.stop)
+    stop.at(Step.HAND_OVER, lambda _: webhooks.mute())
+    stop.at(Step.HAND_OVER, lambda deadline: close_broker(broker, deadline))
+    stop.at(Step.LET_GO, lambda deadline: drain_relay(relay, deadline, keep=EXIT_MARGIN))
+    # Webhooks still waiting go out while the clients leave.
+    stop.at(
+        Step.LET_GO,
+        lambda deadline: webhooks.close(
+            timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(EXIT_MARGIN))
+        ),
+    )
     try:
         plain = await obtain_certificate(sites, prepared, stopping)
+        stop.on_release(lambda: plain.stop(sites))
+        # Every door shut at once; each waits at most a second for its requests in flight.
+        stop.at(Step.SHUT, lambda _: plain.stop(sites))
         if plain.ready:
-            edge, publish = await serve(sites, prepared, relay, broker, observer, reloader)
+            edge = await serve(sites, prepared, relay, broker, observer, reloader, stop)
             if plain.acme is not None and edge.certificates is not None:
                 reload = edge.certificates.reload
                 plain.acme.on_new_certificate.append(lambda: reload(force=True))
@@ -94,24 +110,9 @@ async def run_single(
         )
         if observer is not None:
             observer.stopping = True
-        await stop_accepting(sites, plain, edge, publish)
-        webhooks.mute()
-        await close_broker(broker, deadline)
-        # Webhooks still waiting go out while the clients leave.
-        await asyncio.gather(
-            drain_relay(relay, deadline, keep=EXIT_MARGIN),
-            webhooks.close(timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(EXIT_MARGIN))),
-        )
+        await stop.run(deadline)
     finally:
-        if edge is not None and edge.certificates is not None:
-            await edge.certificates.stop()
-        if plain is not None:
-            await plain.stop(sites)
-        if observer is not None:
-            await observer.stop()
-        await sites.cleanup()
-        remove_socket_file(prepared.config.publish.socket)
-        await webhooks.close(timeout=0)
+        await stop.release()
     log.info("stopped")
 
 
@@ -122,28 +123,19 @@ async def serve(
     broker: MemoryBroker,
     observer: Observer | None,
     reloader: Reloader,
-) -> tuple[Edge, PublishSide]:
+    stop: StopSequence,
+) -> Edge:
     edge_broker = broker if observer is None else observe_single(observer, relay, broker)
     requests = observer.requests if observer is not None else None
     edge = await serve_edge(sites, prepared, relay, edge_broker, prepared.edge_sockets[0], requests)
+    if edge.certificates is not None:
+        stop.on_release(edge.certificates.stop)
     publish = await serve_publish_side(sites, prepared, broker, relay.state, observer)
     await serve_admin(sites, prepared, observer)
     reloader.register(ApiApps(edge.api))
     reloader.register(ApiApps(publish.api))
     reloader.register(EdgeOrigins(edge.policy, edge.cors))
     reloader.register_certificates(edge.certificates)
-    return edge, publish
-
-
-async def stop_accepting(
-    sites: Sites, plain: PlainHttp | None, edge: Edge | None, publish: PublishSide | None
-) -> None:
-    """Every door shut at once; each waits at most a second for its requests in flight."""
-    doors = []
-    if publish is not None:
-        doors.append(publish.stop_accepting(sites))
-    if edge is not None:
-        doors.append(edge.stop_accepting(sites))
-    if plain is not None:
-        doors.append(plain.stop(sites))
-    await asyncio.gather(*doors)
+    stop.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
+    stop.at(Step.SHUT, lambda _: edge.stop_accepting(sites))
+    return edge

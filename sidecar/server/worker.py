@@ -22,7 +22,14 @@ from sidecar.engine.broker.pipe import WorkerBroker
 from sidecar.engine.relay import Relay
 from sidecar.observe.console_worker import WorkerConsole
 from sidecar.observe.worker_stats import serve_worker_stats
-from sidecar.server.lifecycle import Deadline, close_broker, drain_relay, run_loop
+from sidecar.server.lifecycle import (
+    Deadline,
+    Step,
+    StopSequence,
+    close_broker,
+    drain_relay,
+    run_loop,
+)
 from sidecar.server.prepare import (
     Prepared,
     certificate_files,
@@ -67,30 +74,36 @@ async def run_worker(
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    edge: Edge | None = None
+    stop_requested = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    stop = StopSequence()
+    stop.on_release(sites.cleanup)
+    pipe_closed: asyncio.Future[None] | None = None
+
+    def finish() -> None:
+        if pipe_closed is None or not pipe_closed.done():
+            broker.finish()
+
+    stop.at(Step.HAND_OVER, lambda _: finish())
+    stop.at(Step.HAND_OVER, lambda deadline: close_broker(broker, deadline))
+    stop.at(Step.LET_GO, lambda deadline: drain_relay(relay, deadline))
     try:
         edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
+        if edge.certificates is not None:
+            stop.on_release(edge.certificates.stop)
+        stop.at(Step.SHUT, lambda _: edge.stop_accepting(sites))
         reloader.register(ApiApps(edge.api))
         reloader.register(EdgeOrigins(edge.policy, edge.cors))
         reloader.register_certificates(edge.certificates)
         reloads.start()
         pipe_closed = asyncio.ensure_future(broker.close())
-        stopped = asyncio.ensure_future(stop.wait())
+        stopped = asyncio.ensure_future(stop_requested.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
         await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        deadline = Deadline(reloader.config.shutdown.deadline - WORKER_MARGIN)
-        await edge.stop_accepting(sites)
-        if not pipe_closed.done():
-            broker.finish()
-        await close_broker(broker, deadline)
-        await drain_relay(relay, deadline)
+        await stop.run(Deadline(reloader.config.shutdown.deadline - WORKER_MARGIN))
     finally:
-        if edge is not None and edge.certificates is not None:
-            await edge.certificates.stop()
-        await sites.cleanup()
+        await stop.release()
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
