@@ -118,13 +118,34 @@ async def close_broker(broker: Broker, deadline: Deadline) -> None:
         await bounded(broker.close(), deadline.remaining())
 
 
-def stop_signal() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT."""
+# Signals: this is the one module that handles them. SIGTERM stops a process; SIGINT (Ctrl-C)
+# too, but in a worker: it reaches the whole process group, and the supervisor decides. SIGHUP
+# reloads the single process and the supervisor (which tells its workers over their pipes);
+# a worker ignores it, as any process does while it starts (ignore_hangup).
+
+
+def ignore_hangup() -> None:
+    """Before the loop: a SIGHUP while starting (a deploy script reloading early) or to a
+    worker (a terminal's hangup reaches the whole process group) is not an end."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def stop_signal(interrupt: bool = True) -> asyncio.Event:
+    """Set on SIGTERM, or SIGINT (`interrupt`; otherwise SIGINT is ignored)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    if interrupt:
+        loop.add_signal_handler(signal.SIGINT, stopping.set)
+    else:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return stopping
+
+
+def reload_signal(reload: Callable[[], Awaitable[object]]) -> None:
+    """SIGHUP runs `reload` in a task of its own, from now on."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
 
 
 def run_loop(main: object) -> None:

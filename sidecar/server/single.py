@@ -10,9 +10,7 @@ certificates.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Callable
 
 from sidecar.engine.broker import MemoryBroker
@@ -25,6 +23,7 @@ from sidecar.server.lifecycle import (
     StopSequence,
     close_broker,
     drain_relay,
+    reload_signal,
     stop_signal,
 )
 from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_garbage_collector
@@ -46,15 +45,10 @@ log = logging.getLogger("sidecar")
 EXIT_MARGIN = 0.25
 
 
-def on_sighup(reloader: Reloader) -> None:
-    """SIGHUP: the configuration file and the certificates, in a task of their own."""
-
-    async def reload() -> None:
-        await reloader.reload()
-        reloader.reload_certificates()
-
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+async def reload_all(reloader: Reloader) -> None:
+    """SIGHUP: the configuration file and the certificates."""
+    await reloader.reload()
+    reloader.reload_certificates()
 
 
 async def run_single(
@@ -73,7 +67,7 @@ async def run_single(
     reloader = Reloader(
         prepared.config, prepared.apps, config_path, parts=[RelayApps(relay), webhooks]
     )
-    on_sighup(reloader)
+    reload_signal(lambda: reload_all(reloader))
     stop = StopSequence()
     stop.on_release(lambda: webhooks.close(timeout=0))
     stop.on_release(lambda: remove_socket_file(prepared.config.publish.socket))

@@ -58,6 +58,7 @@ from sidecar.server.lifecycle import (
     Step,
     StopSequence,
     bounded,
+    reload_signal,
     stop_signal,
 )
 from sidecar.server.prepare import Prepared, make_observer
@@ -236,8 +237,7 @@ class Supervisor:
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        reload_signal(self.reload)
         await self.hub.start(lambda publication: None, self._changed, self._reported)
         await self.webhooks.start(self.prepared.apps, self.prepared.config.webhooks)
         stop = self._stop_sequence(sites)

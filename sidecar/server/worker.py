@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 
 from sidecar.config import model as config_module
@@ -28,7 +27,9 @@ from sidecar.server.lifecycle import (
     StopSequence,
     close_broker,
     drain_relay,
+    ignore_hangup,
     run_loop,
+    stop_signal,
 )
 from sidecar.server.prepare import (
     Prepared,
@@ -72,10 +73,7 @@ async def run_worker(
     await broker.start(relay.deliver, relay.on_changes)
     sites = Sites()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    stop_requested = stop_signal(interrupt=False)
     stop = StopSequence()
     stop.on_release(sites.cleanup)
     pipe_closed: asyncio.Future[None] | None = None
@@ -170,7 +168,7 @@ def worker_main(
 
     # Reloads come from the supervisor over the pipe; a hangup of the terminal (to the whole
     # process group) is the supervisor's to act on, not an end of this worker.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ignore_hangup()
     config, text = worker_config(config_path, read_fd(config_fd), read_fd(reloaded_fd))
     setup(config.log.level)
     run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path, text))

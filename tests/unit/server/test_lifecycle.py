@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,6 +23,8 @@ from sidecar.server.lifecycle import (
     bounded,
     close_broker,
     drain_relay,
+    reload_signal,
+    stop_signal,
 )
 from tests.unit.engine.test_relay import APP, MakeClient, parse_frames, subscribed
 from tests.unit.engine.test_relay import make_client as make_client
@@ -138,3 +143,39 @@ async def test_releases_run_last_registered_first_and_all_of_them_despite_an_err
     assert said == ["certificates", "broken", "sites", "socket file"]
     await stop.release()  # released once: nothing left
     assert len(said) == 4
+
+
+@pytest.fixture
+async def restore_signals() -> AsyncIterator[None]:
+    """The handlers a test installs are the process's: put back what pytest had."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    loop = asyncio.get_running_loop()
+    for sig, handler in saved.items():
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, handler)
+
+
+async def test_sigterm_stops_and_sighup_reloads_in_a_task(restore_signals: None) -> None:
+    reloaded = asyncio.Event()
+
+    async def reload() -> None:
+        reloaded.set()
+
+    stopping = stop_signal()
+    reload_signal(reload)
+    os.kill(os.getpid(), signal.SIGHUP)
+    await asyncio.wait_for(reloaded.wait(), 2)
+    assert not stopping.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stopping.wait(), 2)
+
+
+async def test_a_worker_leaves_ctrl_c_to_its_supervisor(restore_signals: None) -> None:
+    stopping = stop_signal(interrupt=False)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)  # ignored: would raise KeyboardInterrupt otherwise
+    await asyncio.sleep(0.05)
+    assert not stopping.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stopping.wait(), 2)
