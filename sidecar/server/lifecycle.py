@@ -16,7 +16,8 @@ import contextlib
 import enum
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from sidecar.engine.broker import Broker
 from sidecar.engine.relay import Relay
@@ -142,7 +143,7 @@ def stop_signal(interrupt: bool = True) -> asyncio.Event:
     return stopping
 
 
-def reload_signal(reload: Callable[[], Awaitable[object]]) -> None:
+def reload_signal(reload: Callable[[], Coroutine[Any, Any, object]]) -> None:
     """SIGHUP runs `reload` in a task of its own, from now on."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))

@@ -14,29 +14,23 @@ import logging
 from collections.abc import Callable
 
 from sidecar.engine.broker import MemoryBroker
-from sidecar.engine.relay import Relay
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
-    Deadline,
     Step,
-    StopSequence,
-    close_broker,
-    drain_relay,
     reload_signal,
     stop_signal,
 )
+from sidecar.server.node import Node
 from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_garbage_collector
-from sidecar.server.reloader import ApiApps, EdgeOrigins, LiveWebhooks, RelayApps, Reloader
+from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     Edge,
-    Sites,
     obtain_certificate,
     remove_socket_file,
     serve_admin,
     serve_edge,
     serve_publish_side,
-    start_relay,
 )
 
 log = logging.getLogger("sidecar")
@@ -56,27 +50,22 @@ async def run_single(
 ) -> None:
     tune_garbage_collector()
     broker = MemoryBroker()
-    relay = start_relay(prepared, broker)
+    node = Node(prepared, broker, config_path, keep=EXIT_MARGIN)
+    relay, sites, stop = node.relay, node.sites, node.stop_sequence
     # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
     await broker.start(relay.deliver, relay.on_changes, relay.notify)
-    sites = Sites()
     stopping = stop_signal()
     observer = make_observer(prepared, 1)
     webhooks = LiveWebhooks(relay.state, observer)
     await webhooks.start(prepared.apps, prepared.config.webhooks)
-    reloader = Reloader(
-        prepared.config, prepared.apps, config_path, parts=[RelayApps(relay), webhooks]
-    )
-    reload_signal(lambda: reload_all(reloader))
-    stop = StopSequence()
+    node.reloader.register(webhooks)
+    reload_signal(lambda: reload_all(node.reloader))
     stop.on_release(lambda: webhooks.close(timeout=0))
     stop.on_release(lambda: remove_socket_file(prepared.config.publish.socket))
     stop.on_release(sites.cleanup)
     if observer is not None:
         stop.on_release(observer.stop)
     stop.at(Step.HAND_OVER, lambda _: webhooks.mute())
-    stop.at(Step.HAND_OVER, lambda deadline: close_broker(broker, deadline))
-    stop.at(Step.LET_GO, lambda deadline: drain_relay(relay, deadline, keep=EXIT_MARGIN))
     # Webhooks still waiting go out while the clients leave.
     stop.at(
         Step.LET_GO,
@@ -90,46 +79,37 @@ async def run_single(
         # Every door shut at once; each waits at most a second for its requests in flight.
         stop.at(Step.SHUT, lambda _: plain.stop(sites))
         if plain.ready:
-            edge = await serve(sites, prepared, relay, broker, observer, reloader, stop)
+            edge = await serve(prepared, node, broker, observer)
             if plain.acme is not None and edge.certificates is not None:
                 reload = edge.certificates.reload
                 plain.acme.on_new_certificate.append(lambda: reload(force=True))
             banner(prepared)
             log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
             await stopping.wait()
-        deadline = Deadline(reloader.config.shutdown.deadline)
+        deadline = node.deadline()
         log.info(
             "stopping",
             extra={"connections": len(relay.connections), "deadline_s": deadline.remaining()},
         )
         if observer is not None:
             observer.stopping = True
-        await stop.run(deadline)
+        await node.stop(deadline)
     finally:
-        await stop.release()
+        await node.release()
     log.info("stopped")
 
 
 async def serve(
-    sites: Sites,
-    prepared: Prepared,
-    relay: Relay,
-    broker: MemoryBroker,
-    observer: Observer | None,
-    reloader: Reloader,
-    stop: StopSequence,
+    prepared: Prepared, node: Node, broker: MemoryBroker, observer: Observer | None
 ) -> Edge:
+    relay, sites = node.relay, node.sites
     edge_broker = broker if observer is None else observe_single(observer, relay, broker)
     requests = observer.requests if observer is not None else None
     edge = await serve_edge(sites, prepared, relay, edge_broker, prepared.edge_sockets[0], requests)
-    if edge.certificates is not None:
-        stop.on_release(edge.certificates.stop)
     publish = await serve_publish_side(sites, prepared, broker, relay.state, observer)
     await serve_admin(sites, prepared, observer)
-    reloader.register(ApiApps(edge.api))
-    reloader.register(ApiApps(publish.api))
-    reloader.register(EdgeOrigins(edge.policy, edge.cors))
-    reloader.register_certificates(edge.certificates)
+    node.reloader.register(ApiApps(publish.api))
+    stop = node.stop_sequence
     stop.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
-    stop.at(Step.SHUT, lambda _: edge.stop_accepting(sites))
+    node.serving(edge)
     return edge

@@ -22,15 +22,12 @@ from sidecar.engine.relay import Relay
 from sidecar.observe.console_worker import WorkerConsole
 from sidecar.observe.worker_stats import serve_worker_stats
 from sidecar.server.lifecycle import (
-    Deadline,
     Step,
-    StopSequence,
-    close_broker,
-    drain_relay,
     ignore_hangup,
     run_loop,
     stop_signal,
 )
+from sidecar.server.node import Node
 from sidecar.server.prepare import (
     Prepared,
     certificate_files,
@@ -39,8 +36,8 @@ from sidecar.server.prepare import (
     tune_garbage_collector,
 )
 from sidecar.server.reload_plan import plan_reload
-from sidecar.server.reloader import ApiApps, EdgeOrigins, RelayApps, Reloader
-from sidecar.server.serving import Edge, Sites, serve_edge, start_relay
+from sidecar.server.reloader import Reloader
+from sidecar.server.serving import Edge, Sites, serve_edge
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -64,44 +61,33 @@ async def run_worker(
     listen = socket.socket(fileno=listen_fd)
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = WorkerBroker(socket.socket(fileno=broker_fd))
-    relay = start_relay(prepared, broker)
-    reloader = Reloader(
-        config, apps, config_path, config_text, quiet=True, parts=[RelayApps(relay)]
-    )
-    reloads = WorkerReloads(reloader)
+    node = Node(prepared, broker, config_path, config_text, quiet=True)
+    relay, sites = node.relay, node.sites
+    reloads = WorkerReloads(node.reloader)
     broker.on_reload = reloads.request
     await broker.start(relay.deliver, relay.on_changes)
-    sites = Sites()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
     stop_requested = stop_signal(interrupt=False)
-    stop = StopSequence()
-    stop.on_release(sites.cleanup)
+    node.stop_sequence.on_release(sites.cleanup)
     pipe_closed: asyncio.Future[None] | None = None
 
     def finish() -> None:
         if pipe_closed is None or not pipe_closed.done():
             broker.finish()
 
-    stop.at(Step.HAND_OVER, lambda _: finish())
-    stop.at(Step.HAND_OVER, lambda deadline: close_broker(broker, deadline))
-    stop.at(Step.LET_GO, lambda deadline: drain_relay(relay, deadline))
+    node.stop_sequence.at(Step.HAND_OVER, lambda _: finish())
     try:
         edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
-        if edge.certificates is not None:
-            stop.on_release(edge.certificates.stop)
-        stop.at(Step.SHUT, lambda _: edge.stop_accepting(sites))
-        reloader.register(ApiApps(edge.api))
-        reloader.register(EdgeOrigins(edge.policy, edge.cors))
-        reloader.register_certificates(edge.certificates)
+        node.serving(edge)
         reloads.start()
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop_requested.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
         await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        await stop.run(Deadline(reloader.config.shutdown.deadline - WORKER_MARGIN))
+        await node.stop(node.deadline(WORKER_MARGIN))
     finally:
-        await stop.release()
+        await node.release()
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
