@@ -3,7 +3,11 @@ the TLS port registered with its reloader."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import cast
+
+import pytest
 
 from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig, Config
@@ -66,7 +70,16 @@ async def test_a_node_stops_its_port_then_its_broker_then_its_clients() -> None:
     assert said == ["edge shuts", "broker closes", "clients go"]
 
 
-async def test_the_port_a_node_serves_takes_its_reloads() -> None:
+@pytest.fixture
+def restore_log_level() -> Iterator[None]:
+    """A reload sets the root logger's level: put it back, or later tests see INFO lines."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+async def test_the_port_a_node_serves_takes_its_reloads(restore_log_level: None) -> None:
     node = Node(prepared(), MemoryBroker())
     edge = FakeEdge([])
     node.serving(cast(Edge, edge))
