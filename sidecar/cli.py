@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -116,13 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.server import prepare as app_module
     from sidecar.server import single
     from sidecar.server import supervisor as cluster
-    from sidecar.server.lifecycle import run_loop
+    from sidecar.server.lifecycle import ignore_hangup, run_loop
     from sidecar.server.startup import StartError
     from sidecar.tls.certinfo import CertificateError
 
     # A SIGHUP while starting (a deploy script reloading early) is not an end: the file is
     # read next, and the loop's handler reloads from then on.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ignore_hangup()
     text = None
     try:
         if args.config is None:

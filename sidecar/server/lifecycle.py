@@ -4,12 +4,16 @@ A stop goes: shut every door (no new connections, no new publishes: a publisher 
 connected gets 503), deliver what was accepted, close every client with 4200 (pusher-js
 reconnects at once, to whoever serves next), give them the rest of the deadline to go, and
 exit. Every wait is bounded by what is left of one deadline, taken when the signal came.
+
+The parts of a process register what they do at each step with its `StopSequence`, and what
+they release at the end; the sequence runs the steps in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -33,6 +37,58 @@ class Deadline:
     def remaining(self, keep: float = 0.0) -> float:
         """Seconds left, less `keep` (kept back for what must come after)."""
         return max(0.0, self.at - self._clock() - keep)
+
+
+class Step(enum.IntEnum):
+    """The steps of a stop, in their order."""
+
+    SHUT = 1  # no new connections nor publishes
+    HAND_OVER = 2  # what was accepted is delivered: the broker closes
+    LET_GO = 3  # every client gets 4200 and the rest of the deadline; webhooks go out
+
+
+# What a part does at a step: at once (None), or an awaitable bounded by the deadline it is given.
+StopAction = Callable[[Deadline], Awaitable[object] | None]
+Release = Callable[[], Awaitable[object] | None]
+
+
+class StopSequence:
+    """What the parts of a process do at each step of its stop, and release at the end.
+
+    At a step, every action registered for it is called in the order registered (what an
+    action does at once, it has done before the next is called); what they return is awaited
+    together, and the next step starts once all of it is done. Every action is given the one
+    deadline of the stop and bounds its waits by it."""
+
+    def __init__(self) -> None:
+        self._actions: dict[Step, list[StopAction]] = {step: [] for step in Step}
+        self._releases: list[Release] = []
+
+    def at(self, step: Step, action: StopAction) -> None:
+        self._actions[step].append(action)
+
+    def on_release(self, release: Release) -> None:
+        """`release` runs at the end of the process, stopped or failed: the last registered
+        first (as things are let go of in the reverse order they were taken)."""
+        self._releases.append(release)
+
+    async def run(self, deadline: Deadline) -> None:
+        for step in Step:
+            pending = [action(deadline) for action in self._actions[step]]
+            await asyncio.gather(*(p for p in pending if p is not None))
+
+    async def release(self) -> None:
+        """One after the other; an error in one does not keep the others from running."""
+        errors: list[BaseException] = []
+        while self._releases:
+            try:
+                done = self._releases.pop()()
+                if done is not None:
+                    await done
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 async def bounded(awaitable: Awaitable[object], seconds: float) -> bool:
@@ -63,13 +119,34 @@ async def close_broker(broker: Broker, deadline: Deadline) -> None:
         await bounded(broker.close(), deadline.remaining())
 
 
-def stop_signal() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT."""
+# Signals: this is the one module that handles them. SIGTERM stops a process; SIGINT (Ctrl-C)
+# too, but in a worker: it reaches the whole process group, and the supervisor decides. SIGHUP
+# reloads the single process and the supervisor (which tells its workers over their pipes);
+# a worker ignores it, as any process does while it starts (ignore_hangup).
+
+
+def ignore_hangup() -> None:
+    """Before the loop: a SIGHUP while starting (a deploy script reloading early) or to a
+    worker (a terminal's hangup reaches the whole process group) is not an end."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def stop_signal(interrupt: bool = True) -> asyncio.Event:
+    """Set on SIGTERM, or SIGINT (`interrupt`; otherwise SIGINT is ignored)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    if interrupt:
+        loop.add_signal_handler(signal.SIGINT, stopping.set)
+    else:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return stopping
+
+
+def reload_signal(reload: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """SIGHUP runs `reload` in a task of its own, from now on."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
 
 
 def run_loop(main: Coroutine[Any, Any, object]) -> None:

@@ -1,8 +1,9 @@
 """A reload (SIGHUP) applied to a running process, without dropping a connection.
 
-`Reloader` holds the configuration a process runs with and what a reload reaches in it: the
-relay (apps, limits), the publish APIs (apps), the Origin allow-list shared by the WebSocket
-check and CORS, the webhook sender, the log level. It re-reads the file; a file that does not
+`Reloader` holds the configuration a process runs with and the parts a reload reaches in it,
+each registered with it as a `Reloadable`: the relay (apps, limits), the publish APIs (apps),
+the Origin allow-list shared by the WebSocket check and CORS, the webhook sender; and the log
+level, which is the process's. It re-reads the file; a file that does not
 validate is refused with one line naming the key, and nothing changes. Otherwise
 sidecar/server/reload_plan.py says what can change now, and it is applied; the rest is named as
 waiting for a restart. An app removed by the reload has its connections closed with 4200: pusher-js
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 from sidecar.api.handlers import PublishApi, client_max_size
 from sidecar.config import model as config_module
@@ -36,7 +38,6 @@ from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT
 from sidecar.server.prepare import resolve_apps as resolve_apps_of
 from sidecar.server.reload_plan import ReloadPlan, plan_reload
 from sidecar.server.serving import locally_reported_kinds
-from sidecar.tls.certificates import CertificateManager
 from sidecar.webhooks import WebhookCounters, Webhooks
 
 log = logging.getLogger("sidecar.reload")
@@ -82,11 +83,26 @@ class LiveWebhooks:
         """Stopping: a restart's clients come straight back, so their leaving is not news."""
         self.state.on_event = None
 
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> Awaitable[None]:
+        """A reload: the sender replaced once the other parts have taken theirs."""
+        return self.start(apps, plan.effective.webhooks)
+
     async def close(self, timeout: float) -> None:
         self.mute()
         if self.current is not None:
             await self.current.close(timeout=timeout)
             self.current = None
+
+
+class Reloadable(Protocol):
+    """A part of a process that a reload reaches; it registers itself with `Reloader.register`."""
+
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> Awaitable[None] | None:
+        """Take what `plan` changes now (`plan.effective` is the configuration from now on,
+        `apps` the apps it serves). What takes time (a sender given seconds to send what it
+        holds) is returned instead, and awaited once every part has taken the rest: a slow
+        part never holds the others back."""
+        ...
 
 
 @dataclass
@@ -96,27 +112,86 @@ class EdgeOrigins:
     policy: OriginPolicy
     cors: PolicyOrigins | None = None
 
-    def apply(self, config: Config) -> None:
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> None:
+        config = plan.effective
         self.policy.update(config.allowed_origins)
         if self.cors is not None:
             self.cors.options = resource_options(config.cors_allow_credentials)
 
 
 @dataclass
-class Reloader:
-    """What one process runs with, and the parts of it a reload reaches (any may be absent)."""
+class ApiApps:
+    """A publish API (the Unix socket's or the TLS port's signed one): the apps it serves."""
 
-    config: Config
-    apps: AppRegistry
-    path: str | None = None  # the file to re-read; None: started without one
-    text: str | None = None  # the file's text that `config` was made from
-    quiet: bool = False  # a worker: its supervisor writes the line at info
-    relay: Relay | None = None
-    apis: list[PublishApi] = field(default_factory=list)
-    origins: EdgeOrigins | None = None
-    webhooks: LiveWebhooks | None = None
-    certificates: CertificateManager | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    api: PublishApi
+
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> None:
+        self.api.apps = apps
+        self.api.max_body = client_max_size(apps)
+
+
+@dataclass
+class RelayApps:
+    """A relay: its apps and limits; connections of an app the reload removed get 4200."""
+
+    relay: Relay
+
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> None:
+        relay = self.relay
+        live = {app.id for app in apps}
+        # Apps gone with connections still closing stay known by id until those are gone.
+        retired = {
+            conn.app_id: relay.apps.by_id(conn.app_id)
+            for conn in relay.connections.values()
+            if conn.app_id not in live
+        }
+        relay.reconfigure(
+            AppRegistry(apps.apps, retired=tuple(a for a in retired.values() if a is not None)),
+            plan.effective.limits,
+        )
+        relay.report_events = locally_reported_kinds(apps)
+        if plan.apps.removed:
+            for conn in list(relay.connections.values()):
+                if conn.app_id in plan.apps.removed:
+                    conn.close(CloseCode.RECONNECT)
+
+
+class Certificates(Protocol):
+    """Certificates a SIGHUP re-reads (sidecar/tls/certificates.py: CertificateManager)."""
+
+    def reload(self, force: bool = False) -> object: ...
+
+
+class Reloader:
+    """What one process runs with, and the parts of it a reload reaches, in the order they
+    registered (`register`; certificates: `register_certificates`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        apps: AppRegistry,
+        path: str | None = None,  # the file to re-read; None: started without one
+        text: str | None = None,  # the file's text that `config` was made from
+        quiet: bool = False,  # a worker: its supervisor writes the line at info
+        parts: Iterable[Reloadable] = (),
+    ) -> None:
+        self.config = config
+        self.apps = apps
+        self.path = path
+        self.text = text
+        self.quiet = quiet
+        self._parts: list[Reloadable] = list(parts)
+        self._certificates: list[Certificates] = []
+        self._lock = asyncio.Lock()
+
+    def register(self, part: Reloadable) -> None:
+        """`part` takes every later reload, after the parts registered before it."""
+        self._parts.append(part)
+
+    def register_certificates(self, certificates: Certificates | None) -> None:
+        """`certificates` are re-read on every SIGHUP (None: no TLS port here)."""
+        if certificates is not None:
+            self._certificates.append(certificates)
 
     def read(self, text: str | None = None) -> tuple[Config, AppRegistry, str] | None:
         """The file as it is now (or `text`, as the supervisor read it), validated, with the
@@ -164,44 +239,18 @@ class Reloader:
         return plan
 
     async def apply(self, plan: ReloadPlan, apps: AppRegistry) -> None:
-        config = plan.effective
-        logging.getLogger().setLevel(config.log.level.upper())
-        for api in self.apis:
-            api.apps = apps
-            api.max_body = client_max_size(apps)
-        if self.relay is not None:
-            self._apply_to_relay(self.relay, apps, config, plan.apps.removed)
-        if self.origins is not None:
-            self.origins.apply(config)
-        if self.webhooks is not None:
-            await self.webhooks.start(apps, config.webhooks)
-        self.config, self.apps = config, apps
-
-    @staticmethod
-    def _apply_to_relay(
-        relay: Relay, apps: AppRegistry, config: Config, removed: tuple[str, ...]
-    ) -> None:
-        live = {app.id for app in apps}
-        # Apps gone with connections still closing stay known by id until those are gone.
-        retired = {
-            conn.app_id: relay.apps.by_id(conn.app_id)
-            for conn in relay.connections.values()
-            if conn.app_id not in live
-        }
-        relay.reconfigure(
-            AppRegistry(apps.apps, retired=tuple(a for a in retired.values() if a is not None)),
-            config.limits,
-        )
-        relay.report_events = locally_reported_kinds(apps)
-        if removed:
-            for conn in list(relay.connections.values()):
-                if conn.app_id in removed:
-                    conn.close(CloseCode.RECONNECT)
+        logging.getLogger().setLevel(plan.effective.log.level.upper())
+        later = [part.apply(plan, apps) for part in self._parts]
+        for rest in later:
+            if rest is not None:
+                await rest
+        self.config, self.apps = plan.effective, apps
 
     def reload_certificates(self) -> None:
-        if self.certificates is not None:
+        if self._certificates:
             log.log(logging.DEBUG if self.quiet else logging.INFO, "reloading certificates")
-            self.certificates.reload(force=True)
+        for certificates in self._certificates:
+            certificates.reload(force=True)
 
 
 def resolve_apps(config: Config) -> AppRegistry:

@@ -121,7 +121,7 @@ def start_certificates(config: Config) -> CertificateManager | None:
         return None
     manager = CertificateManager(files, reload_interval=config.tls.reload_interval)
     manager.load()
-    manager.start(signals=False)  # SIGHUP is the process's: config and certificates both
+    manager.start()  # SIGHUP is the process's: config and certificates both
     return manager
 
 

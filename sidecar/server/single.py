@@ -10,35 +10,28 @@ certificates.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Callable
 
 from sidecar.engine.broker import MemoryBroker
 from sidecar.engine.broker.factory import make_broker
-from sidecar.engine.relay import Relay
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
-    Deadline,
-    close_broker,
-    drain_relay,
+    Step,
+    reload_signal,
     stop_signal,
 )
+from sidecar.server.node import Node
 from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_memory
-from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
+from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     Edge,
-    PlainHttp,
-    PublishSide,
-    Sites,
     obtain_certificate,
     remove_socket_file,
     serve_admin,
     serve_edge,
     serve_publish_side,
-    start_relay,
 )
 
 log = logging.getLogger("sidecar")
@@ -47,15 +40,10 @@ log = logging.getLogger("sidecar")
 EXIT_MARGIN = 0.25
 
 
-def on_sighup(reloader: Reloader) -> None:
-    """SIGHUP: the configuration file and the certificates, in a task of their own."""
-
-    async def reload() -> None:
-        await reloader.reload()
-        reloader.reload_certificates()
-
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+async def reload_all(reloader: Reloader) -> None:
+    """SIGHUP: the configuration file and the certificates."""
+    await reloader.reload()
+    reloader.reload_certificates()
 
 
 async def run_single(
@@ -63,85 +51,66 @@ async def run_single(
 ) -> None:
     tune_memory()
     broker = make_broker("single", prepared.config.broker)
-    relay = start_relay(prepared, broker)
+    node = Node(prepared, broker, config_path, keep=EXIT_MARGIN)
+    relay, sites, stop = node.relay, node.sites, node.stop_sequence
     # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
     await broker.start(relay.deliver, relay.on_changes, relay.notify)
-    sites = Sites()
     stopping = stop_signal()
     observer = make_observer(prepared, 1)
     webhooks = LiveWebhooks(relay.state, observer)
     await webhooks.start(prepared.apps, prepared.config.webhooks)
-    reloader = Reloader(prepared.config, prepared.apps, config_path, relay=relay, webhooks=webhooks)
-    on_sighup(reloader)
-    plain: PlainHttp | None = None
-    edge: Edge | None = None
-    publish: PublishSide | None = None
+    node.reloader.register(webhooks)
+    reload_signal(lambda: reload_all(node.reloader))
+    stop.on_release(lambda: webhooks.close(timeout=0))
+    stop.on_release(lambda: remove_socket_file(prepared.config.publish.socket))
+    stop.on_release(sites.cleanup)
+    if observer is not None:
+        stop.on_release(observer.stop)
+    stop.at(Step.HAND_OVER, lambda _: webhooks.mute())
+    # Webhooks still waiting go out while the clients leave.
+    stop.at(
+        Step.LET_GO,
+        lambda deadline: webhooks.close(
+            timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(EXIT_MARGIN))
+        ),
+    )
     try:
         plain = await obtain_certificate(sites, prepared, stopping)
+        stop.on_release(lambda: plain.stop(sites))
+        # Every door shut at once; each waits at most a second for its requests in flight.
+        stop.at(Step.SHUT, lambda _: plain.stop(sites))
         if plain.ready:
-            edge, publish = await serve(sites, prepared, relay, broker, observer, reloader)
+            edge = await serve(prepared, node, broker, observer)
             if plain.acme is not None and edge.certificates is not None:
                 reload = edge.certificates.reload
                 plain.acme.on_new_certificate.append(lambda: reload(force=True))
             banner(prepared)
             log.info("ready", extra={"socket": prepared.config.publish.socket, "workers": 1})
             await stopping.wait()
-        deadline = Deadline(reloader.config.shutdown.deadline)
+        deadline = node.deadline()
         log.info(
             "stopping",
             extra={"connections": len(relay.connections), "deadline_s": deadline.remaining()},
         )
         if observer is not None:
             observer.stopping = True
-        await stop_accepting(sites, plain, edge, publish)
-        webhooks.mute()
-        await close_broker(broker, deadline)
-        # Webhooks still waiting go out while the clients leave.
-        await asyncio.gather(
-            drain_relay(relay, deadline, keep=EXIT_MARGIN),
-            webhooks.close(timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(EXIT_MARGIN))),
-        )
+        await node.stop(deadline)
     finally:
-        if edge is not None and edge.certificates is not None:
-            await edge.certificates.stop()
-        if plain is not None:
-            await plain.stop(sites)
-        if observer is not None:
-            await observer.stop()
-        await sites.cleanup()
-        remove_socket_file(prepared.config.publish.socket)
-        await webhooks.close(timeout=0)
+        await node.release()
     log.info("stopped")
 
 
 async def serve(
-    sites: Sites,
-    prepared: Prepared,
-    relay: Relay,
-    broker: MemoryBroker,
-    observer: Observer | None,
-    reloader: Reloader,
-) -> tuple[Edge, PublishSide]:
+    prepared: Prepared, node: Node, broker: MemoryBroker, observer: Observer | None
+) -> Edge:
+    relay, sites = node.relay, node.sites
     edge_broker = broker if observer is None else observe_single(observer, relay, broker)
     requests = observer.requests if observer is not None else None
     edge = await serve_edge(sites, prepared, relay, edge_broker, prepared.edge_sockets[0], requests)
     publish = await serve_publish_side(sites, prepared, broker, relay.state, observer)
     await serve_admin(sites, prepared, observer)
-    reloader.apis += [edge.api, publish.api]
-    reloader.origins = EdgeOrigins(edge.policy, edge.cors)
-    reloader.certificates = edge.certificates
-    return edge, publish
-
-
-async def stop_accepting(
-    sites: Sites, plain: PlainHttp | None, edge: Edge | None, publish: PublishSide | None
-) -> None:
-    """Every door shut at once; each waits at most a second for its requests in flight."""
-    doors = []
-    if publish is not None:
-        doors.append(publish.stop_accepting(sites))
-    if edge is not None:
-        doors.append(edge.stop_accepting(sites))
-    if plain is not None:
-        doors.append(plain.stop(sites))
-    await asyncio.gather(*doors)
+    node.reloader.register(ApiApps(publish.api))
+    stop = node.stop_sequence
+    stop.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
+    node.serving(edge)
+    return edge

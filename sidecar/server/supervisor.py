@@ -52,12 +52,18 @@ from sidecar.engine.broker.changes import Change
 from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
-from sidecar.server.lifecycle import WEBHOOKS_CLOSE_TIMEOUT, Deadline, bounded, stop_signal
+from sidecar.server.lifecycle import (
+    WEBHOOKS_CLOSE_TIMEOUT,
+    Deadline,
+    Step,
+    StopSequence,
+    bounded,
+    reload_signal,
+    stop_signal,
+)
 from sidecar.server.prepare import Prepared, make_observer
-from sidecar.server.reloader import LiveWebhooks, Reloader
+from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
-    PlainHttp,
-    PublishSide,
     Sites,
     obtain_certificate,
     remove_socket_file,
@@ -109,7 +115,7 @@ class Supervisor:
         # worker_config).
         self.started_text = config_text
         self.reloader = Reloader(
-            prepared.config, prepared.apps, config_path, config_text, webhooks=self.webhooks
+            prepared.config, prepared.apps, config_path, config_text, parts=[self.webhooks]
         )
 
     def _make_observer(self) -> Observer | None:
@@ -231,43 +237,75 @@ class Supervisor:
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
         stopping = stop_signal()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        plain: PlainHttp | None = None
-        publish: PublishSide | None = None
+        reload_signal(self.reload)
         await self.hub.start(lambda publication: None, self._changed, self._reported)
         await self.webhooks.start(self.prepared.apps, self.prepared.config.webhooks)
+        stop = self._stop_sequence(sites)
         try:
             # The supervisor owns the plain-HTTP port, so it answers ACME and orders the
             # certificate; workers start once it is on disk and follow its renewals.
             plain = await obtain_certificate(sites, self.prepared, stopping)
+            stop.on_release(lambda: plain.stop(sites))
+            stop.at(Step.SHUT, lambda _: plain.stop(sites))
             if plain.acme is not None:
                 plain.acme.on_new_certificate.append(self.reload_workers)
             if plain.ready:
-                publish = await self._serve(sites, banner, stopping)
-            await self._stop(sites, plain, publish)
-        finally:
+                await self._serve(sites, banner, stopping, stop)
+            deadline = Deadline(self.reloader.config.shutdown.deadline)
+            log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
             self.stopping = True
             if self.observer is not None:
-                await self.observer.stop()
-            if plain is not None:
-                await plain.stop(sites)
-            await sites.cleanup()
-            await self.hub.close()
-            await self._reap(0)
-            remove_socket_file(self.prepared.config.publish.socket)
-            await self.webhooks.close(timeout=0)
+                self.observer.stopping = True
+            await stop.run(deadline)
+        finally:
+            self.stopping = True
+            await stop.release()
         log.info("stopped")
 
+    def _stop_sequence(self, sites: Sites) -> StopSequence:
+        """The stop in order (module docstring), within the deadline."""
+        stop = StopSequence()
+        stop.on_release(lambda: self.webhooks.close(timeout=0))
+        stop.on_release(lambda: remove_socket_file(self.prepared.config.publish.socket))
+        stop.on_release(lambda: self._reap(0))
+        stop.on_release(self.hub.close)
+        stop.on_release(sites.cleanup)
+        if self.observer is not None:
+            stop.on_release(self.observer.stop)
+        # The workers' copies of the TLS listening sockets stay open until each shuts its own.
+        stop.at(Step.SHUT, lambda _: self._close_edge_sockets())
+        stop.at(Step.HAND_OVER, lambda _: self.webhooks.mute())
+        stop.at(Step.HAND_OVER, lambda _: self.signal_workers(signal.SIGTERM))
+        # Every worker says when it has shut its own doors; half the time at most, so that
+        # a stuck one leaves the others time to close their clients.
+        stop.at(Step.HAND_OVER, lambda deadline: self.hub.close(wait=deadline.remaining() / 2))
+        stop.at(Step.LET_GO, lambda deadline: self._reap(deadline.remaining(SUPERVISOR_MARGIN)))
+        stop.at(
+            Step.LET_GO,
+            lambda deadline: self.webhooks.close(
+                timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(SUPERVISOR_MARGIN))
+            ),
+        )
+        return stop
+
+    def _close_edge_sockets(self) -> None:
+        for sock in self.prepared.edge_sockets:
+            sock.close()
+
     async def _serve(
-        self, sites: Sites, banner: Callable[[Prepared], None], stopping: asyncio.Event
-    ) -> PublishSide:
+        self,
+        sites: Sites,
+        banner: Callable[[Prepared], None],
+        stopping: asyncio.Event,
+        stop: StopSequence,
+    ) -> None:
         for worker_id in range(self.count):
             await self.spawn(worker_id)
         publish = await serve_publish_side(
             sites, self.prepared, self.hub, self.state, self.observer
         )
-        self.reloader.apis.append(publish.api)
+        stop.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
+        self.reloader.register(ApiApps(publish.api))
         await serve_admin(sites, self.prepared, self.observer)
         banner(self.prepared)
         log.info(
@@ -275,32 +313,6 @@ class Supervisor:
             extra={"socket": self.prepared.config.publish.socket, "workers": self.count},
         )
         await stopping.wait()
-        return publish
-
-    async def _stop(self, sites: Sites, plain: PlainHttp, publish: PublishSide | None) -> None:
-        """The stop in order (module docstring), within the deadline."""
-        deadline = Deadline(self.reloader.config.shutdown.deadline)
-        log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
-        self.stopping = True
-        if self.observer is not None:
-            self.observer.stopping = True
-        for sock in self.prepared.edge_sockets:
-            sock.close()  # the workers' copies stay open until each shuts its own
-        doors = [plain.stop(sites)]
-        if publish is not None:
-            doors.append(publish.stop_accepting(sites))
-        await asyncio.gather(*doors)
-        self.webhooks.mute()
-        self.signal_workers(signal.SIGTERM)
-        # Every worker says when it has shut its own doors; half the time at most, so that
-        # a stuck one leaves the others time to close their clients.
-        await self.hub.close(wait=deadline.remaining() / 2)
-        await asyncio.gather(
-            self._reap(deadline.remaining(SUPERVISOR_MARGIN)),
-            self.webhooks.close(
-                timeout=min(WEBHOOKS_CLOSE_TIMEOUT, deadline.remaining(SUPERVISOR_MARGIN))
-            ),
-        )
 
     async def _reap(self, seconds: float) -> None:
         """Wait up to `seconds` for the workers to exit; kill those still there."""

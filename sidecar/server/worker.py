@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 
 from sidecar.config import model as config_module
@@ -23,7 +22,13 @@ from sidecar.engine.broker.pipe import WorkerBroker
 from sidecar.engine.relay import Relay
 from sidecar.observe.console_worker import WorkerConsole
 from sidecar.observe.worker_stats import serve_worker_stats
-from sidecar.server.lifecycle import Deadline, close_broker, drain_relay, run_loop
+from sidecar.server.lifecycle import (
+    Step,
+    ignore_hangup,
+    run_loop,
+    stop_signal,
+)
+from sidecar.server.node import Node
 from sidecar.server.prepare import (
     Prepared,
     certificate_files,
@@ -32,8 +37,8 @@ from sidecar.server.prepare import (
     tune_memory,
 )
 from sidecar.server.reload_plan import plan_reload
-from sidecar.server.reloader import EdgeOrigins, Reloader
-from sidecar.server.serving import Edge, Sites, serve_edge, start_relay
+from sidecar.server.reloader import Reloader
+from sidecar.server.serving import Edge, Sites, serve_edge
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -57,39 +62,33 @@ async def run_worker(
     listen = socket.socket(fileno=listen_fd)
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = make_broker("worker", config.broker, pipe=socket.socket(fileno=broker_fd))
-    relay = start_relay(prepared, broker)
-    reloader = Reloader(config, apps, config_path, config_text, quiet=True, relay=relay)
-    reloads = WorkerReloads(reloader)
+    node = Node(prepared, broker, config_path, config_text, quiet=True)
+    relay, sites = node.relay, node.sites
+    reloads = WorkerReloads(node.reloader)
     broker.on_reload = reloads.request
     await broker.start(relay.deliver, relay.on_changes)
-    sites = Sites()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    edge: Edge | None = None
+    stop_requested = stop_signal(interrupt=False)
+    node.stop_sequence.on_release(sites.cleanup)
+    pipe_closed: asyncio.Future[None] | None = None
+
+    def finish() -> None:
+        if pipe_closed is None or not pipe_closed.done():
+            broker.finish()
+
+    node.stop_sequence.at(Step.HAND_OVER, lambda _: finish())
     try:
         edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
-        reloader.apis.append(edge.api)
-        reloader.origins = EdgeOrigins(edge.policy, edge.cors)
-        reloader.certificates = edge.certificates
+        node.serving(edge)
         reloads.start()
         pipe_closed = asyncio.ensure_future(broker.close())
-        stopped = asyncio.ensure_future(stop.wait())
+        stopped = asyncio.ensure_future(stop_requested.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
         await asyncio.wait((pipe_closed, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        deadline = Deadline(reloader.config.shutdown.deadline - WORKER_MARGIN)
-        await edge.stop_accepting(sites)
-        if not pipe_closed.done():
-            broker.finish()
-        await close_broker(broker, deadline)
-        await drain_relay(relay, deadline)
+        await node.stop(node.deadline(WORKER_MARGIN))
     finally:
-        if edge is not None and edge.certificates is not None:
-            await edge.certificates.stop()
-        await sites.cleanup()
+        await node.release()
     log.debug("worker stopped", extra={"worker": worker_id})
 
 
@@ -156,7 +155,7 @@ def worker_main(
 
     # Reloads come from the supervisor over the pipe; a hangup of the terminal (to the whole
     # process group) is the supervisor's to act on, not an end of this worker.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ignore_hangup()
     config, text = worker_config(config_path, read_fd(config_fd), read_fd(reloaded_fd))
     setup(config.log.level)
     run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path, text))

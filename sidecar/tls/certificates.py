@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -213,16 +212,10 @@ class CertificateManager:
 
     # Watching ------------------------------------------------------------------------------
 
-    def start(self, signals: bool = True) -> None:
-        """Check the files every `reload_interval` seconds, and on SIGHUP (if `signals`)."""
-        loop = asyncio.get_running_loop()
+    def start(self) -> None:
+        """Check the files every `reload_interval` seconds. SIGHUP is the process's
+        (sidecar/server/lifecycle.py): its reload calls `reload(force=True)`."""
         self._watcher = asyncio.ensure_future(self._watch())
-        if signals:
-            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-
-    def _on_sighup(self) -> None:
-        log.info("SIGHUP: reloading certificates")
-        self.reload(force=True)
 
     async def _watch(self) -> None:
         while True:
@@ -235,5 +228,3 @@ class CertificateManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-            with contextlib.suppress(RuntimeError, ValueError):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,7 +15,17 @@ from sidecar.engine import fanout
 from sidecar.engine.broker.base import Publication
 from sidecar.engine.relay import Relay
 from sidecar.protocol.frame_writer import OP_TEXT
-from sidecar.server.lifecycle import Deadline, bounded, close_broker, drain_relay
+from sidecar.server.lifecycle import (
+    Deadline,
+    Step,
+    StopAction,
+    StopSequence,
+    bounded,
+    close_broker,
+    drain_relay,
+    reload_signal,
+    stop_signal,
+)
 from tests.support.relay_clients import APP, MakeClient, parse_frames, subscribed
 
 
@@ -62,3 +75,105 @@ async def test_every_event_handed_to_the_relay_reaches_each_client_before_its_42
         ticks = [e["data"] for e in events if e.get("event") == "tick"]
         assert ticks == [str(i) for i in range(20)]
         assert client.closes == [(4200, "Relay restarting: reconnect")]
+
+
+async def test_the_steps_run_in_order_each_waiting_for_all_its_actions() -> None:
+    said: list[str] = []
+
+    def at_once(name: str) -> StopAction:
+        return lambda deadline: said.append(name)
+
+    def awaited(name: str, delay: float) -> StopAction:
+        async def act(deadline: Deadline) -> None:
+            said.append(f"{name} begins")
+            await asyncio.sleep(delay)
+            said.append(f"{name} ends")
+
+        return act
+
+    stop = StopSequence()
+    # Registered out of step order: the steps still run in theirs.
+    stop.at(Step.LET_GO, at_once("let go"))
+    stop.at(Step.HAND_OVER, at_once("mute"))
+    stop.at(Step.HAND_OVER, awaited("broker", 0.02))
+    stop.at(Step.SHUT, awaited("slow door", 0.05))
+    stop.at(Step.SHUT, awaited("quick door", 0))
+    await stop.run(Deadline(5))
+    assert said == [
+        "slow door begins",
+        "quick door begins",
+        "quick door ends",
+        "slow door ends",  # the doors shut together; the next step waits for both
+        "mute",
+        "broker begins",
+        "broker ends",
+        "let go",
+    ]
+
+
+async def test_every_action_is_given_the_one_deadline_of_the_stop() -> None:
+    seen: list[Deadline] = []
+    stop = StopSequence()
+    for step in Step:
+        stop.at(step, seen.append)
+    deadline = Deadline(5)
+    await stop.run(deadline)
+    assert seen == [deadline] * len(Step)
+
+
+async def test_releases_run_last_registered_first_and_all_of_them_despite_an_error() -> None:
+    said: list[str] = []
+
+    async def sites() -> None:
+        said.append("sites")
+
+    def broken() -> None:
+        said.append("broken")
+        raise RuntimeError("a bug")
+
+    stop = StopSequence()
+    stop.on_release(lambda: said.append("socket file"))
+    stop.on_release(sites)
+    stop.on_release(broken)
+    stop.on_release(lambda: said.append("certificates"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await stop.release()
+    assert said == ["certificates", "broken", "sites", "socket file"]
+    await stop.release()  # released once: nothing left
+    assert len(said) == 4
+
+
+@pytest.fixture
+async def restore_signals() -> AsyncIterator[None]:
+    """The handlers a test installs are the process's: put back what pytest had."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    loop = asyncio.get_running_loop()
+    for sig, handler in saved.items():
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, handler)
+
+
+async def test_sigterm_stops_and_sighup_reloads_in_a_task(restore_signals: None) -> None:
+    reloaded = asyncio.Event()
+
+    async def reload() -> None:
+        reloaded.set()
+
+    stopping = stop_signal()
+    reload_signal(reload)
+    os.kill(os.getpid(), signal.SIGHUP)
+    await asyncio.wait_for(reloaded.wait(), 2)
+    assert not stopping.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stopping.wait(), 2)
+
+
+async def test_a_worker_leaves_ctrl_c_to_its_supervisor(restore_signals: None) -> None:
+    stopping = stop_signal(interrupt=False)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)  # ignored: would raise KeyboardInterrupt otherwise
+    await asyncio.sleep(0.05)
+    assert not stopping.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stopping.wait(), 2)

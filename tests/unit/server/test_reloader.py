@@ -4,7 +4,7 @@ refused."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
+from sidecar.api.handlers import PublishApi
 from sidecar.config import model as config_module
 from sidecar.config.apps import AppRegistry
 from sidecar.config.origins import OriginPolicy
@@ -20,7 +21,8 @@ from sidecar.engine.broker import MemoryBroker
 from sidecar.engine.channel_state import ChannelState
 from sidecar.engine.relay import Relay
 from sidecar.server.prepare import EDGE_API, EDGE_CORS, edge_application
-from sidecar.server.reloader import EdgeOrigins, LiveWebhooks, Reloader
+from sidecar.server.reload_plan import ReloadPlan
+from sidecar.server.reloader import ApiApps, EdgeOrigins, LiveWebhooks, RelayApps, Reloader
 from tests.support.local_relay import local_relay, start_local
 from tests.support.relay_clients import Client, MakeClient, subscribed, turns
 
@@ -62,20 +64,30 @@ async def relay(config_file: Path) -> AsyncIterator[Relay]:
         r.forget(conn)
 
 
+class Wired(Reloader):
+    """A reloader with the parts a process registers, kept at hand for the tests to look at."""
+
+    relay: Relay
+    apis: list[PublishApi]
+    origins: EdgeOrigins
+    edge_app: web.Application
+
+
 @pytest.fixture
-def reloader(config_file: Path, relay: Relay) -> Reloader:
+def reloader(config_file: Path, relay: Relay) -> Wired:
     config = config_module.load(config_file)
     broker = MemoryBroker()
     app = edge_application(config, relay.apps, broker, relay.state, OriginPolicy([PAGE]))
-    reloader = Reloader(config, relay.apps, str(config_file), relay=relay)
-    reloader.apis.append(app[EDGE_API])
+    reloader = Wired(config, relay.apps, str(config_file), parts=[RelayApps(relay)])
+    reloader.relay, reloader.apis, reloader.edge_app = relay, [app[EDGE_API]], app
     reloader.origins = EdgeOrigins(app[EDGE_CORS].policy, app[EDGE_CORS])
-    reloader.edge_app = app  # type: ignore[attr-defined]
+    reloader.register(ApiApps(reloader.apis[0]))
+    reloader.register(reloader.origins)
     return reloader
 
 
 async def test_origins_limits_and_log_level_apply_at_once(
-    reloader: Reloader, config_file: Path, restore_log_level: None
+    reloader: Wired, config_file: Path, restore_log_level: None
 ) -> None:
     assert reloader.origins is not None and reloader.relay is not None
     assert not reloader.origins.policy.allows(LATER)
@@ -98,9 +110,9 @@ async def test_origins_limits_and_log_level_apply_at_once(
 
 
 async def test_cors_answers_follow_the_reloaded_list(
-    reloader: Reloader, config_file: Path, aiohttp_client: AiohttpClient
+    reloader: Wired, config_file: Path, aiohttp_client: AiohttpClient
 ) -> None:
-    app: web.Application = reloader.edge_app  # type: ignore[attr-defined]
+    app: web.Application = reloader.edge_app
     client = await aiohttp_client(app)
     ask = {"Origin": LATER, "Access-Control-Request-Method": "POST"}
     async with client.options("/apps/1/events", headers=ask) as response:
@@ -113,7 +125,7 @@ async def test_cors_answers_follow_the_reloaded_list(
 
 
 async def test_a_broken_file_is_refused_with_its_key_and_nothing_changes(
-    reloader: Reloader, config_file: Path, caplog: pytest.LogCaptureFixture
+    reloader: Wired, config_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = reloader.config
     write(config_file, cors={"allowed_origins": [PAGE, LATER]}, limits={"pong_timeout": 0})
@@ -132,12 +144,10 @@ async def test_a_broken_file_is_refused_with_its_key_and_nothing_changes(
 
 async def test_without_a_file_there_is_nothing_to_reload(relay: Relay) -> None:
     config = config_module.Config(apps=(config_module.AppConfig("1", "k", "secret-123"),))
-    assert await Reloader(config, relay.apps, None, relay=relay).reload() is None
+    assert await Reloader(config, relay.apps, None, parts=[RelayApps(relay)]).reload() is None
 
 
-async def test_given_text_is_used_rather_than_the_file(
-    reloader: Reloader, config_file: Path
-) -> None:
+async def test_given_text_is_used_rather_than_the_file(reloader: Wired, config_file: Path) -> None:
     """A worker applies the text its supervisor validated, whatever the file says by then."""
     write(config_file, cors={"allowed_origins": ["this is not an origin"]})
     text = yaml.safe_dump({"apps": [ONE], "cors": {"allowed_origins": [PAGE, LATER]}})
@@ -147,7 +157,7 @@ async def test_given_text_is_used_rather_than_the_file(
 
 
 async def test_a_new_app_serves_at_once_and_a_removed_one_is_closed_with_4200(
-    reloader: Reloader,
+    reloader: Wired,
     relay: Relay,
     make_client: MakeClient,
     config_file: Path,
@@ -192,3 +202,68 @@ async def test_webhooks_are_replaced_only_when_they_change() -> None:
     assert live.current.counters is live.counters  # counts carry on, never backwards
     await live.close(timeout=0)
     assert state.on_event is None
+
+
+class Recording:
+    """A part that says when it took a reload, and (`slow`) what it left for later."""
+
+    def __init__(self, name: str, said: list[str], slow: bool = False) -> None:
+        self.name, self.said, self.slow = name, said, slow
+        self.plans: list[tuple[ReloadPlan, AppRegistry]] = []
+
+    def apply(self, plan: ReloadPlan, apps: AppRegistry) -> Awaitable[None] | None:
+        self.plans.append((plan, apps))
+        self.said.append(self.name)
+        if not self.slow:
+            return None
+
+        async def rest() -> None:
+            self.said.append(f"{self.name} later")
+
+        return rest()
+
+
+async def test_registered_parts_take_a_reload_in_order_slow_ones_after_the_rest(
+    config_file: Path,
+) -> None:
+    write(config_file)
+    config = config_module.load(config_file)
+    said: list[str] = []
+    first, slow = Recording("first", said), Recording("slow", said, slow=True)
+    reloader = Reloader(config, AppRegistry(()), str(config_file), parts=[first, slow])
+    reloader.register(Recording("last", said))
+    write(config_file, apps=[ONE, TWO])
+    plan = await reloader.reload()
+    assert plan is not None
+    assert said == ["first", "slow", "last", "slow later"]
+    ((seen, apps),) = first.plans
+    assert seen is plan and [app.id for app in apps] == ["1", "2"]
+    assert reloader.config is plan.effective and reloader.apps is apps
+
+
+async def test_a_refused_reload_reaches_no_part(config_file: Path) -> None:
+    write(config_file)
+    said: list[str] = []
+    reloader = Reloader(config_module.load(config_file), AppRegistry(()), str(config_file))
+    reloader.register(Recording("part", said))
+    config_file.write_text("apps: [unclosed\n")
+    assert await reloader.reload() is None
+    assert said == []
+
+
+class Certificates:
+    def __init__(self) -> None:
+        self.forced: list[bool] = []
+
+    def reload(self, force: bool = False) -> None:
+        self.forced.append(force)
+
+
+def test_registered_certificates_are_reloaded_by_force(config_file: Path) -> None:
+    reloader = Reloader(config_module.Config(), AppRegistry(()))
+    reloader.reload_certificates()  # none registered: nothing to do
+    certificates = Certificates()
+    reloader.register_certificates(None)  # no TLS port: nothing registered
+    reloader.register_certificates(certificates)
+    reloader.reload_certificates()
+    assert certificates.forced == [True]

@@ -244,9 +244,9 @@ async def test_the_watcher_picks_up_changes_and_sighup_forces_a_reload(
         assert manager.certificates[0][1].serial == newer.serial  # type: ignore[union-attr]
     finally:
         await manager.stop()
-    # Stopped: no more polling, but SIGHUP is back to its default, so test the handler itself.
+    # Stopped: no more polling; what the process's SIGHUP calls (sidecar/server/single.py).
     latest = make_certificate("a.test")
     Path(files.cert).write_bytes(latest.cert_pem)
     Path(files.key).write_bytes(latest.key_pem)
-    manager._on_sighup()
+    manager.reload(force=True)
     assert manager.certificates[0][1].serial == latest.serial  # type: ignore[union-attr]
