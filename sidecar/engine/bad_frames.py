@@ -10,27 +10,21 @@ that does it again is closed again, never in a hot loop).
 
 from __future__ import annotations
 
+from sidecar.engine.session import RateLimiter
+
 # Enough for a page that subscribes to a hundred channels over its limit at once.
 BAD_FRAME_BURST = 100
 # One a second forever is a bug to fix, not a flood: those connections stay.
 BAD_FRAMES_PER_SECOND = 1.0
 
 
-class BadFrameBudget:
-    """A token bucket of refusals: `spend()` is False once the client has refused too many."""
+class BadFrameBudget(RateLimiter):
+    """The client's refusals: `spend()` is False once it has refused too many."""
 
-    __slots__ = ("_stamp", "_tokens")
+    __slots__ = ()
 
     def __init__(self, now: float) -> None:
-        self._tokens = float(BAD_FRAME_BURST)
-        self._stamp = now
+        super().__init__(BAD_FRAMES_PER_SECOND, now, burst=BAD_FRAME_BURST)
 
-    def spend(self, now: float) -> bool:
-        """One more refused frame at `now`: True while within the budget, False: close."""
-        earned = (now - self._stamp) * BAD_FRAMES_PER_SECOND
-        self._stamp = now
-        self._tokens = min(float(BAD_FRAME_BURST), self._tokens + earned)
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+    # One more refused frame at `now`: True while within the budget, False: close.
+    spend = RateLimiter.allow

@@ -14,19 +14,21 @@ C = TypeVar("C", bound=Hashable)
 
 
 class RateLimiter:
-    """A token bucket: `rate` events per second on average, bursts up to `rate`. No timers."""
+    """A token bucket: `rate` events per second on average, bursts up to `burst` (by default
+    `rate`). No timers."""
 
-    __slots__ = ("_rate", "_stamp", "_tokens")
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
 
-    def __init__(self, rate: float, now: float) -> None:
+    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
         self._rate = rate
-        self._tokens = rate
+        self._burst = rate if burst is None else burst
+        self._tokens = self._burst
         self._stamp = now
 
     def allow(self, now: float) -> bool:
         elapsed = now - self._stamp
         self._stamp = now
-        self._tokens = min(self._rate, self._tokens + elapsed * self._rate)
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
         if self._tokens < 1:
             return False
         self._tokens -= 1
