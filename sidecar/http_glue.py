@@ -32,10 +32,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LISTENER = web.AppKey("listener", str)
 
 
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
 def json_error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
-    )
+    return json_response({"error": message}, status)
 
 
 @web.middleware

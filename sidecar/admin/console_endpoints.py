@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.api.events import parse_events
-from sidecar.http_glue import ApiError
+from sidecar.http_glue import ApiError, json_response
 from sidecar.observe.console import PREVIEW_BYTES, ConsoleFeed
 
 # Items go to a page at most this often (batched): bounded work per page however busy.
@@ -37,10 +37,6 @@ KEEPALIVE = 15.0
 MAX_FORM_BODY = 1024 * 1024
 # Filter text longer than a channel name can be matches nothing anyway.
 MAX_FILTER = 200
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
 class ConsoleEndpoints:

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.admin.console_endpoints import ConsoleEndpoints
-from sidecar.http_glue import LISTENER, LOOPBACK_NAMES, host_name, json_errors
+from sidecar.http_glue import LISTENER, LOOPBACK_NAMES, host_name, json_errors, json_response
 from sidecar.observe.metrics import CONTENT_TYPE, Exposition
 from sidecar.observe.observer import Observer
 from sidecar.observe.probe import KINDS
@@ -63,10 +63,6 @@ def host_middleware(names: frozenset[str]) -> Any:
         return await handler(request)
 
     return check_host
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
 def token_middleware(token: str | None) -> Any:
