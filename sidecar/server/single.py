@@ -22,8 +22,9 @@ from sidecar.server.lifecycle import (
     reload_signal,
     stop_signal,
 )
+from sidecar.server.memory import tune_memory
 from sidecar.server.node import Node
-from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_memory
+from sidecar.server.prepare import Prepared, make_observer, observe_single
 from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     Edge,

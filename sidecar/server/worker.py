@@ -28,13 +28,13 @@ from sidecar.server.lifecycle import (
     run_loop,
     stop_signal,
 )
+from sidecar.server.memory import tune_memory
 from sidecar.server.node import Node
 from sidecar.server.prepare import (
     Prepared,
     certificate_files,
     observe_relay,
     resolve_apps,
-    tune_memory,
 )
 from sidecar.server.reload_plan import plan_reload
 from sidecar.server.reloader import Reloader
