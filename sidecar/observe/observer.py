@@ -61,7 +61,8 @@ class Observer:
         # From SIGTERM on (`mark_stopping`): the doors are shut, so not ready (a load balancer
         # moves on).
         self.stopping = False
-        # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them.
+        # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them
+        # (`bind_webhooks`, once a sender starts).
         self.webhooks: Any = None
         self.worker_restarts = 0
         # The debug console's pages. Its switches turn the taps on with the first page: this
@@ -85,6 +86,10 @@ class Observer:
     def mark_stopping(self) -> None:
         """The process stops (its first step): readiness says 503 from now on."""
         self.stopping = True
+
+    def bind_webhooks(self, counters: Any) -> None:
+        """Webhooks are sent from this process: their counters are reported from now on."""
+        self.webhooks = counters
 
     def bind_publish_api(self, api: Any) -> None:
         """The Unix socket's API, served: the debug console's form publishes through it."""
