@@ -106,7 +106,8 @@ def _skip(kind: object, who: str) -> None:
 
 
 class SupervisorControl:
-    """The supervisor's end of one worker's line."""
+    """The supervisor's end of one worker's line. What is sent before `open` is kept and
+    written as it opens: the supervisor may address a worker from the moment it is made."""
 
     def __init__(
         self,
@@ -120,9 +121,13 @@ class SupervisorControl:
         self._on_finished = on_finished
         self._on_console_items = on_console_items
         self._line: ControlLine | None = None
+        self._early: list[Message] = []
 
     async def open(self) -> None:
         self._line = await ControlLine.open(self._sock, self._received)
+        early, self._early = self._early, []
+        for message in early:
+            self._line.send(message)
 
     def _received(self, message: Message) -> None:
         kind = message.get("kind")
@@ -144,6 +149,8 @@ class SupervisorControl:
     def _send(self, message: Message) -> None:
         if self._line is not None:
             self._line.send(message)
+        else:
+            self._early.append(message)
 
     def close(self) -> None:
         if self._line is not None:

@@ -174,6 +174,12 @@ class Supervisor:
     async def _spawn(self, worker_id: int, failures: int, stats: socket.socket | None) -> None:
         hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control_end, worker_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Addressed from now on, before the configuration's text is read for its command: a
+        # reload applied meanwhile reaches it too (once more at worst, which changes nothing).
+        control = SupervisorControl(worker_id, control_end, self.hub.finished, self._console_items)
+        self.controls[worker_id] = control
+        if self.console_on:
+            control.console(True)
         listen = self.prepared.edge_sockets[worker_id]
         command = [
             sys.executable,
@@ -205,6 +211,12 @@ class Supervisor:
             fds.append(stats.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
+        except BaseException:
+            if self.controls.get(worker_id) is control:
+                del self.controls[worker_id]
+            control.close()
+            hub_end.close()
+            raise
         finally:
             worker_end.close()
             worker_control.close()
@@ -213,11 +225,7 @@ class Supervisor:
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
         self.handles[worker_id] = handle
         await self.hub.attach(worker_id, hub_end)
-        control = SupervisorControl(worker_id, control_end, self.hub.finished, self._console_items)
         await control.open()
-        self.controls[worker_id] = control
-        if self.console_on:
-            control.console(True)
         handle.watcher = asyncio.ensure_future(self._watch(handle))
 
     async def _watch(self, handle: WorkerHandle) -> None:

@@ -132,3 +132,19 @@ async def test_sending_on_a_closed_line_is_no_error(line: Line) -> None:
     line.supervisor.reload(None)
     line.worker.finished(0)  # the supervisor is gone: a stopping worker may still try
     line.worker.console_items([])
+
+
+async def test_what_the_supervisor_sends_before_its_end_opens_is_kept_in_order() -> None:
+    ours, theirs = socket.socketpair()
+    seen = AtSupervisor()
+    supervisor, worker = seen.end(0, ours), WorkerControl(theirs)
+    supervisor.console(True)  # the worker is being started: its line is not open yet
+    supervisor.reload("a: 1\n")
+    await supervisor.open()
+    asked: list[str | None] = []
+    switched: list[bool] = []
+    await worker.listen(asked.append, switched.append)
+    await until(lambda: asked and switched)
+    assert (switched, asked) == ([True], ["a: 1\n"])
+    supervisor.close()
+    worker.close()
