@@ -13,7 +13,7 @@ import contextlib
 import logging
 import resource
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,13 +296,26 @@ def admin_application(observer: Observer, token: str | None, host: str) -> web.A
     return admin_app(observer, token, host)
 
 
-def make_observer(prepared: Prepared, workers: int) -> Observer | None:
+def make_observer(
+    prepared: Prepared,
+    workers: int,
+    *,
+    workers_alive: Callable[[], int] | None = None,
+    broker_ok: Callable[[], bool] | None = None,
+) -> Observer | None:
     """What the admin listener reports from; None when there is none (`admin: null`): then
-    nothing is counted beyond the relay's own plain counters."""
+    nothing is counted beyond the relay's own plain counters. With workers, the supervisor
+    says how many are alive and whether the broker's pipes are all attached."""
     if prepared.admin_socket is None:
         return None
     broker = "memory" if workers == 1 else "pipe"
-    return Observer(prepared.cert, workers=workers, broker=broker)
+    return Observer(
+        prepared.cert,
+        workers=workers,
+        broker=broker,
+        workers_alive=workers_alive,
+        broker_ok=broker_ok,
+    )
 
 
 def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:

@@ -10,7 +10,8 @@ memory.py and pipe.py.
 from __future__ import annotations
 
 import socket
-from typing import Literal, overload
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 from sidecar.config.model import BrokerConfig
 from sidecar.engine.broker.memory import MemoryBroker
@@ -22,22 +23,29 @@ Role = Literal["single", "hub", "worker"]
 @overload
 def make_broker(role: Literal["single"], config: BrokerConfig) -> MemoryBroker: ...
 @overload
-def make_broker(role: Literal["hub"], config: BrokerConfig) -> HubBroker: ...
+def make_broker(
+    role: Literal["hub"], config: BrokerConfig, *, snapshot: Callable[[], Any] | None = None
+) -> HubBroker: ...
 @overload
 def make_broker(
     role: Literal["worker"], config: BrokerConfig, *, pipe: socket.socket
 ) -> WorkerBroker: ...
 def make_broker(
-    role: Role, config: BrokerConfig, *, pipe: socket.socket | None = None
+    role: Role,
+    config: BrokerConfig,
+    *,
+    pipe: socket.socket | None = None,
+    snapshot: Callable[[], Any] | None = None,
 ) -> MemoryBroker | HubBroker | WorkerBroker:
-    """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only)."""
+    """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only).
+    `snapshot`: the state a worker that attaches starts from (the hub only)."""
     if config.kind != "memory":
         # The configuration refuses other kinds today (sidecar/config/model.py: _broker).
         raise ValueError(f"broker.kind {config.kind!r} is not available in this version")
     if role == "single":
         return MemoryBroker()
     if role == "hub":
-        return HubBroker()
+        return HubBroker(snapshot=snapshot)
     if role == "worker":
         if pipe is None:
             raise ValueError("a worker's broker needs its pipe to the hub")
