@@ -142,13 +142,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # what prepare() could not blame on a key: still one line
         return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     try:
-        if workers == 1:
+        # With Redis the supervisor's hub is the node's one Redis client, even for one worker.
+        if workers == 1 and cfg.broker.kind == "memory":
             run_loop(single.run_single(prepared, banner, args.config))
         else:
             supervisor = cluster.Supervisor(prepared, args.config, workers, text)
             run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # found only by trying it: Redis at broker.url does not answer
+        return fail(f"config error: {exc}", EXIT_CONFIG)
     except OSError as exc:  # a listener that failed once the loop ran: one line, no traceback
         return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     return 0
