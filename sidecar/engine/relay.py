@@ -113,6 +113,9 @@ class Relay:
         # for webhooks; empty: none are, at no cost.
         self.report_events: dict[str, frozenset[str]] = {}
         self._outbox: ChangeOutbox | None = None
+        # Subscriptions whose subscription_succeeded waits for the broker (ready()): by channel,
+        # the socket ids.
+        self._held: dict[tuple[str, str], set[str]] = {}
         self.stats = RelayStats()
         # The debug console's (sidecar/engine/tap.py): None unless a console is open.
         self.tap: RelayTap | None = None
@@ -130,6 +133,7 @@ class Relay:
         self.scheduler = FlushScheduler(loop)
         self.fanout = FanoutQueue(loop)
         self._outbox = ChangeOutbox(self.broker.announce)
+        self.broker.on_ready = self._on_ready
         self._schedule_sweep()
 
     def notify(self, app_id: str, event: dict[str, Any]) -> None:
@@ -311,8 +315,20 @@ class Relay:
         self._add(conn, channel)
         assert self._outbox is not None
         self._outbox.count(conn.app_id, channel, 1)
-        conn.send_json(encode_subscription_succeeded(channel))
-        self._replay_cache(conn, channel)
+        if self.broker.ready(conn.app_id, channel):
+            conn.send_json(encode_subscription_succeeded(channel))
+            self._replay_cache(conn, channel)
+        else:
+            # Answered once the node's Redis subscription is confirmed (on_ready): nothing
+            # published after subscription_succeeded is then missed.
+            self._held.setdefault((conn.app_id, channel), set()).add(conn.socket_id)
+
+    def _on_ready(self, app_id: str, channel: str) -> None:
+        for socket_id in self._held.pop((app_id, channel), ()):
+            conn = self.connections.get(socket_id)
+            if conn is not None and channel in conn.subscriptions:  # not gone meanwhile
+                conn.send_json(encode_subscription_succeeded(channel))
+                self._replay_cache(conn, channel)
 
     def _succeeded(self, app_id: str, channel: str) -> bytes:
         if is_presence(channel):

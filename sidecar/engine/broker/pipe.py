@@ -35,25 +35,59 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
+from sidecar.engine.broker.base import (
+    HUB_ORIGIN,
+    BrokerUnavailable,
+    Deliver,
+    OnReady,
+    Publication,
+    Report,
+)
 from sidecar.engine.broker.changes import (
     Change,
+    CountDelta,
     OnChanges,
     OriginGone,
     Reset,
     decode_changes,
-    encode_changes,
     restamp,
 )
+from sidecar.engine.broker.frames import (
+    ACK,
+    CHANGES,
+    CONFIRM,
+    CONSOLE,
+    CONSOLE_ITEMS,
+    FINISHED,
+    HEADER,
+    PUBLICATION,
+    READY,
+    RELOAD,
+    REPORT,
+    PublicationStream,
+    ack_frame,
+    console_frame,
+    decode_publication,
+    encode_changes_frame,
+    encode_publication,
+    encode_report,
+    meta_frame,
+    meta_of,
+)
 
-_HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
+__all__ = [
+    "HubBroker",
+    "PublicationStream",
+    "WorkerBroker",
+    "decode_publication",
+    "encode_publication",
+]
+
 # Workers get origins 1, 2, ... in the order they attach, a restarted worker a new one.
 # A worker that finishes while the supervisor is not stopping was signalled alone, or the
 # whole process group was (systemd's default) and the supervisor's own signal is a moment
@@ -67,99 +101,29 @@ ALONE_GRACE = 0.5
 # again), rather than let one worker grow the supervisor without bound. 64 MiB: seconds of a
 # heavy publish rate, far beyond any pause a live worker takes.
 MAX_WORKER_BACKLOG = 64 * 1024 * 1024
+# A worker's publisher waits this long for the hub's ACK at most (the hub answers within its
+# own Redis deadline, ~1 s; this is for a hub that does not answer at all).
+ACK_TIMEOUT = 3.0
 
 log = logging.getLogger("sidecar.broker")
-
-
-def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
-    """Header + meta, and the data literal: written one after the other, never joined."""
-    meta = orjson.dumps(
-        [pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id, pub.accepted_at]
-    )
-    return _HEADER.pack(PUBLICATION, len(meta), len(pub.data_json)) + meta, pub.data_json
-
-
-def decode_publication(head: bytes, data_json: bytes) -> Publication:
-    app_id, channels, name, socket_id, user_id, accepted_at = orjson.loads(head[_HEADER.size :])
-    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id, accepted_at)
-
-
-def _meta_frame(kind: int, meta: bytes) -> bytes:
-    return _HEADER.pack(kind, len(meta), 0) + meta
-
-
-def _console_frame(on: bool) -> bytes:
-    data = b"1" if on else b""
-    return _HEADER.pack(CONSOLE, 0, len(data)) + data
-
-
-def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
-    return _meta_frame(CHANGES, encode_changes(origin, changes))
-
-
-def encode_report(app_id: str, event: dict[str, Any]) -> bytes:
-    return _meta_frame(REPORT, orjson.dumps([app_id, event]))
-
-
-def meta_of(head: bytes) -> bytes:
-    return head[_HEADER.size :]
-
-
-class PublicationStream(asyncio.Protocol):
-    """Splits a pipe's byte stream into whole frames: on_frame(kind, header + meta, data)."""
-
-    def __init__(
-        self,
-        on_frame: Callable[[int, bytes, bytes], None],
-        on_lost: Callable[[], None] | None = None,
-    ) -> None:
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset = 0
-        while len(buffer) - offset >= _HEADER.size:
-            kind, meta_len, data_len = _HEADER.unpack_from(buffer, offset)
-            end = offset + _HEADER.size + meta_len + data_len
-            if len(buffer) < end:
-                break
-            meta_end = offset + _HEADER.size + meta_len
-            self._on_frame(kind, bytes(buffer[offset:meta_end]), bytes(buffer[meta_end:end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self._on_lost is not None:
-            self._on_lost()
-
-    def write(self, *pieces: bytes) -> None:
-        """Write if the pipe is still there: a worker that is stopping may still report."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.writelines(pieces)
-
-    def backlog(self) -> int:
-        """Bytes written but not yet taken by the other end."""
-        transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
 
 
 class WorkerBroker:
     """A worker's end: publishes and changes go to the hub, the hub's come back here."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, confirms: bool = False) -> None:
         self._sock = sock
         self._stream: PublicationStream | None = None
         self._closed = asyncio.Event()
+        # `confirms`: the hub is a Redis hub: it answers CONFIRM frames with ACK and says READY
+        # for channels this worker starts subscribing to (frames.py: READY).
+        self._confirms = confirms
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._next_seq = 1
+        self._local: dict[tuple[str, str], int] = {}  # channel -> this worker's count
+        self._serial = 0  # this worker's 0 -> 1 transitions, numbered as the hub does
+        self._waiting: dict[tuple[str, str], int] = {}  # channel -> serial awaiting READY
+        self.on_ready: OnReady | None = None
         # Called with the configuration's text (then certificates) or None (certificates
         # only). Set before start(): frames already in the pipe are read as it connects.
         self.on_reload: Callable[[str | None], None] | None = None
@@ -185,19 +149,92 @@ class WorkerBroker:
                 self.console_on = data == b"1"
                 if self.on_console is not None:
                     self.on_console(self.console_on)
+            elif kind == ACK:
+                seq, error = orjson.loads(meta_of(head))
+                self._acked(seq, error)
+            elif kind == READY:
+                for app_id, channel, serial in orjson.loads(meta_of(head)):
+                    self._ready(app_id, channel, serial)
 
         _, self._stream = await loop.create_unix_connection(
-            lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
+            lambda: PublicationStream(on_frame, self._lost), sock=self._sock
         )
+
+    def _lost(self) -> None:
+        self._closed.set()
+        for seq in list(self._acks):
+            self._acked(seq, "the hub is gone")
 
     def publish(self, publication: Publication) -> None:
         assert self._stream is not None
         self._stream.write(*encode_publication(publication))
 
+    async def publish_confirmed(self, publication: Publication) -> None:
+        if not self._confirms:
+            self.publish(publication)
+            return
+        assert self._stream is not None
+        if self._stream.transport is None:
+            raise BrokerUnavailable("the hub is gone")
+        seq = self._next_seq
+        self._next_seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self._acks[seq] = future
+        self._stream.write(
+            *encode_publication(publication), meta_frame(CONFIRM, orjson.dumps([seq]))
+        )
+        try:
+            await asyncio.wait_for(future, ACK_TIMEOUT)
+        except TimeoutError:
+            raise BrokerUnavailable("the hub did not answer in time") from None
+        finally:
+            self._acks.pop(seq, None)
+
+    def _acked(self, seq: int, error: str | None) -> None:
+        future = self._acks.pop(seq, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(BrokerUnavailable(error))
+
     def announce(self, changes: Sequence[Change]) -> None:
         assert self._stream is not None
+        if self._confirms:
+            self._count(changes)
         # The origin is the hub's to say; 0 is a placeholder.
         self._stream.write(encode_changes_frame(HUB_ORIGIN, changes))
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        if not self._confirms:
+            return True
+        key = (app_id, channel)
+        return key in self._local and key not in self._waiting
+
+    def _count(self, changes: Sequence[Change]) -> None:
+        """This worker's counts as the hub will count them (redis.py: LocalChannels)."""
+        for change in changes:
+            if not isinstance(change, CountDelta):
+                continue
+            key = (change.app_id, change.channel)
+            before = self._local.get(key, 0)
+            after = before + change.delta
+            if after > 0:
+                self._local[key] = after
+                if before <= 0:
+                    self._serial += 1
+                    self._waiting[key] = self._serial
+            else:
+                self._local.pop(key, None)
+                self._waiting.pop(key, None)
+
+    def _ready(self, app_id: str, channel: str, serial: int) -> None:
+        key = (app_id, channel)
+        if self._waiting.get(key) == serial:
+            del self._waiting[key]
+            if self.on_ready is not None:
+                self.on_ready(app_id, channel)
 
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         assert self._stream is not None
@@ -206,12 +243,12 @@ class WorkerBroker:
     def console(self, items: list[Any]) -> None:
         """Items for the supervisor's debug console."""
         assert self._stream is not None
-        self._stream.write(_meta_frame(CONSOLE_ITEMS, orjson.dumps(items)))
+        self._stream.write(meta_frame(CONSOLE_ITEMS, orjson.dumps(items)))
 
     def finish(self) -> None:
         """No more publications from this worker: what it accepted is ahead of this frame."""
         assert self._stream is not None
-        self._stream.write(_meta_frame(FINISHED, b""))
+        self._stream.write(meta_frame(FINISHED, b""))
 
     async def close(self) -> None:
         """Wait until the hub has closed the pipe: everything it accepted was delivered."""
@@ -244,6 +281,7 @@ class HubBroker:
         # (worker_id, items).
         self.console_on = False
         self.on_console_items: Callable[[int, list[Any]], None] | None = None
+        self.on_ready: OnReady | None = None  # the hub holds no subscribers
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -264,7 +302,7 @@ class HubBroker:
                 self._queue((head, data))
             elif kind == CHANGES:
                 frame, changes = restamp(meta_of(head), origin)
-                self._order(origin, changes, _meta_frame(CHANGES, frame))
+                self._order(origin, changes, meta_frame(CHANGES, frame))
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
@@ -272,6 +310,9 @@ class HubBroker:
                 self._on_finished(worker_id, holder[0])
             elif kind == CONSOLE_ITEMS and self.on_console_items is not None:
                 self.on_console_items(worker_id, orjson.loads(meta_of(head)))
+            elif kind == CONFIRM and holder:
+                (seq,) = orjson.loads(meta_of(head))
+                holder[0].write(ack_frame(seq, None))  # queued: in the order already
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
@@ -295,18 +336,18 @@ class HubBroker:
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
         if self.console_on:
-            stream.write(_console_frame(True))
+            stream.write(console_frame(True))
 
     def reload(self, config_text: str | None) -> None:
         """Ask every worker to reload: the configuration (the text the supervisor has just
         validated) and certificates, or with None certificates only."""
         data = config_text.encode() if config_text is not None else b""
-        self._queue((_HEADER.pack(RELOAD, 0, len(data)), data))
+        self._queue((HEADER.pack(RELOAD, 0, len(data)), data))
 
     def console(self, on: bool) -> None:
         """Every worker's console taps on (a console opened) or off (the last one closed)."""
         self.console_on = on
-        self._queue((_console_frame(on),))
+        self._queue((console_frame(on),))
 
     def detach(self, worker_id: int) -> None:
         stream = self._workers.get(worker_id)
@@ -315,6 +356,12 @@ class HubBroker:
 
     def publish(self, publication: Publication) -> None:
         self._queue(encode_publication(publication))
+
+    async def publish_confirmed(self, publication: Publication) -> None:
+        self.publish(publication)
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        return True
 
     def announce(self, changes: Sequence[Change]) -> None:
         changes = list(changes)
