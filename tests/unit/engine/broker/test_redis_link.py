@@ -1,4 +1,4 @@
-"""sidecar.engine.broker.redis_link against a real redis-server the test starts, kills and pauses."""
+"""sidecar.engine.broker.redis_link against a real redis-server the test starts, kills, pauses."""
 
 from __future__ import annotations
 
