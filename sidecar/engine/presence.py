@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from sidecar.config.model import LimitsConfig
 from sidecar.engine.broker.base import Origin
 from sidecar.engine.broker.changes import Change, CountDelta, MemberJoin, MemberLeave
-from sidecar.engine.channel_state import ChannelInfo, ChannelState, EventSink, Transition
+from sidecar.engine.channel_state import ChannelInfo, ChannelState
+from sidecar.engine.transitions import EventSink, Transition
 
 
 class PresenceStore(Protocol):
