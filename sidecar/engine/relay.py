@@ -24,13 +24,6 @@ from sidecar.config.model import AppConfig, LimitsConfig
 from sidecar.engine.broker.base import Broker, Publication
 from sidecar.engine.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
 from sidecar.engine.channel_registry import ChannelRegistry
-from sidecar.engine.channel_state import (
-    JoinAccepted,
-    JoinRefused,
-    MemberAdded,
-    MemberRemoved,
-    Transition,
-)
 from sidecar.engine.client_messages import accept_client_event, check_signin
 from sidecar.engine.connection import Connection, ConnectionState
 from sidecar.engine.fanout import FanoutQueue, FlushScheduler
@@ -40,6 +33,13 @@ from sidecar.engine.outbox import ChangeOutbox
 from sidecar.engine.presence import PresenceStore, make_presence_store
 from sidecar.engine.session import RateLimiter, Session, SignedInUsers
 from sidecar.engine.tap import RelayTap
+from sidecar.engine.transitions import (
+    JoinAccepted,
+    JoinRefused,
+    MemberAdded,
+    MemberRemoved,
+    Transition,
+)
 from sidecar.protocol.channel_rules import (
     Kind,
     SubscriptionRefused,
