@@ -50,6 +50,7 @@ from typing import Any
 from sidecar.config.model import Config
 from sidecar.engine.broker.changes import Change
 from sidecar.engine.broker.factory import make_broker
+from sidecar.engine.broker.redis import RedisHubBroker
 from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
 from sidecar.server.lifecycle import (
@@ -106,6 +107,8 @@ class Supervisor:
         # socket's queries and is where webhooks are sent from (self.state.on_event).
         self.state = make_presence_store(prepared.config.limits)
         self.hub.snapshot = self.state.snapshot
+        if isinstance(self.hub, RedisHubBroker):
+            self._join_cluster(self.hub)
         self.handles: dict[int, WorkerHandle] = {}
         self.stopping = False
         self.observer = self._make_observer()
@@ -122,12 +125,26 @@ class Supervisor:
         observer = make_observer(self.prepared, self.count)
         if observer is not None:
             observer.workers_alive = self.alive
-            observer.broker_ok = lambda: self.hub.workers == self.count
+            observer.broker_ok = lambda: self.hub.workers == self.count and self.hub.up
             # The debug console: the workers' taps over their pipes, member and channel
             # events from the cluster-wide state here (each worker applies every change).
             observer.console.switches.append(self._console_taps)
             self.hub.on_console_items = self._console_items
         return observer
+
+    def _join_cluster(self, hub: RedisHubBroker) -> None:
+        """With Redis: this node's share, its number for the webhook-once rule, eviction."""
+        hub.workers_planned = self.count
+        hub.share = self.state.share_of
+        self.state.node_num = hub.node_num
+
+        def evicted() -> None:
+            # Swept while alive: a new node number; the workers close their clients with
+            # 4200 and are started again (_watch), so the clients join as the new node's.
+            self.state.node_num = hub.node_num
+            self.signal_workers(signal.SIGTERM)
+
+        hub.on_evicted = evicted
 
     def _console_taps(self, on: bool) -> None:
         assert self.observer is not None

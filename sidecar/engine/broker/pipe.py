@@ -267,6 +267,7 @@ class HubBroker:
 
     def __init__(self, max_backlog: int = MAX_WORKER_BACKLOG) -> None:
         self._workers: dict[int, PublicationStream] = {}
+        self._by_origin: dict[int, PublicationStream] = {}  # the same streams, by origin
         self._max_backlog = max_backlog
         self._pending: list[bytes] = []
         self._next_origin = HUB_ORIGIN + 1
@@ -299,10 +300,9 @@ class HubBroker:
 
         def on_frame(kind: int, head: bytes, data: bytes) -> None:
             if kind == PUBLICATION:
-                self._queue((head, data))
+                self._worker_published(origin, head, data)
             elif kind == CHANGES:
-                frame, changes = restamp(meta_of(head), origin)
-                self._order(origin, changes, meta_frame(CHANGES, frame))
+                self._worker_changed(origin, meta_of(head))
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
@@ -312,16 +312,17 @@ class HubBroker:
                 self.on_console_items(worker_id, orjson.loads(meta_of(head)))
             elif kind == CONFIRM and holder:
                 (seq,) = orjson.loads(meta_of(head))
-                holder[0].write(ack_frame(seq, None))  # queued: in the order already
+                self._worker_confirm(origin, holder[0], seq)
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
                 del self._workers[worker_id]
+            self._by_origin.pop(origin, None)
             self._check_settled()
             # At shutdown nothing is released: the state ends with the process, and a restart
             # should not look like every channel vacated to the app's webhooks.
             if not self._closing:
-                self.announce([OriginGone(origin)])
+                self._worker_gone(origin)
 
         _, stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, lost), sock=sock
@@ -332,11 +333,32 @@ class HubBroker:
         if self._pending:
             self._write_pending()
         self._workers[worker_id] = stream
+        self._by_origin[origin] = stream
         self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
         if self.console_on:
             stream.write(console_frame(True))
+
+    # What a worker hands over; a Redis hub (redis.py) sends it to Redis instead.
+
+    def _worker_published(self, origin: int, head: bytes, data: bytes) -> None:
+        self._queue((head, data))
+
+    def _worker_changed(self, origin: int, meta: bytes) -> None:
+        frame, changes = restamp(meta, origin)
+        self._order(origin, changes, meta_frame(CHANGES, frame))
+
+    def _worker_confirm(self, origin: int, stream: PublicationStream, seq: int) -> None:
+        stream.write(ack_frame(seq, None))  # what it published before is queued: in the order
+
+    def _worker_gone(self, origin: int) -> None:
+        self.announce([OriginGone(origin)])
+
+    @property
+    def up(self) -> bool:
+        """Whether the broker can take publications now (with Redis: the link is up)."""
+        return True
 
     def reload(self, config_text: str | None) -> None:
         """Ask every worker to reload: the configuration (the text the supervisor has just

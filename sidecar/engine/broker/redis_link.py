@@ -93,6 +93,7 @@ class RedisLink:
         self.channels: set[bytes] = set()  # what the pub/sub connection is to be subscribed to
         self.connected = False  # the pub/sub connection is there (on_up may still be running)
         self.up = False  # connected, subscribed again and on_up done
+        self.up_event = asyncio.Event()  # set while up
         self.closing = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a failure seen elsewhere: check the connection now
@@ -224,6 +225,7 @@ class RedisLink:
             if self.on_up is not None:
                 await self.on_up()
             self.up = self._session_up = True
+            self.up_event.set()
             if not first.done():
                 first.set_result(None)
             else:
@@ -288,6 +290,7 @@ class RedisLink:
     async def _lost(self) -> None:
         was_up = self.up
         self.connected = self.up = False
+        self.up_event.clear()
         conn, self._conn = self._conn, None
         while self._confirmations:
             _, future = self._confirmations.popleft()
