@@ -111,6 +111,7 @@ def invoked_as(argv0: str | None = None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.api.unix import SocketInUse
+    from sidecar.engine.broker.redis_link import check_reachable
     from sidecar.observe.logging import setup
     from sidecar.server import prepare as app_module
     from sidecar.server import single
@@ -129,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             text = config_module.read_text(args.config)
             cfg = config_module.parse(text, args.config)
+        if cfg.broker.kind == "redis" and cfg.broker.url is not None:
+            check_reachable(cfg.broker.url)  # before a certificate or a socket is made
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     setup(cfg.log.level)

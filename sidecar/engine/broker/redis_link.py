@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sidecar.config.broker import masked_url, redis_address
+from sidecar.config.values import ConfigError
 
 log = logging.getLogger("sidecar.broker")
 
@@ -302,6 +303,32 @@ class RedisLink:
                 await conn.disconnect(nowait=True)
         if was_up and self.on_down is not None:
             self.on_down()
+
+
+def check_reachable(url: str, timeout: float = COMMAND_TIMEOUT) -> None:
+    """At start, before anything else: Redis answers a PING at `url`, or ConfigError naming
+    broker.url and the address (never the password). Runs its own short event loop."""
+
+    async def ping() -> None:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
+        try:
+            await asyncio.wait_for(client.ping(), timeout)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise ConfigError(
+            "broker.url",
+            f"cannot reach Redis at {redis_address(url)} ({masked_url(url)}): {describe(exc)}",
+        ) from None
 
 
 def describe(exc: BaseException) -> str:

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from sidecar.engine.broker.redis_link import LinkDown, RedisLink
+from sidecar.config.values import ConfigError
+from sidecar.engine.broker.redis_link import LinkDown, RedisLink, check_reachable
 from tests.support.process import free_port
 from tests.support.redis_server import RedisServer
 
@@ -146,3 +147,13 @@ async def test_subscribe_while_down_is_refused_and_kept(
     await eventually(lambda: link_.up)
     await link_.publish_many([(b"later", b"1")])
     await eventually(lambda: received.messages == [(b"later", b"1")])
+
+
+def test_the_start_check_names_broker_url_and_the_address(redis_server: RedisServer) -> None:
+    check_reachable(redis_server.url)  # answers: nothing raised
+    port = free_port()
+    with pytest.raises(ConfigError) as info:
+        check_reachable(f"redis://:hunter2@127.0.0.1:{port}/0", timeout=TIMEOUT)
+    assert info.value.key == "broker.url"
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "hunter2" not in str(info.value)
