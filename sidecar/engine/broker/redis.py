@@ -255,7 +255,10 @@ class RedisHubBroker(HubBroker):
 
     def _worker_published(self, origin: int, head: bytes, data: bytes) -> None:
         publication = decode_publication(head, data)  # the meta only: data stays a literal
-        self._last_published[origin] = self._publish_waiting(self._messages(publication))
+        done = self._publish_waiting(self._messages(publication))
+        # A client event has no CONFIRM after it: nobody else looks at how it went.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._last_published[origin] = done
 
     def _worker_confirm(self, origin: int, stream: PublicationStream, seq: int) -> None:
         done = self._last_published.pop(origin, None)
