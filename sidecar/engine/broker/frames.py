@@ -117,3 +117,10 @@ def ack_frame(seq: int, error: str | None) -> bytes:
 
 def ready_frame(ready: Sequence[tuple[str, str, int]]) -> bytes:
     return meta_frame(READY, orjson.dumps(ready))
+
+
+def split_frame(frame: bytes) -> tuple[bytes, bytes]:
+    """One whole frame as (header + meta, data), as PublicationStream hands it on."""
+    _, meta_len, _ = HEADER.unpack_from(frame)
+    end = HEADER.size + meta_len
+    return frame[:end], frame[end:]

@@ -48,9 +48,9 @@ import logging
 import os
 import secrets
 import socket
-from collections import deque
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import orjson
@@ -79,33 +79,19 @@ from sidecar.engine.broker.frames import (
     encode_publication,
     meta_frame,
     ready_frame,
+    split_frame,
 )
-from sidecar.engine.broker.local_channels import Key, LocalChannels, Needs
+from sidecar.engine.broker.local_channels import Key, LocalChannels
 from sidecar.engine.broker.pipe import MAX_WORKER_BACKLOG, HubBroker
 from sidecar.engine.broker.redis_link import LinkDown, RedisLink
+from sidecar.engine.broker.redis_sender import Outgoing, RedisSender
 
 log = logging.getLogger("sidecar.broker")
 
 # A node that starts while others run waits this long for a snapshot before asking another.
 HELLO_TIMEOUT = 2.0
-# Batches of changes kept while Redis is away; past it the oldest go (the node's Share after
-# the outage puts its own state right; what its workers waited for then never comes back).
-MAX_KEPT_BATCHES = 10_000
-# A sender that failed a round tries again after this long (the link decides whether it is up).
-RETRY_PAUSE = 0.05
 # On the log, a message's first byte says what it is.
 LOG_CHANGES, LOG_HELLO = b"c", b"h"
-
-
-@dataclass
-class Outgoing:
-    """One batch for the sender: its PUBLISHes, and what it needs of the subscriptions."""
-
-    messages: list[tuple[bytes, bytes]]
-    needs: Needs | None = None
-    done: asyncio.Future[None] | None = None  # a publisher or an ACK waits for it
-    is_changes: bool = False  # kept while the link is down (publications are refused)
-    ready_to: list[tuple[int, str, str, int]] = field(default_factory=list)
 
 
 class RedisHubBroker(HubBroker):
@@ -143,12 +129,8 @@ class RedisHubBroker(HubBroker):
         self.share: Callable[[int], Any] | None = None
         # Called when this node was swept while alive: its workers are to be restarted.
         self.on_evicted: Callable[[], None] | None = None
-        self._outgoing: deque[Outgoing] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # nothing waiting to be sent
-        self._sender: asyncio.Task[None] | None = None
         self._started = False
-        self.dropped = 0  # publications refused or lost while Redis was away
+        self.sender = RedisSender(self.link, self.channel_of, self._wanted, self._say_ready)
         self._last_published: dict[int, asyncio.Future[None]] = {}  # origin -> its latest
         # Joining a running cluster: the hello's nonce, and the log after it (None: not seen).
         self._hello: bytes | None = None
@@ -183,7 +165,7 @@ class RedisHubBroker(HubBroker):
                 "broker.url",
                 f"cannot reach Redis at {self.link.address} ({self.link.shown_url}): {exc}",
             ) from None
-        self._sender = asyncio.create_task(self._send(), name="redis-hub-sender")
+        self.sender.start()
         await self._join()
         self._started = True
         await self._start_liveness()
@@ -206,13 +188,7 @@ class RedisHubBroker(HubBroker):
         await super().close(wait)
         if self.liveness is not None:
             await self.liveness.stop()
-        if self._outgoing and self.link.up:  # what was accepted goes out first (bounded)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.link.timeout)
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+        await self.sender.stop(drain=self.link.timeout)  # what was accepted goes out first
         await self.link.close()
 
     @property
@@ -224,9 +200,9 @@ class RedisHubBroker(HubBroker):
     def publish(self, publication: Publication) -> None:
         """Without a publisher waiting (the console's form): lost while Redis is away."""
         if not self.link.up:
-            self.dropped += 1
+            self.sender.dropped += 1
             return
-        self._push(Outgoing(self._messages(publication)))
+        self.sender.push(Outgoing(self._messages(publication)))
 
     async def publish_confirmed(self, publication: Publication) -> None:
         done = self._publish_waiting(self._messages(publication))
@@ -238,17 +214,19 @@ class RedisHubBroker(HubBroker):
     def _publish_waiting(self, messages: list[tuple[bytes, bytes]]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self.link.up:
-            self.dropped += 1
+            self.sender.dropped += 1
             done.set_exception(BrokerUnavailable(f"Redis at {self.link.address} is unreachable"))
         else:
-            self._push(Outgoing(messages, done=done))
+            self.sender.push(Outgoing(messages, done=done))
         return done
 
     def _messages(self, publication: Publication) -> list[tuple[bytes, bytes]]:
-        """One message per channel, each the pipe frame of that channel alone."""
+        """One message per channel, each the pipe frame of that channel alone, its acceptance
+        time on the wall clock (a monotonic clock is one machine's)."""
         out = []
+        wall = publication.accepted_at + time.time() - time.monotonic()
         for channel in publication.channels:
-            one = replace(publication, channels=(channel,))
+            one = replace(publication, channels=(channel,), accepted_at=wall)
             head, data = encode_publication(one)
             out.append((self.channel_of(publication.app_id, channel), head + data))
         return out
@@ -299,7 +277,7 @@ class RedisHubBroker(HubBroker):
         if local != HUB_ORIGIN:
             needs = self.local.apply(local, changes)
         data = LOG_CHANGES + encode_changes(self._origin(local), changes)
-        self._push(Outgoing([(self.log_channel, data)], needs, done, is_changes=True))
+        self.sender.push(Outgoing([(self.log_channel, data)], needs, done, is_changes=True))
 
     async def _publish_gone(self, node_num: int) -> None:
         """For NodeLiveness: NodeGone(node_num) in the log, returned once Redis took it."""
@@ -307,90 +285,13 @@ class RedisHubBroker(HubBroker):
         self._announce_from(HUB_ORIGIN, [NodeGone(node_num)], done=done)
         await asyncio.wait_for(done, 2 * self.link.timeout)
 
-    # The sender ----------------------------------------------------------------------------
+    def _wanted(self, key: Key) -> bool:
+        return self.local.total(key) > 0
 
-    def _push(self, item: Outgoing) -> None:
-        if item.is_changes and len(self._outgoing) >= MAX_KEPT_BATCHES:
-            lost = self._outgoing.popleft()
-            self.dropped += 1
-            if lost.done is not None and not lost.done.done():
-                lost.done.set_exception(BrokerUnavailable("too many changes kept"))
-        self._outgoing.append(item)
-        self._idle.clear()
-        self._wake.set()
-
-    async def _send(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._outgoing:
-                if not self.link.up:
-                    self._refuse_publications()
-                    await self.link.up_event.wait()  # changes wait for Redis, in order
-                    continue
-                items = list(self._outgoing)
-                try:
-                    await self._send_round(items)
-                except LinkDown:
-                    # Publishers are told; changes are sent again (Redis may have taken them:
-                    # the node's Share after the outage puts its own state right anyway).
-                    self._refuse_publications()
-                    await asyncio.sleep(RETRY_PAUSE)
-                    continue
-                for _ in items:
-                    self._outgoing.popleft()
-                for item in items:
-                    if item.done is not None and not item.done.done():
-                        item.done.set_result(None)
-            if not self._outgoing:
-                self._idle.set()
-
-    async def _send_round(self, items: list[Outgoing]) -> None:
-        subscribe: set[Key] = set()
-        for item in items:
-            if item.needs is not None:
-                subscribe |= item.needs.subscribe
-        if subscribe:
-            await self.link.subscribe([self.channel_of(*key) for key in subscribe])
-        self._say_ready(items)
-        messages = [message for item in items for message in item.messages]
-        await self.link.publish_many(messages)
-        gone = {
-            key
-            for item in items
-            if item.needs is not None
-            for key in item.needs.unsubscribe
-            if not self.local.total(key)
-        }
-        if gone:
-            with contextlib.suppress(LinkDown):  # subscriptions end with the connection anyway
-                await self.link.unsubscribe([self.channel_of(*key) for key in gone])
-
-    def _say_ready(self, items: list[Outgoing]) -> None:
-        by_origin: dict[int, list[tuple[str, str, int]]] = {}
-        for item in items:
-            if item.needs is not None:
-                for origin, app_id, channel, serial in item.needs.ready:
-                    by_origin.setdefault(origin, []).append((app_id, channel, serial))
-                item.needs.ready.clear()  # said once, even if the round is sent again
-        for origin, ready in by_origin.items():
-            stream = self._by_origin.get(origin)
-            if stream is not None:
-                stream.write(ready_frame(ready))
-
-    def _refuse_publications(self) -> None:
-        """The link is down: waiting publishers are told now; changes stay, in order."""
-        kept: deque[Outgoing] = deque()
-        for item in self._outgoing:
-            if item.is_changes:
-                kept.append(item)
-            else:
-                self.dropped += 1
-                if item.done is not None and not item.done.done():
-                    item.done.set_exception(
-                        BrokerUnavailable(f"Redis at {self.link.address} is unreachable")
-                    )
-        self._outgoing = kept
+    def _say_ready(self, origin: int, ready: list[tuple[str, str, int]]) -> None:
+        stream = self._by_origin.get(origin)
+        if stream is not None:
+            stream.write(ready_frame(ready))
 
     # Receiving -----------------------------------------------------------------------------
 
@@ -400,7 +301,7 @@ class RedisHubBroker(HubBroker):
         elif channel == self.node_channel:
             self._on_node_message(data)
         else:
-            self._queue((data,))  # a publication: the pipe frame as it came
+            self._queue(_local_time(data))  # a publication, the data as it came
 
     def _on_log(self, data: bytes) -> None:
         kind, body = data[:1], data[1:]
@@ -433,7 +334,7 @@ class RedisHubBroker(HubBroker):
             # Our replica at this point of the order is what the newcomer starts from.
             reply = orjson.dumps([nonce, self.snapshot()])
             to = f"{self.prefix}:node:{node_num}".encode()
-            self._push(Outgoing([(to, reply)]))
+            self.sender.push(Outgoing([(to, reply)]))
 
     def _on_node_message(self, data: bytes) -> None:
         nonce, snapshot = orjson.loads(data)
@@ -487,14 +388,14 @@ class RedisHubBroker(HubBroker):
             share = Share(self.node_num, self.share(self.node_num))
             data = LOG_CHANGES + encode_changes(self._origin(HUB_ORIGIN), [share])
             await self.link.publish_many([(self.log_channel, data)])
-        self._wake.set()  # what was kept goes out now
+        self.sender.wake()  # what was kept goes out now
         log.info("cluster: redis back; this node's state shared", extra={"node": self.node_id})
 
     def _link_down(self) -> None:
         if self._closing:
             return
         log.warning("cluster: redis unreachable; publishes refused until it is back")
-        self._wake.set()
+        self.sender.wake()
 
     def _evicted(self) -> None:
         """Swept while alive: a new node number, and the workers restarted (their clients
@@ -513,3 +414,13 @@ class RedisHubBroker(HubBroker):
         with contextlib.suppress(LinkDown):
             await self.link.subscribe([self.node_channel])
         await self._start_liveness()
+
+
+def _local_time(message: bytes) -> tuple[bytes, bytes]:
+    """A publication from Redis as a pipe frame whose acceptance time is this machine's
+    monotonic clock again (never later than now: clocks of machines differ a little)."""
+    head, data = split_frame(message)
+    publication = decode_publication(head, data)
+    now = time.monotonic()
+    accepted = min(now, publication.accepted_at - time.time() + now)
+    return encode_publication(replace(publication, accepted_at=accepted))

@@ -114,6 +114,8 @@ async def test_a_publication_reaches_the_nodes_subscribed_after_ready(
     await eventually(lambda: len(b.delivered) == 2)
     assert b.received() == [("news", "one"), ("news", "two")]
     assert b.delivered[0].name == "e"
+    # Its acceptance time crossed Redis on the wall clock and is this machine's monotonic again.
+    assert 0 <= time.monotonic() - b.delivered[0].accepted_at < 5
     await asyncio.sleep(0.1)
     assert a.delivered == []  # node a has no subscriber: it subscribed to nothing
     b.worker.announce([CountDelta("1", "news", -1)])
