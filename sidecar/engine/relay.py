@@ -134,6 +134,7 @@ class Relay:
         self.fanout = FanoutQueue(loop)
         self._outbox = ChangeOutbox(self.broker.announce)
         self.broker.on_ready = self._on_ready
+        self.broker.on_cached = self._cached
         self._schedule_sweep()
 
     def notify(self, app_id: str, event: dict[str, Any]) -> None:
@@ -322,6 +323,12 @@ class Relay:
             # Answered once the node's Redis subscription is confirmed (on_ready): nothing
             # published after subscription_succeeded is then missed.
             self._held.setdefault((conn.app_id, channel), set()).add(conn.socket_id)
+
+    def _cached(self, pub: Publication) -> None:
+        """A cache channel's last event from before this node heard the channel (Redis)."""
+        for channel in pub.channels:
+            if is_cache(channel):
+                self.cache.store(pub.app_id, channel, pub.name, pub.data_json, pub.accepted_at)
 
     def _on_ready(self, app_id: str, channel: str) -> None:
         for socket_id in self._held.pop((app_id, channel), ()):

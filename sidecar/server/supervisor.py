@@ -135,6 +135,7 @@ class Supervisor:
     def _join_cluster(self, hub: RedisHubBroker) -> None:
         """With Redis: this node's share, its number for the webhook-once rule, eviction."""
         hub.workers_planned = self.count
+        hub.cache_ttl = self.prepared.config.limits.cache_ttl
         hub.share = self.state.share_of
         self.state.node_num = hub.node_num
 

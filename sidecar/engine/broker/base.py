@@ -128,6 +128,9 @@ class Broker(Protocol):
         called when it has (the relay holds `subscription_succeeded` until then)."""
 
     on_ready: OnReady | None
+    # With Redis: a cache channel's last event for the relay to keep, not deliver (the node
+    # starts hearing a channel that had events before). None elsewhere.
+    on_cached: Deliver | None
 
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         """Pass an event to the process that sends webhooks (no order, no echo)."""

@@ -27,6 +27,9 @@ CONFIRM, ACK = 8, 9
 # for each channel is confirmed, for the worker's subscribe numbered `serial` (its count of
 # 0 -> 1 transitions, which both ends keep the same way from the worker's CountDelta frames).
 READY = 10
+# Hub to worker (Redis): a cache channel's last event, as Redis kept it, for the worker to keep
+# (not to deliver) when the node starts hearing that channel: a publication frame otherwise.
+CACHED = 11
 
 
 def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
@@ -124,3 +127,9 @@ def split_frame(frame: bytes) -> tuple[bytes, bytes]:
     _, meta_len, _ = HEADER.unpack_from(frame)
     end = HEADER.size + meta_len
     return frame[:end], frame[end:]
+
+
+def cached_frame(publication: Publication) -> tuple[bytes, bytes]:
+    head, data = encode_publication(publication)
+    meta = head[HEADER.size :]
+    return HEADER.pack(CACHED, len(meta), len(data)) + meta, data

@@ -28,6 +28,7 @@ class MemoryBroker:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_ready: OnReady | None = None  # never called: every channel is ready at once
+        self.on_cached: Deliver | None = None  # never called: every event reaches the cache
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None

@@ -59,6 +59,7 @@ from sidecar.engine.broker.changes import (
 )
 from sidecar.engine.broker.frames import (
     ACK,
+    CACHED,
     CHANGES,
     CONFIRM,
     CONSOLE,
@@ -124,6 +125,7 @@ class WorkerBroker:
         self._serial = 0  # this worker's 0 -> 1 transitions, numbered as the hub does
         self._waiting: dict[tuple[str, str], int] = {}  # channel -> serial awaiting READY
         self.on_ready: OnReady | None = None
+        self.on_cached: Deliver | None = None
         # Called with the configuration's text (then certificates) or None (certificates
         # only). Set before start(): frames already in the pipe are read as it connects.
         self.on_reload: Callable[[str | None], None] | None = None
@@ -155,6 +157,8 @@ class WorkerBroker:
             elif kind == READY:
                 for app_id, channel, serial in orjson.loads(meta_of(head)):
                     self._ready(app_id, channel, serial)
+            elif kind == CACHED and self.on_cached is not None:
+                self.on_cached(decode_publication(head, data))
 
         _, self._stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, self._lost), sock=self._sock
@@ -283,6 +287,7 @@ class HubBroker:
         self.console_on = False
         self.on_console_items: Callable[[int, list[Any]], None] | None = None
         self.on_ready: OnReady | None = None  # the hub holds no subscribers
+        self.on_cached: Deliver | None = None
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None

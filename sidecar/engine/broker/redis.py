@@ -75,6 +75,7 @@ from sidecar.engine.broker.frames import (
     CHANGES,
     PublicationStream,
     ack_frame,
+    cached_frame,
     decode_publication,
     encode_publication,
     meta_frame,
@@ -85,6 +86,7 @@ from sidecar.engine.broker.local_channels import Key, LocalChannels
 from sidecar.engine.broker.pipe import MAX_WORKER_BACKLOG, HubBroker
 from sidecar.engine.broker.redis_link import LinkDown, RedisLink
 from sidecar.engine.broker.redis_sender import Outgoing, RedisSender
+from sidecar.protocol.channel_rules import is_cache
 
 log = logging.getLogger("sidecar.broker")
 
@@ -130,7 +132,14 @@ class RedisHubBroker(HubBroker):
         # Called when this node was swept while alive: its workers are to be restarted.
         self.on_evicted: Callable[[], None] | None = None
         self._started = False
-        self.sender = RedisSender(self.link, self.channel_of, self._wanted, self._say_ready)
+        self.sender = RedisSender(
+            self.link,
+            self.channel_of,
+            self._wanted,
+            self._say_ready,
+            self.cache_key,
+            self._say_cached,
+        )
         self._last_published: dict[int, asyncio.Future[None]] = {}  # origin -> its latest
         # Joining a running cluster: the hello's nonce, and the log after it (None: not seen).
         self._hello: bytes | None = None
@@ -141,6 +150,19 @@ class RedisHubBroker(HubBroker):
 
     def channel_of(self, app_id: str, channel: str) -> bytes:
         return f"{self.prefix}:ch:{app_id}:{channel}".encode()
+
+    def cache_key(self, app_id: str, channel: str) -> bytes | None:
+        """Where a cache channel's last event is kept (None: not a cache channel)."""
+        return f"{self.prefix}:cache:{app_id}:{channel}".encode() if is_cache(channel) else None
+
+    @property
+    def cache_ttl(self) -> float:
+        """limits.cache_ttl: how long Redis keeps a cache channel's last event (seconds)."""
+        return self.sender.cache_ttl_ms / 1000
+
+    @cache_ttl.setter
+    def cache_ttl(self, seconds: float) -> None:
+        self.sender.cache_ttl_ms = max(1, int(seconds * 1000))
 
     @property
     def node_channel(self) -> bytes:
@@ -202,38 +224,44 @@ class RedisHubBroker(HubBroker):
         if not self.link.up:
             self.sender.dropped += 1
             return
-        self.sender.push(Outgoing(self._messages(publication)))
+        self.sender.push(self._outgoing(publication))
 
     async def publish_confirmed(self, publication: Publication) -> None:
-        done = self._publish_waiting(self._messages(publication))
+        done = self._publish_waiting(publication)
         try:
             await asyncio.wait_for(done, 2 * self.link.timeout)
         except TimeoutError:
             raise BrokerUnavailable("Redis did not answer in time") from None
 
-    def _publish_waiting(self, messages: list[tuple[bytes, bytes]]) -> asyncio.Future[None]:
+    def _publish_waiting(self, publication: Publication) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self.link.up:
             self.sender.dropped += 1
             done.set_exception(BrokerUnavailable(f"Redis at {self.link.address} is unreachable"))
         else:
-            self.sender.push(Outgoing(messages, done=done))
+            self.sender.push(self._outgoing(publication, done))
         return done
 
-    def _messages(self, publication: Publication) -> list[tuple[bytes, bytes]]:
+    def _outgoing(
+        self, publication: Publication, done: asyncio.Future[None] | None = None
+    ) -> Outgoing:
         """One message per channel, each the pipe frame of that channel alone, its acceptance
-        time on the wall clock (a monotonic clock is one machine's)."""
-        out = []
+        time on the wall clock (a monotonic clock is one machine's); a cache channel's also
+        kept as its last event."""
+        messages, sets = [], []
         wall = publication.accepted_at + time.time() - time.monotonic()
         for channel in publication.channels:
             one = replace(publication, channels=(channel,), accepted_at=wall)
             head, data = encode_publication(one)
-            out.append((self.channel_of(publication.app_id, channel), head + data))
-        return out
+            messages.append((self.channel_of(publication.app_id, channel), head + data))
+            key = self.cache_key(publication.app_id, channel)
+            if key is not None and not publication.name.startswith("client-"):
+                sets.append((key, head + data))
+        return Outgoing(messages, done=done, sets=sets or None)
 
     def _worker_published(self, origin: int, head: bytes, data: bytes) -> None:
         publication = decode_publication(head, data)  # the meta only: data stays a literal
-        done = self._publish_waiting(self._messages(publication))
+        done = self._publish_waiting(publication)
         # A client event has no CONFIRM after it: nobody else looks at how it went.
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._last_published[origin] = done
@@ -287,6 +315,13 @@ class RedisHubBroker(HubBroker):
 
     def _wanted(self, key: Key) -> bool:
         return self.local.total(key) > 0
+
+    def _say_cached(self, messages: list[bytes]) -> None:
+        self._write_pending()  # what the workers were already due comes first
+        frames = [cached_frame(decode_publication(*_local_time(m))) for m in messages]
+        for stream in list(self._workers.values()):
+            for head, data in frames:
+                stream.write(head, data)
 
     def _say_ready(self, origin: int, ready: list[tuple[str, str, int]]) -> None:
         stream = self._by_origin.get(origin)

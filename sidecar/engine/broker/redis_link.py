@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -137,13 +137,21 @@ class RedisLink:
 
     # Commands ----------------------------------------------------------------------------
 
-    async def publish_many(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """PUBLISH each (channel, data), in order, in one round trip."""
+    async def publish_many(
+        self,
+        messages: Sequence[tuple[bytes, bytes]],
+        sets: Sequence[tuple[bytes, bytes]] = (),
+        ttl_ms: int = 0,
+    ) -> None:
+        """SET each of `sets` (key, value) for `ttl_ms`, then PUBLISH each (channel, data), in
+        order, in one round trip."""
         if not self.connected:
             raise LinkDown("not connected to Redis")
         started = time.monotonic()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                for key, value in sets:
+                    pipe.set(key, value, px=ttl_ms)
                 for channel, data in messages:
                     pipe.publish(channel, data)
                 await asyncio.wait_for(pipe.execute(), self.timeout)
@@ -153,6 +161,15 @@ class RedisLink:
         self.round_trips += 1
         if self.on_round_trip is not None:
             self.on_round_trip(time.monotonic() - started)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """GET each key, in one round trip."""
+        try:
+            values = await asyncio.wait_for(self.redis.mget(keys), self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._wake.set()
+            raise LinkDown(describe(exc)) from None
+        return cast(list[bytes | None], values)  # bytes: decode_responses is off
 
     async def subscribe(self, channels: Iterable[bytes]) -> None:
         """Subscribe, and return once Redis confirmed. Down: kept, and raises LinkDown (the

@@ -38,6 +38,7 @@ class Outgoing:
     needs: Needs | None = None
     done: asyncio.Future[None] | None = None  # a publisher (or a worker's ACK) waits for it
     is_changes: bool = False  # kept while the link is down (publications are refused)
+    sets: list[tuple[bytes, bytes]] | None = None  # cache channels' last events (SET, PX)
 
 
 class RedisSender:
@@ -47,9 +48,14 @@ class RedisSender:
         channel_of: Callable[[str, str], bytes],
         wanted: Callable[[Key], bool],
         say_ready: Callable[[int, list[tuple[str, str, int]]], None],
+        cache_key: Callable[[str, str], bytes | None],
+        say_cached: Callable[[list[bytes]], None],
     ) -> None:
         self.link = link
         self._channel_of = channel_of
+        self._cache_key = cache_key  # None: not a cache channel
+        self._say_cached = say_cached  # last events kept in Redis, to the workers
+        self.cache_ttl_ms = 1_800_000
         self._wanted = wanted  # whether the node still has subscribers for a channel
         self._say_ready = say_ready  # (origin, [(app_id, channel, serial)]) to that worker
         self._outgoing: deque[Outgoing] = deque()
@@ -118,8 +124,15 @@ class RedisSender:
                 subscribe |= item.needs.subscribe
         if subscribe:
             await self.link.subscribe([self._channel_of(*key) for key in subscribe])
+            # What the node could not hear before: the last event of its new cache channels,
+            # to its workers ahead of READY (so subscription_succeeded is followed by it).
+            keys = [k for key in subscribe if (k := self._cache_key(*key)) is not None]
+            if keys:
+                self._say_cached([v for v in await self.link.get_many(keys) if v is not None])
         self._ready(items)
-        await self.link.publish_many([message for item in items for message in item.messages])
+        sets = [pair for item in items if item.sets for pair in item.sets]
+        messages = [message for item in items for message in item.messages]
+        await self.link.publish_many(messages, sets, self.cache_ttl_ms)
         gone = {
             key
             for item in items

@@ -44,6 +44,7 @@ class Node:
         self.delivered: list[Publication] = []
         self.worker_changes: list[tuple[int, list[Change]]] = []
         self.ready: list[tuple[str, str]] = []
+        self.heard: list[object] = []  # cached events and READYs, in the order they came
         self.worker: WorkerBroker | None = None
         self._sockets: list[socket.socket] = []
 
@@ -53,11 +54,16 @@ class Node:
         self._sockets += [ours, theirs]
         await self.hub.attach(1, ours)
         self.worker = WorkerBroker(theirs, confirms=True)
-        self.worker.on_ready = lambda app_id, channel: self.ready.append((app_id, channel))
+        self.worker.on_ready = self._ready
+        self.worker.on_cached = lambda pub: self.heard.append(("cached", pub.name, pub.data))
         await self.worker.start(
             self.delivered.append, lambda o, c: self.worker_changes.append((o, c))
         )
         return self
+
+    def _ready(self, app_id: str, channel: str) -> None:
+        self.ready.append((app_id, channel))
+        self.heard.append(("ready", channel))
 
     def subscribed(self, channel: str) -> bool:
         assert self.worker is not None
@@ -206,3 +212,19 @@ async def test_a_worker_that_is_lost_gives_its_channels_back(
     a.hub.detach(1)
     await eventually(lambda: b.state.info("1", "news") is None)
     await eventually(lambda: b"t:ch:1:news" not in redis_server.command("PUBSUB", "CHANNELS"))
+
+
+async def test_a_cache_channels_last_event_reaches_a_node_that_starts_hearing_it(
+    nodes: Callable[[], Awaitable[Node]],
+) -> None:
+    a, b = await nodes(), await nodes()
+    assert b.worker is not None
+    await a.hub.publish_confirmed(Publication.of("1", ("cache-prices", "news"), "price", "3"))
+    await a.hub.publish_confirmed(Publication.of("1", ("cache-prices",), "price", "4"))
+    await a.hub.publish_confirmed(Publication.of("1", ("cache-prices",), "client-x", "5"))
+    b.worker.announce([CountDelta("1", "cache-prices", 1), CountDelta("1", "news", 1)])
+    await eventually(lambda: len(b.ready) == 2)
+    # The last event (not a client event) first, then READY: the relay replays it after
+    # subscription_succeeded; a channel that is not a cache channel has nothing kept.
+    assert b.heard[0] == ("cached", "price", "4")
+    assert sorted(b.heard[1:]) == [("ready", "cache-prices"), ("ready", "news")]
