@@ -69,6 +69,7 @@ from sidecar.engine.broker.changes import (
     cluster_origin,
     decode_changes,
     encode_changes,
+    node_of,
 )
 from sidecar.engine.broker.cluster_nodes import NodeLiveness
 from sidecar.engine.broker.frames import (
@@ -141,6 +142,7 @@ class RedisHubBroker(HubBroker):
             self._say_cached,
         )
         self._last_published: dict[int, asyncio.Future[None]] = {}  # origin -> its latest
+        self._applied: dict[int, int] = {}  # node -> number of its latest batch applied
         # Joining a running cluster: the hello's nonce, and the log after it (None: not seen).
         self._hello: bytes | None = None
         self._after_hello: list[tuple[int, list[Change], bytes]] | None = None
@@ -304,8 +306,9 @@ class RedisHubBroker(HubBroker):
         needs = self.local.release(released) if released is not None else None
         if local != HUB_ORIGIN:
             needs = self.local.apply(local, changes)
-        data = LOG_CHANGES + encode_changes(self._origin(local), changes)
-        self.sender.push(Outgoing([(self.log_channel, data)], needs, done, is_changes=True))
+        body = encode_changes(self._origin(local), changes)
+        numbered = (self.log_channel, LOG_CHANGES, body)
+        self.sender.push(Outgoing([], needs, done, is_changes=True, numbered=numbered))
 
     async def _publish_gone(self, node_num: int) -> None:
         """For NodeLiveness: NodeGone(node_num) in the log, returned once Redis took it."""
@@ -345,7 +348,14 @@ class RedisHubBroker(HubBroker):
             return
         if kind != LOG_CHANGES:
             return
+        number, _, body = body.partition(b" ")
         origin, changes = decode_changes(body)
+        seq = int(number)
+        if seq:  # a batch sent again after a round without answer: applied once
+            node = node_of(origin)
+            if seq <= self._applied.get(node, 0):
+                return
+            self._applied[node] = seq
         if self._snapshot is not None:  # joining: what comes after our hello waits
             if self._after_hello is not None:
                 self._after_hello.append((origin, changes, body))
@@ -421,7 +431,8 @@ class RedisHubBroker(HubBroker):
             await self.liveness.beat()
         if self.share is not None:
             share = Share(self.node_num, self.share(self.node_num))
-            data = LOG_CHANGES + encode_changes(self._origin(HUB_ORIGIN), [share])
+            # Number 0: not one of the sender's batches (a Share is whole: never deduplicated).
+            data = LOG_CHANGES + b"0 " + encode_changes(self._origin(HUB_ORIGIN), [share])
             await self.link.publish_many([(self.log_channel, data)])
         self.sender.wake()  # what was kept goes out now
         log.info("cluster: redis back; this node's state shared", extra={"node": self.node_id})

@@ -8,7 +8,10 @@ order it was handed over, and a batch that needs a channel is published only onc
 hears that channel.
 
 While the link is down, publications waiting are refused (their publishers get 503) and
-changes stay, in order, up to MAX_KEPT_BATCHES, to be sent once the link is back.
+changes stay, in order, up to MAX_KEPT_BATCHES, to be sent once the link is back. A round whose
+answer did not come may still have reached Redis (a paused Redis runs what it had read once it
+resumes): a batch of changes sent again keeps the number it was first sent with, and the
+receivers drop a number they have already applied (redis.py: `_on_log`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class Outgoing:
     done: asyncio.Future[None] | None = None  # a publisher (or a worker's ACK) waits for it
     is_changes: bool = False  # kept while the link is down (publications are refused)
     sets: list[tuple[bytes, bytes]] | None = None  # cache channels' last events (SET, PX)
+    # A batch of changes for the log: numbered when first sent (`seq`), its message then
+    # `prefix + seq + b" " + body`, the same if it has to be sent again.
+    numbered: tuple[bytes, bytes, bytes] | None = None  # (log channel, prefix, body)
+    seq: int = 0
 
 
 class RedisSender:
@@ -64,6 +71,7 @@ class RedisSender:
         self.idle.set()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # publications refused, changes given up
+        self.last_seq = 0  # the number of the node's latest batch of changes sent
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._send(), name="redis-sender")
@@ -130,6 +138,12 @@ class RedisSender:
             if keys:
                 self._say_cached([v for v in await self.link.get_many(keys) if v is not None])
         self._ready(items)
+        for item in items:
+            if item.numbered is not None and not item.seq:
+                self.last_seq += 1
+                item.seq = self.last_seq
+                channel, prefix, body = item.numbered
+                item.messages = [(channel, b"%s%d %s" % (prefix, item.seq, body))]
         sets = [pair for item in items if item.sets for pair in item.sets]
         messages = [message for item in items for message in item.messages]
         await self.link.publish_many(messages, sets, self.cache_ttl_ms)

@@ -16,14 +16,22 @@ import pytest
 from sidecar.config.broker import BrokerConfig
 from sidecar.config.values import ConfigError
 from sidecar.engine.broker.base import BrokerUnavailable, Publication
-from sidecar.engine.broker.changes import Change, CountDelta, MemberJoin, MemberLeave
+from sidecar.engine.broker.changes import (
+    Change,
+    CountDelta,
+    MemberJoin,
+    MemberLeave,
+    cluster_origin,
+    encode_changes,
+)
 from sidecar.engine.broker.pipe import WorkerBroker
 from sidecar.engine.broker.redis import RedisHubBroker
-from sidecar.engine.channel_state import ChannelState
+from sidecar.engine.channel_state import ChannelInfo, ChannelState
 from tests.support.process import free_port
 from tests.support.redis_server import RedisServer
 
 TIMEOUT = 0.5
+Info0 = ChannelInfo(0, 0)
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -228,3 +236,18 @@ async def test_a_cache_channels_last_event_reaches_a_node_that_starts_hearing_it
     # subscription_succeeded; a channel that is not a cache channel has nothing kept.
     assert b.heard[0] == ("cached", "price", "4")
     assert sorted(b.heard[1:]) == [("ready", "cache-prices"), ("ready", "news")]
+
+
+async def test_a_batch_sent_again_after_a_round_without_answer_is_applied_once(
+    nodes: Callable[[], Awaitable[Node]],
+) -> None:
+    """A paused Redis runs what it had read once it resumes, and the sender sends it again."""
+    a = await nodes()
+    batch = encode_changes(cluster_origin(12345, 1), [CountDelta("1", "twice", 1)])
+    again = b"c7 " + batch
+    later = b"c8 " + encode_changes(cluster_origin(12345, 1), [CountDelta("1", "twice", 1)])
+    await a.hub.link.publish_many([(a.hub.log_channel, m) for m in (again, again, later)])
+    await eventually(lambda: (a.state.info("1", "twice") or Info0).subscription_count == 2)
+    await asyncio.sleep(0.1)
+    info = a.state.info("1", "twice")
+    assert info is not None and info.subscription_count == 2
