@@ -93,6 +93,7 @@ log = logging.getLogger("sidecar.broker")
 
 # A node that starts while others run waits this long for a snapshot before asking another.
 HELLO_TIMEOUT = 2.0
+HELLO_ASKS = 3  # nodes asked at most, then it starts empty
 # On the log, a message's first byte says what it is.
 LOG_CHANGES, LOG_HELLO = b"c", b"h"
 
@@ -391,7 +392,9 @@ class RedisHubBroker(HubBroker):
         """Start from a live node's snapshot when others run (module docstring)."""
         try:
             listed = await asyncio.wait_for(
-                self.link.redis.zrange(f"{self.prefix}:nodes", 0, -1), self.link.timeout
+                # The most recently seen first: a dead node not yet swept is last.
+                self.link.redis.zrange(f"{self.prefix}:nodes", 0, HELLO_ASKS - 1, desc=True),
+                self.link.timeout,
             )
         except Exception as exc:
             log.warning("cluster: cannot list the nodes (%s); starting empty", exc)
