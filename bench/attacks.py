@@ -83,9 +83,9 @@ def report(signum, frame):
 
 signal.signal(signal.SIGUSR1, report)
 gc.callbacks.append(timed)
-from sidecar.server import prepare
+from sidecar.server import memory
 if os.environ.get("ATTACKS_GC_THRESHOLDS"):
-    prepare.GC_THRESHOLDS = tuple(map(int, os.environ["ATTACKS_GC_THRESHOLDS"].split(",")))
+    memory.GC_THRESHOLDS = tuple(map(int, os.environ["ATTACKS_GC_THRESHOLDS"].split(",")))
 from sidecar.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -378,7 +378,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--subscribe", action="store_true", help="gc-pause: one channel each")
     parser.add_argument(
-        "--gc-thresholds", help="override sidecar.server.prepare.GC_THRESHOLDS: 700,10,10"
+        "--gc-thresholds", help="override sidecar.server.memory.GC_THRESHOLDS: 700,10,10"
     )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
     args = parser.parse_args()

@@ -300,9 +300,11 @@ class SidecarServer(Server):
         config["workers"] = self.workers  # explicit: "auto" would follow the taskset
         path = self.workdir / "sidecar.yaml"
         path.write_text(yaml.safe_dump(config))
+        return [*self.executable(), "run", "--config", str(path)]
+
+    def executable(self) -> list[str]:
         exe = Path(sys.executable).parent / "sidecar"
-        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
-        return [*base, "run", "--config", str(path)]
+        return [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
 
     def ready(self) -> None:
         wait_unix(self.socket)
@@ -479,6 +481,11 @@ class SoketiServer(Server):
 
 def available(kind: str) -> str | None:
     """None when the peer can run here, else why not."""
+    if (
+        kind == "sidecar-baseline"
+        and not Path(os.environ.get(BASELINE_ENV, "/nonexistent")).exists()
+    ):
+        return f"set {BASELINE_ENV} to the sidecar executable of the checkout to compare with"
     if kind == "nchan" and not (NCHAN_MODULE.exists() and shutil.which("nginx")):
         return "nginx with libnginx-mod-nchan is not installed (bash bench/setup.sh)"
     if kind == "soketi" and not (SOKETI_DIR / "node_modules" / "uWebSockets.js").exists():
@@ -493,8 +500,25 @@ class SidecarMetricsServer(SidecarServer):
     metrics: bool = True
 
 
+# Before/after in one run: another checkout's `sidecar` (its own venv), e.g.
+#   git worktree add --detach /tmp/before <commit> && python3 -m venv /tmp/before/.venv \
+#     && /tmp/before/.venv/bin/pip install -e /tmp/before
+#   SIDECAR_BASELINE=/tmp/before/.venv/bin/sidecar .venv/bin/python bench/fanout.py \
+#     --servers sidecar,sidecar-baseline
+BASELINE_ENV = "SIDECAR_BASELINE"
+
+
+@dataclass
+class SidecarBaselineServer(SidecarServer):
+    """The same configuration, run by the checkout $SIDECAR_BASELINE names."""
+
+    def executable(self) -> list[str]:
+        return [os.environ[BASELINE_ENV]]
+
+
 KINDS = {
     "sidecar": SidecarServer,
+    "sidecar-baseline": SidecarBaselineServer,
     "sidecar-metrics": SidecarMetricsServer,
     "naive": NaiveServer,
     "nchan": NchanServer,

@@ -173,6 +173,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args.worker_id,
         args.listen_fd,
         args.broker_fd,
+        args.control_fd,
         args.stats_fd,
         args.config_fd,
         args.reloaded_config_fd,
@@ -333,6 +334,9 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", type=int, required=True, help="this worker's number")
     p.add_argument("--listen-fd", type=int, required=True, help="the TLS port's socket")
     p.add_argument("--broker-fd", type=int, required=True, help="the pipe to the hub")
+    p.add_argument(
+        "--control-fd", type=int, required=True, help="the control line to the supervisor"
+    )
     p.add_argument("--stats-fd", type=int, help="the line the admin listener asks on")
     p.add_argument("--config-fd", type=int, help="the text of --config, as validated")
     p.add_argument("--reloaded-config-fd", type=int, help="as the latest reload applied it")

@@ -95,7 +95,13 @@ class RelayStats:
 
 
 class Relay:
-    def __init__(self, apps: AppRegistry, limits: LimitsConfig, broker: Broker):
+    def __init__(
+        self,
+        apps: AppRegistry,
+        limits: LimitsConfig,
+        broker: Broker,
+        report_events: dict[str, frozenset[str]] | None = None,
+    ):
         self.apps = apps
         self.limits = limits
         # Made for the process's role by sidecar/engine/broker/factory.py, started by the
@@ -111,7 +117,7 @@ class Relay:
         self.users: SignedInUsers[Connection] = SignedInUsers()
         # app_id -> the local events ("client_event", "cache_miss") passed to broker.report()
         # for webhooks; empty: none are, at no cost.
-        self.report_events: dict[str, frozenset[str]] = {}
+        self.report_events: dict[str, frozenset[str]] = report_events or {}
         self._outbox: ChangeOutbox | None = None
         # Subscriptions whose subscription_succeeded waits for the broker (ready()): by channel,
         # the socket ids.

@@ -1,11 +1,11 @@
 """A worker's end of the debug console (sidecar/observe/console.py).
 
 The supervisor has the console pages; connections and subscriptions happen here. While the
-supervisor says a console is open (a frame on the pipe, sidecar/engine/broker/pipe.py), the relay's
-tap and the signed API's are on; what they make waits in a queue of its own (bounded, capped
-at WORKER_RATE items a second, drops counted) and goes to the hub every FLUSH_INTERVAL, in one
-frame, on the pipe the worker's publications take. When the last page closes, the taps are
-None again and the queue is dropped.
+supervisor says a console is open (a message on the worker's control line,
+sidecar/server/control.py), the relay's tap and the signed API's are on; what they make waits in
+a queue of its own (bounded, capped at WORKER_RATE items a second, drops counted) and goes to
+the supervisor every FLUSH_INTERVAL, in one message on that line. When the last page closes,
+the taps are None again and the queue is dropped.
 """
 
 from __future__ import annotations

@@ -38,21 +38,31 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Observer:
-    def __init__(self, cert: Path | None, *, workers: int, broker: str) -> None:
+    def __init__(
+        self,
+        cert: Path | None,
+        *,
+        workers: int,
+        broker: str,
+        workers_alive: Callable[[], int] | None = None,
+        broker_ok: Callable[[], bool] | None = None,
+    ) -> None:
         self.requests = RequestCounter()  # this process's publish API (the Unix socket)
         self.publishers: list[PublishCounter] = []
         self.certificate = CertificateWatch(cert)
         self.history = History()
         self.workers_configured = workers
         self.broker_kind = broker
-        # Set by whoever runs the relay: is the browser port listening (one process), are the
-        # broker's pipes all attached (workers), how many worker processes are alive.
+        # Given by whoever runs the workers: how many worker processes are alive, are the
+        # broker's pipes all attached (one process: all of them, and its broker is in it).
+        self.workers_alive: Callable[[], int] = workers_alive or (lambda: workers)
+        self.broker_ok: Callable[[], bool] = broker_ok or (lambda: True)
         self.listening: Callable[[], bool] = lambda: True
-        self.broker_ok: Callable[[], bool] = lambda: True
-        self.workers_alive: Callable[[], int] = lambda: workers
-        # From SIGTERM on: the doors are shut, so not ready (a load balancer moves on).
+        # From SIGTERM on (`mark_stopping`): the doors are shut, so not ready (a load balancer
+        # moves on).
         self.stopping = False
-        # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them.
+        # Webhooks' counters (sidecar.webhooks.WebhookCounters), where this process sends them
+        # (`bind_webhooks`, once a sender starts).
         self.webhooks: Any = None
         self.worker_restarts = 0
         # The debug console's pages. Its switches turn the taps on with the first page: this
@@ -60,7 +70,7 @@ class Observer:
         self.console = ConsoleFeed()
         self.console.switches.append(self._tap_publishers)
         # The Unix socket's API (sidecar.api.handlers.PublishApi), which the console's form
-        # publishes through; set where it is served.
+        # publishes through (`bind_publish_api`, where it is served).
         self.publish_api: Any = None
         self.last_full: Snapshot | None = None  # the latest full collection, for the dashboard
         self.watchers = 0  # dashboards connected: the sampler collects in full while any are
@@ -72,6 +82,18 @@ class Observer:
         self._tick = asyncio.Condition()
         self._stopped = False
         self._sampler: asyncio.Task[None] | None = None
+
+    def mark_stopping(self) -> None:
+        """The process stops (its first step): readiness says 503 from now on."""
+        self.stopping = True
+
+    def bind_webhooks(self, counters: Any) -> None:
+        """Webhooks are sent from this process: their counters are reported from now on."""
+        self.webhooks = counters
+
+    def bind_publish_api(self, api: Any) -> None:
+        """The Unix socket's API, served: the debug console's form publishes through it."""
+        self.publish_api = api
 
     # Sources -------------------------------------------------------------------------------
 

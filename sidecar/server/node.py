@@ -2,25 +2,30 @@
 
 What both are made of: a relay fed by the broker it is given, the listeners of the process
 (`sites`), the reloader the relay and the TLS port register with, and the stop sequence the
-relay, the broker and the TLS port take their steps in (sidecar/server/lifecycle.py). What
-differs stays with each: the single process also serves the publish socket, the plain-HTTP
-port, the admin listener and sends webhooks (sidecar/server/single.py); a worker meets the
-others over its pipe and stops when the hub closes it too (sidecar/server/worker.py).
+relay, the broker and the TLS port take their steps in (sidecar/server/lifecycle.py). Both
+start the same way (`start`, then `serve_edge`) and stop the same way (`stop`, then
+`release`). What differs stays with each: the single process also serves the publish socket,
+the plain-HTTP port, the admin listener and sends webhooks (sidecar/server/single.py); a
+worker meets the others over its pipe and control line, and stops when the hub closes its
+pipe too (sidecar/server/worker.py).
 """
 
 from __future__ import annotations
 
+import socket
+
 from sidecar.engine.broker import Broker
+from sidecar.engine.relay import Relay
+from sidecar.observe.probe import RequestCounter
 from sidecar.server.lifecycle import Deadline, Step, StopSequence, close_broker, drain_relay
 from sidecar.server.prepare import Prepared
 from sidecar.server.reloader import ApiApps, EdgeOrigins, RelayApps, Reloader
-from sidecar.server.serving import Edge, Sites, start_relay
+from sidecar.server.serving import Edge, Sites, locally_reported_kinds, serve_edge
 
 
 class Node:
-    """A started relay on `broker` (the caller starts the broker with `relay`'s callbacks),
-    its reloader, and its stop: the broker closes (what it accepted is delivered), then every
-    client gets 4200 and until the deadline, less `keep`, to go."""
+    """A relay on `broker`, its reloader, and its stop: the broker closes (what it accepted is
+    delivered), then every client gets 4200 and until the deadline, less `keep`, to go."""
 
     def __init__(
         self,
@@ -32,7 +37,14 @@ class Node:
         quiet: bool = False,  # a worker: its supervisor logs the reload at info
         keep: float = 0.0,  # seconds of the deadline kept back for what comes after
     ) -> None:
-        self.relay = start_relay(prepared, broker)
+        self.prepared = prepared
+        self.broker = broker
+        self.relay = Relay(
+            prepared.apps,
+            prepared.config.limits,
+            broker,
+            report_events=locally_reported_kinds(prepared.apps),
+        )
         self.sites = Sites()
         self.reloader = Reloader(
             prepared.config,
@@ -47,6 +59,28 @@ class Node:
         self.stop_sequence.at(
             Step.LET_GO, lambda deadline: drain_relay(self.relay, deadline, keep=keep)
         )
+
+    async def start(self) -> None:
+        """The relay, then the broker with the relay's callbacks: from here on, what the
+        broker carries reaches the relay (what was waiting in a pipe too). The listeners
+        served from now on are let go of at the end."""
+        self.relay.start()
+        await self.broker.start(self.relay.deliver, self.relay.on_changes, self.relay.notify)
+        self.stop_sequence.on_release(self.sites.cleanup)
+
+    async def serve_edge(
+        self,
+        sock: socket.socket,
+        broker: Broker | None = None,
+        requests: RequestCounter | None = None,
+    ) -> Edge:
+        """The TLS port on `sock`; its signed API publishes on `broker` (the node's own, or
+        one that counts for the observer)."""
+        edge = await serve_edge(
+            self.sites, self.prepared, self.relay, broker or self.broker, sock, requests
+        )
+        self.serving(edge)
+        return edge
 
     def serving(self, edge: Edge) -> None:
         """The TLS port serves: reloads reach its API, Origin list and certificates; a stop

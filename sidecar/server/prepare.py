@@ -10,12 +10,10 @@ sidecar/server/worker.py split it between a supervisor and workers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import logging
 import resource
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,44 +129,6 @@ def bind_edge(host: str, port: int, workers: int) -> list[socket.socket]:
     with port_claim(port, "listen.port"):
         claim_port(host, port, "listen.port")
         return [bind_tcp(host, port, "listen.port", reuse_port=True) for _ in range(workers)]
-
-
-# Python's defaults. A full (generation 2) collection walks every live object: 30-190 ms with
-# 10,000 subscribed connections open (bench/attacks.py gc-pause, a busy 2-core machine), and
-# Python runs one only once the long-lived objects have grown by a quarter: one in a storm of
-# 10,000 connects (none with the third threshold at 100). It was 100 while every closed
-# connection was a reference cycle waiting for such a collection (+171 MB after 30,000 TLS
-# cycles, issue 13); closed connections are now freed by reference counting as they close
-# (tests/unit/engine/test_connection_memory.py), so rarer collections would only let other garbage
-# (exceptions and their tracebacks, aiohttp's) wait longer.
-GC_THRESHOLDS = (700, 10, 10)
-
-
-# glibc serves a freed large block's size from its heap from then on (its mmap threshold rises
-# up to 32 MiB), and uvloop allocates a 256 KiB read buffer for every TLS connection: with
-# clients coming and going, the heap fragments and its pages stay resident (bench/soak.py: the
-# workers' [heap] grew while Python's own objects stayed flat; malloc_trim gave most of it
-# back). Fixed at 128 KiB, each such buffer is a mapping of its own, returned when it is freed.
-MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # malloc.h
-
-
-def tune_memory() -> None:
-    """The collector's thresholds and, on glibc, the allocator's mmap threshold."""
-    gc.set_threshold(*GC_THRESHOLDS)
-    set_mmap_threshold(MMAP_THRESHOLD)
-
-
-def set_mmap_threshold(size: int, libc_name: str | None = "libc.so.6") -> bool:
-    """True when glibc took it; elsewhere (musl, macOS) nothing to do."""
-    try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, size))
 
 
 def raise_open_file_limit() -> int:
@@ -336,15 +296,28 @@ def admin_application(observer: Observer, token: str | None, host: str) -> web.A
     return admin_app(observer, token, host)
 
 
-def make_observer(prepared: Prepared, workers: int) -> Observer | None:
+def make_observer(
+    prepared: Prepared,
+    workers: int,
+    *,
+    workers_alive: Callable[[], int] | None = None,
+    broker_ok: Callable[[], bool] | None = None,
+) -> Observer | None:
     """What the admin listener reports from; None when there is none (`admin: null`): then
-    nothing is counted beyond the relay's own plain counters."""
+    nothing is counted beyond the relay's own plain counters. With workers, the supervisor
+    says how many are alive and whether the broker's pipes are all attached."""
     if prepared.admin_socket is None:
         return None
     broker = "memory" if workers == 1 else "pipe"
     if prepared.config.broker.kind == "redis":
         broker = "redis"
-    return Observer(prepared.cert, workers=workers, broker=broker)
+    return Observer(
+        prepared.cert,
+        workers=workers,
+        broker=broker,
+        workers_alive=workers_alive,
+        broker_ok=broker_ok,
+    )
 
 
 def observe_single(observer: Observer, relay: Relay, broker: Broker) -> Broker:

@@ -71,7 +71,7 @@ class LiveWebhooks:
         if new.enabled:
             await new.start()
             if self.observer is not None:
-                self.observer.webhooks = self.counters
+                self.observer.bind_webhooks(self.counters)
         else:
             new = None
         old, self.current = self.current, new

@@ -92,14 +92,6 @@ class Sites:
         self.runners.clear()
 
 
-def start_relay(prepared: Prepared, broker: Broker) -> Relay:
-    """A started relay; the caller starts `broker` with relay.deliver and relay.on_changes."""
-    relay = Relay(prepared.apps, prepared.config.limits, broker)
-    relay.report_events = locally_reported_kinds(prepared.apps)
-    relay.start()
-    return relay
-
-
 # What a worker sees first-hand and reports for webhooks; the rest (occupied, vacated, members)
 # comes from the cluster-wide channel state, in the one process that sends webhooks.
 LOCAL_WEBHOOK_KINDS = frozenset({"client_event", "cache_miss"})
@@ -219,7 +211,7 @@ async def serve_publish_side(
     gate = PublishGate(broker)
     api = PublishApi(prepared.apps, gate, signed=False, state=state)
     if observer is not None:
-        observer.publish_api = api  # the debug console's form publishes through it
+        observer.bind_publish_api(api)
     app = publish_application(api)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("unix"))

@@ -22,15 +22,15 @@ from sidecar.server.lifecycle import (
     reload_signal,
     stop_signal,
 )
+from sidecar.server.memory import tune_memory
 from sidecar.server.node import Node
-from sidecar.server.prepare import Prepared, make_observer, observe_single, tune_memory
+from sidecar.server.prepare import Prepared, make_observer, observe_single
 from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
 from sidecar.server.serving import (
     Edge,
     obtain_certificate,
     remove_socket_file,
     serve_admin,
-    serve_edge,
     serve_publish_side,
 )
 
@@ -54,16 +54,17 @@ async def run_single(
     node = Node(prepared, broker, config_path, keep=EXIT_MARGIN)
     relay, sites, stop = node.relay, node.sites, node.stop_sequence
     # One process: its channel state is the one webhooks are sent from (relay.state.on_event).
-    await broker.start(relay.deliver, relay.on_changes, relay.notify)
+    await node.start()
     stopping = stop_signal()
     observer = make_observer(prepared, 1)
+    if observer is not None:
+        stop.at(Step.SHUT, lambda _: observer.mark_stopping())
     webhooks = LiveWebhooks(relay.state, observer)
     await webhooks.start(prepared.apps, prepared.config.webhooks)
     node.reloader.register(webhooks)
     reload_signal(lambda: reload_all(node.reloader))
     stop.on_release(lambda: webhooks.close(timeout=0))
     stop.on_release(lambda: remove_socket_file(prepared.config.publish.socket))
-    stop.on_release(sites.cleanup)
     if observer is not None:
         stop.on_release(observer.stop)
     stop.at(Step.HAND_OVER, lambda _: webhooks.mute())
@@ -92,8 +93,6 @@ async def run_single(
             "stopping",
             extra={"connections": len(relay.connections), "deadline_s": deadline.remaining()},
         )
-        if observer is not None:
-            observer.stopping = True
         await node.stop(deadline)
     finally:
         await node.release()
@@ -106,11 +105,9 @@ async def serve(
     relay, sites = node.relay, node.sites
     edge_broker = broker if observer is None else observe_single(observer, relay, broker)
     requests = observer.requests if observer is not None else None
-    edge = await serve_edge(sites, prepared, relay, edge_broker, prepared.edge_sockets[0], requests)
+    edge = await node.serve_edge(prepared.edge_sockets[0], edge_broker, requests)
     publish = await serve_publish_side(sites, prepared, broker, relay.state, observer)
     await serve_admin(sites, prepared, observer)
     node.reloader.register(ApiApps(publish.api))
-    stop = node.stop_sequence
-    stop.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
-    node.serving(edge)
+    node.stop_sequence.at(Step.SHUT, lambda _: publish.stop_accepting(sites))
     return edge

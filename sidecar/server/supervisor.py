@@ -2,31 +2,34 @@
 
 The supervisor owns what exists once: the publish socket, the plain-HTTP redirect, the admin
 listener, and the hub of the pipe broker. Each worker is a fresh interpreter (`sidecar _worker`,
-sidecar/server/worker.py)
-that inherits its own SO_REUSEPORT listening socket on the TLS port, so the kernel spreads
-browser connections across workers, and one end of a pipe to the hub, so every worker receives
-every publication. A publish is acknowledged once the hub has written it to the pipes: the
-supervisor never fans out, so publishing stays fast however many subscribers there are.
+sidecar/server/worker.py) that inherits its own SO_REUSEPORT listening socket on the TLS port,
+so the kernel spreads browser connections across workers; one end of a pipe to the hub, so
+every worker receives every publication; and one end of a control line
+(sidecar/server/control.py) for what is not the broker's: reloads, the debug console, and the
+worker's word that it has finished. A publish is acknowledged once the hub has written it to
+the pipes: the supervisor never fans out, so publishing stays fast however many subscribers
+there are.
 
 A worker that dies is started again (its listening socket stays open in the supervisor, so
 connections wait in the backlog meanwhile).
 
 SIGTERM, within `shutdown.deadline`: the supervisor shuts the publish socket (a publisher
 still connected gets 503) and the plain-HTTP port, closes its copies of the TLS listening
-sockets and passes the signal on; each worker shuts its TLS port and its signed API and tells
-the hub it has finished; the hub writes everything accepted, then closes the pipes; each
+sockets and passes the signal on; each worker shuts its TLS port and its signed API and says
+on its control line how many publications it wrote to its pipe; once the hub has read them
+all from every worker, it writes everything accepted, then closes the pipes; each
 worker delivers what it received, closes its clients with 4200 and exits. The supervisor
 sends the webhooks still waiting meanwhile, kills a worker still there at the deadline, and
 exits.
 
 Workers never read the configuration file: the supervisor hands each the text it validated
 (inherited memfds at start: the text the cluster started with and the latest reloaded one; the
-pipe on reload), so a file edited meanwhile can neither make a worker disagree with the
+control line on reload), so a file edited meanwhile can neither make a worker disagree with the
 others nor stop a restarted worker from starting.
 
 SIGHUP: the supervisor re-reads the configuration file and applies its part (the publish
 socket's apps, webhooks, the log level); if the file is valid it sends each worker, over its
-pipe, the text to apply its own part from (apps and limits of its relay, the Origin
+control line, the text to apply its own part from (apps and limits of its relay, the Origin
 allow-list, its signed API), and each reloads its certificates. A file that does not validate is
 refused by the supervisor; the workers then reload their certificates only (as they do after
 an ACME renewal). Workers ignore SIGHUP itself: a terminal's hangup reaches the whole process
@@ -53,6 +56,7 @@ from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.broker.redis import RedisHubBroker
 from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
+from sidecar.server.control import SupervisorControl
 from sidecar.server.lifecycle import (
     WEBHOOKS_CLOSE_TIMEOUT,
     Deadline,
@@ -102,14 +106,16 @@ class Supervisor:
         self.prepared = prepared
         self.config_path = config_path
         self.count = workers
-        self.hub = make_broker("hub", prepared.config.broker)
         # The cluster-wide channel state, fed by the hub in its order: it answers the Unix
-        # socket's queries and is where webhooks are sent from (self.state.on_event).
+        # socket's queries and is where webhooks are sent from (self.state.on_event); a worker
+        # that attaches starts from it.
         self.state = make_presence_store(prepared.config.limits)
-        self.hub.snapshot = self.state.snapshot
+        self.hub = make_broker("hub", prepared.config.broker, snapshot=self.state.snapshot)
         if isinstance(self.hub, RedisHubBroker):
             self._join_cluster(self.hub)
         self.handles: dict[int, WorkerHandle] = {}
+        self.controls: dict[int, SupervisorControl] = {}
+        self.console_on = False  # a debug console is open: workers started now are told
         self.stopping = False
         self.observer = self._make_observer()
         self.webhooks = LiveWebhooks(self.state, self.observer)
@@ -122,14 +128,17 @@ class Supervisor:
         )
 
     def _make_observer(self) -> Observer | None:
-        observer = make_observer(self.prepared, self.count)
+        observer = make_observer(
+            self.prepared,
+            self.count,
+            workers_alive=self.alive,
+            broker_ok=lambda: self.hub.workers == self.count and self.hub.up,
+        )
         if observer is not None:
-            observer.workers_alive = self.alive
-            observer.broker_ok = lambda: self.hub.workers == self.count and self.hub.up
-            # The debug console: the workers' taps over their pipes, member and channel
-            # events from the cluster-wide state here (each worker applies every change).
+            # The debug console: the workers' taps over their control lines, member and
+            # channel events from the cluster-wide state here (each worker applies every
+            # change).
             observer.console.switches.append(self._console_taps)
-            self.hub.on_console_items = self._console_items
         return observer
 
     def _join_cluster(self, hub: RedisHubBroker) -> None:
@@ -149,7 +158,9 @@ class Supervisor:
 
     def _console_taps(self, on: bool) -> None:
         assert self.observer is not None
-        self.hub.console(on)
+        self.console_on = on
+        for control in self.controls.values():
+            control.console(on)
         self.state.on_transitions = self.observer.console.transitions if on else None
 
     def _console_items(self, worker_id: int, items: list[Any]) -> None:
@@ -180,6 +191,13 @@ class Supervisor:
 
     async def _spawn(self, worker_id: int, failures: int, stats: socket.socket | None) -> None:
         hub_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control_end, worker_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Addressed from now on, before the configuration's text is read for its command: a
+        # reload applied meanwhile reaches it too (once more at worst, which changes nothing).
+        control = SupervisorControl(worker_id, control_end, self.hub.finished, self._console_items)
+        self.controls[worker_id] = control
+        if self.console_on:
+            control.console(True)
         listen = self.prepared.edge_sockets[worker_id]
         command = [
             sys.executable,
@@ -192,8 +210,10 @@ class Supervisor:
             str(listen.fileno()),
             "--broker-fd",
             str(worker_end.fileno()),
+            "--control-fd",
+            str(worker_control.fileno()),
         ]
-        fds = [listen.fileno(), worker_end.fileno()]
+        fds = [listen.fileno(), worker_end.fileno(), worker_control.fileno()]
         texts = []
         if self.config_path is not None and self.started_text is not None:
             command += ["--config", self.config_path]
@@ -209,13 +229,21 @@ class Supervisor:
             fds.append(stats.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
+        except BaseException:
+            if self.controls.get(worker_id) is control:
+                del self.controls[worker_id]
+            control.close()
+            hub_end.close()
+            raise
         finally:
             worker_end.close()
+            worker_control.close()
             for fd in text_fds:
                 os.close(fd)
         handle = WorkerHandle(worker_id, proc, time.monotonic(), failures)
         self.handles[worker_id] = handle
         await self.hub.attach(worker_id, hub_end)
+        await control.open()
         handle.watcher = asyncio.ensure_future(self._watch(handle))
 
     async def _watch(self, handle: WorkerHandle) -> None:
@@ -224,6 +252,9 @@ class Supervisor:
         if self.stopping:
             return
         self.hub.detach(handle.worker_id)
+        control = self.controls.pop(handle.worker_id, None)
+        if control is not None:
+            control.close()
         if self.observer is not None:
             self.observer.worker_exited(handle.worker_id)
         lived = time.monotonic() - handle.started
@@ -243,14 +274,16 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     handle.proc.send_signal(sig)
 
-    def reload_workers(self) -> None:
-        """Every worker reloads its certificates now (not at its next check)."""
-        self.hub.reload(None)
+    def reload_workers(self, config_text: str | None = None) -> None:
+        """Every worker reloads `config_text` (the text validated here) and its certificates,
+        or with None its certificates only, now (not at its next check)."""
+        for control in self.controls.values():
+            control.reload(config_text)
 
     async def reload(self) -> None:
         """SIGHUP: validated and applied here first; then the workers do their part."""
         plan = await self.reloader.reload()
-        self.hub.reload(self.reloader.text if plan is not None else None)
+        self.reload_workers(self.reloader.text if plan is not None else None)
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
         sites = Sites()
@@ -272,8 +305,6 @@ class Supervisor:
             deadline = Deadline(self.reloader.config.shutdown.deadline)
             log.info("stopping", extra={"workers": self.count, "deadline_s": deadline.remaining()})
             self.stopping = True
-            if self.observer is not None:
-                self.observer.stopping = True
             await stop.run(deadline)
         finally:
             self.stopping = True
@@ -283,13 +314,17 @@ class Supervisor:
     def _stop_sequence(self, sites: Sites) -> StopSequence:
         """The stop in order (module docstring), within the deadline."""
         stop = StopSequence()
+        observer = self.observer
+        if observer is not None:
+            stop.at(Step.SHUT, lambda _: observer.mark_stopping())
         stop.on_release(lambda: self.webhooks.close(timeout=0))
         stop.on_release(lambda: remove_socket_file(self.prepared.config.publish.socket))
         stop.on_release(lambda: self._reap(0))
         stop.on_release(self.hub.close)
+        stop.on_release(self._close_controls)
         stop.on_release(sites.cleanup)
-        if self.observer is not None:
-            stop.on_release(self.observer.stop)
+        if observer is not None:
+            stop.on_release(observer.stop)
         # The workers' copies of the TLS listening sockets stay open until each shuts its own.
         stop.at(Step.SHUT, lambda _: self._close_edge_sockets())
         stop.at(Step.HAND_OVER, lambda _: self.webhooks.mute())
@@ -305,6 +340,10 @@ class Supervisor:
             ),
         )
         return stop
+
+    def _close_controls(self) -> None:
+        for control in self.controls.values():
+            control.close()
 
     def _close_edge_sockets(self) -> None:
         for sock in self.prepared.edge_sockets:

@@ -1,9 +1,11 @@
 """A worker process (`sidecar _worker`, started by the supervisor in sidecar/server/supervisor.py).
 
 It holds browser connections on its own SO_REUSEPORT listening socket and meets the others in
-the supervisor's hub over one pipe. Its configuration is the text the supervisor validated
-(an inherited memfd at start, the pipe on reload): it never reads the file itself. SIGTERM (or
-the pipe closing): it shuts its TLS port and signed API, tells the hub it has finished,
+the supervisor's hub over one pipe (the broker's); reloads, the debug console and its word
+that it has finished go on a control line beside it (sidecar/server/control.py). Its
+configuration is the text the supervisor validated (an inherited memfd at start, the control
+line on reload): it never reads the file itself. SIGTERM (or the pipe closing): it shuts its
+TLS port and signed API, tells the supervisor how many publications it wrote to its pipe,
 delivers what the hub sends until it closes the pipe, then closes its clients with 4200 and
 exits, all within its share of `shutdown.deadline`.
 """
@@ -19,26 +21,25 @@ from sidecar.config import model as config_module
 from sidecar.config.model import Config
 from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.broker.pipe import WorkerBroker
-from sidecar.engine.relay import Relay
 from sidecar.observe.console_worker import WorkerConsole
 from sidecar.observe.worker_stats import serve_worker_stats
+from sidecar.server.control import WorkerControl
 from sidecar.server.lifecycle import (
     Step,
     ignore_hangup,
     run_loop,
     stop_signal,
 )
+from sidecar.server.memory import tune_memory
 from sidecar.server.node import Node
 from sidecar.server.prepare import (
     Prepared,
     certificate_files,
     observe_relay,
     resolve_apps,
-    tune_memory,
 )
 from sidecar.server.reload_plan import plan_reload
 from sidecar.server.reloader import Reloader
-from sidecar.server.serving import Edge, Sites, serve_edge
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -52,6 +53,7 @@ async def run_worker(
     worker_id: int,
     listen_fd: int,
     broker_fd: int,
+    control_fd: int,
     stats_fd: int | None = None,
     config_path: str | None = None,
     config_text: str | None = None,
@@ -62,25 +64,25 @@ async def run_worker(
     listen = socket.socket(fileno=listen_fd)
     prepared = Prepared(config, apps, False, cert, key, [listen], None, None)
     broker = make_broker("worker", config.broker, pipe=socket.socket(fileno=broker_fd))
+    control = WorkerControl(socket.socket(fileno=control_fd))
     node = Node(prepared, broker, config_path, config_text, quiet=True)
-    relay, sites = node.relay, node.sites
-    reloads = WorkerReloads(node.reloader)
-    broker.on_reload = reloads.request
-    await broker.start(relay.deliver, relay.on_changes)
+    node.stop_sequence.on_release(control.close)
+    await node.start()
     # Ctrl-C reaches the whole process group; the supervisor decides, the worker waits for it.
     stop_requested = stop_signal(interrupt=False)
-    node.stop_sequence.on_release(sites.cleanup)
     pipe_closed: asyncio.Future[None] | None = None
 
     def finish() -> None:
         if pipe_closed is None or not pipe_closed.done():
-            broker.finish()
+            control.finished(broker.published)
 
     node.stop_sequence.at(Step.HAND_OVER, lambda _: finish())
     try:
-        edge = await serve_observed_edge(sites, prepared, relay, broker, listen, stats_fd)
-        node.serving(edge)
-        reloads.start()
+        console = await serve_observed_edge(node, broker, control, listen, stats_fd)
+        # Read once the worker serves: a reload or a console switch the supervisor sent while
+        # it started waited in the socket until now.
+        reloads = WorkerReloads(node.reloader)
+        await control.listen(reloads.request, console.switch if console is not None else None)
         pipe_closed = asyncio.ensure_future(broker.close())
         stopped = asyncio.ensure_future(stop_requested.wait())
         # The hub closing the pipe (shutdown, or the supervisor gone) ends the worker too.
@@ -93,25 +95,14 @@ async def run_worker(
 
 
 class WorkerReloads:
-    """Reloads the supervisor asks for; one asked for before the worker serves waits for it
-    (the worker read the file before, but maybe not the one the supervisor validated)."""
+    """Reloads the supervisor asks for, each in a task of its own (the Reloader's lock keeps
+    them in order)."""
 
     def __init__(self, reloader: Reloader) -> None:
         self.reloader = reloader
-        self.serving = False
-        self.waiting: list[str | None] = []  # asked for before serving, in order
 
     def request(self, config_text: str | None) -> None:
-        if not self.serving:
-            self.waiting.append(config_text)
-            return
         asyncio.get_running_loop().create_task(self._reload(config_text))
-
-    def start(self) -> None:
-        self.serving = True
-        for config_text in self.waiting:
-            self.request(config_text)
-        self.waiting.clear()
 
     async def _reload(self, config_text: str | None) -> None:
         try:
@@ -123,23 +114,22 @@ class WorkerReloads:
 
 
 async def serve_observed_edge(
-    sites: Sites,
-    prepared: Prepared,
-    relay: Relay,
+    node: Node,
     broker: WorkerBroker,
+    control: WorkerControl,
     listen: socket.socket,
     stats_fd: int | None,
-) -> Edge:
-    """The TLS port; with a stats line, the worker's probe too, answering once listening."""
+) -> WorkerConsole | None:
+    """The TLS port; with a stats line, the worker's probe too, answering once listening, and
+    its end of the debug console (its items to the supervisor on the control line)."""
     if stats_fd is None:
-        return await serve_edge(sites, prepared, relay, broker, listen)
-    probe, edge_broker, requests = observe_relay(relay, broker)
-    console = WorkerConsole(relay, edge_broker, broker.console)
-    broker.on_console = console.switch
-    console.switch(broker.console_on)  # a console already open when this worker started
-    edge = await serve_edge(sites, prepared, relay, edge_broker, listen, requests)
+        await node.serve_edge(listen)
+        return None
+    probe, edge_broker, requests = observe_relay(node.relay, broker)
+    console = WorkerConsole(node.relay, edge_broker, control.console_items)
+    await node.serve_edge(listen, edge_broker, requests)
     await serve_worker_stats(socket.socket(fileno=stats_fd), probe.snapshot)
-    return edge
+    return console
 
 
 def worker_main(
@@ -147,18 +137,21 @@ def worker_main(
     worker_id: int,
     listen_fd: int,
     broker_fd: int,
+    control_fd: int,
     stats_fd: int | None = None,
     config_fd: int | None = None,
     reloaded_fd: int | None = None,
 ) -> int:
     from sidecar.observe.logging import setup
 
-    # Reloads come from the supervisor over the pipe; a hangup of the terminal (to the whole
+    # Reloads come from the supervisor over the control line; a hangup of the terminal (to the whole
     # process group) is the supervisor's to act on, not an end of this worker.
     ignore_hangup()
     config, text = worker_config(config_path, read_fd(config_fd), read_fd(reloaded_fd))
     setup(config.log.level)
-    run_loop(run_worker(config, worker_id, listen_fd, broker_fd, stats_fd, config_path, text))
+    run_loop(
+        run_worker(config, worker_id, listen_fd, broker_fd, control_fd, stats_fd, config_path, text)
+    )
     return 0
 
 

@@ -195,3 +195,33 @@ async def test_one_process_shows_the_same_over_its_stream(
     assert items[1]["channel"] == "orders" and items[1]["socket_id"] == items[0]["socket_id"]
     assert items[3]["source"] == "unix" and UNIX_PAYLOAD in items[3]["data"]
     assert "worker" not in items[0]
+
+
+async def test_with_workers_their_items_reach_the_stream_tagged_with_the_worker(
+    start_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """Without a browser: the console switches the workers' taps over their control lines,
+    and what the taps make comes back on them."""
+    sidecar = start_sidecar(admin=admin_block(token=TOKEN), workers=2)
+    await wait_ready(sidecar)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    subscribers = Subscribers(sidecar)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(admin_url(sidecar, "/dashboard/console/events"), headers=headers) as stream,
+    ):
+        assert (await stream.content.readline()).startswith(b"event: hello")
+        await asyncio.sleep(0.5)  # the switch reaches the workers on their lines
+        await subscribers.open(4, "orders")
+        items: list[dict[str, Any]] = []
+        name = b"hello"
+        while sum(1 for i in items if i["kind"] == "subscribed") < 4:
+            line = await asyncio.wait_for(stream.content.readline(), 10)
+            if line.startswith(b"event: "):
+                name = line[7:].strip()
+            elif line.startswith(b"data: ") and name == b"items":
+                items += json.loads(line[6:])
+    await subscribers.close()
+    from_workers = [i for i in items if i["kind"] in ("connected", "subscribed")]
+    assert {i["worker"] for i in from_workers} <= {0, 1}
+    assert sum(1 for i in from_workers if i["kind"] == "connected") == 4

@@ -10,7 +10,8 @@ workers keep the pipe (their broker confirms publications and readiness through 
 from __future__ import annotations
 
 import socket
-from typing import Literal, overload
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 from sidecar.config.model import BrokerConfig
 from sidecar.engine.broker.memory import MemoryBroker
@@ -23,15 +24,22 @@ Role = Literal["single", "hub", "worker"]
 @overload
 def make_broker(role: Literal["single"], config: BrokerConfig) -> MemoryBroker: ...
 @overload
-def make_broker(role: Literal["hub"], config: BrokerConfig) -> HubBroker: ...
+def make_broker(
+    role: Literal["hub"], config: BrokerConfig, *, snapshot: Callable[[], Any] | None = None
+) -> HubBroker: ...
 @overload
 def make_broker(
     role: Literal["worker"], config: BrokerConfig, *, pipe: socket.socket
 ) -> WorkerBroker: ...
 def make_broker(
-    role: Role, config: BrokerConfig, *, pipe: socket.socket | None = None
+    role: Role,
+    config: BrokerConfig,
+    *,
+    pipe: socket.socket | None = None,
+    snapshot: Callable[[], Any] | None = None,
 ) -> MemoryBroker | HubBroker | WorkerBroker:
-    """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only)."""
+    """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only).
+    `snapshot`: the state a worker that attaches starts from (the hub only)."""
     if config.kind not in ("memory", "redis"):
         raise ValueError(f"broker.kind {config.kind!r} is not available in this version")
     redis = config.kind == "redis"
@@ -40,7 +48,9 @@ def make_broker(
             raise ValueError("broker.kind redis runs a supervisor and workers, not one process")
         return MemoryBroker()
     if role == "hub":
-        return RedisHubBroker(config) if redis else HubBroker()
+        if redis:
+            return RedisHubBroker(config, snapshot=snapshot)
+        return HubBroker(snapshot=snapshot)
     if role == "worker":
         if pipe is None:
             raise ValueError("a worker's broker needs its pipe to the hub")

@@ -18,7 +18,7 @@ from sidecar.engine.broker.base import Publication
 from sidecar.engine.broker.changes import Change, encode_changes
 
 HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT, FINISHED, RELOAD, CONSOLE, CONSOLE_ITEMS = 1, 2, 3, 4, 5, 6, 7
+PUBLICATION, CHANGES, REPORT = 1, 2, 3
 # A publication whose publisher waits for its answer (worker to hub, right after the
 # PUBLICATION frame): meta `[seq]`. The hub answers with ACK `[seq, error]`, error null when the
 # publication is in the order (with Redis: once Redis took it), else why not.
@@ -47,11 +47,6 @@ def decode_publication(head: bytes, data_json: bytes) -> Publication:
 
 def meta_frame(kind: int, meta: bytes) -> bytes:
     return HEADER.pack(kind, len(meta), 0) + meta
-
-
-def console_frame(on: bool) -> bytes:
-    data = b"1" if on else b""
-    return HEADER.pack(CONSOLE, 0, len(data)) + data
 
 
 def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
@@ -102,11 +97,14 @@ class PublicationStream(asyncio.Protocol):
         if self._on_lost is not None:
             self._on_lost()
 
-    def write(self, *pieces: bytes) -> None:
-        """Write if the pipe is still there: a worker that is stopping may still report."""
+    def write(self, *pieces: bytes) -> bool:
+        """Write if the pipe is still there (a worker that is stopping may still report);
+        whether it was."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.writelines(pieces)
+        if transport is None or transport.is_closing():
+            return False
+        transport.writelines(pieces)
+        return True
 
     def backlog(self) -> int:
         """Bytes written but not yet taken by the other end."""

@@ -13,20 +13,18 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
   literal as it will sit in every frame (a worker never decodes event data, it only splices it);
 - changes: meta `[origin, [change, ...]]` (sidecar/engine/broker/changes.py), no data;
 - a report (worker to hub only): meta `[app_id, event]`, no data;
-- finished (worker to hub only, at shutdown): nothing after it is a publication the worker
-  answered 200 for; the hub may close that worker's pipe once it has written it everything
-  accepted before, which is the worker's signal that nothing more is coming;
-- reload (hub to worker): data the text of the configuration file the supervisor validated
-  (then certificates), or nothing (certificates only). By the pipe, not by a signal: a signal
-  sent while a worker is still starting would be lost (or end it); a frame waits in the pipe
-  until the worker reads it.
-- console (hub to worker): data `1` while a debug console is open in the supervisor, empty
-  once none is (sidecar/observe/console.py): the worker's taps go on or off;
-- console items (worker to hub, only while on): meta a JSON list of the items its taps made.
+- with a Redis hub (sidecar/engine/broker/redis.py), CONFIRM/ACK for a publication whose
+  publisher waits, READY for a channel the node now hears, CACHED for a cache channel's last
+  event (sidecar/engine/broker/frames.py says what each carries).
+
+Nothing else: reloads, the debug console and a worker's word that it has finished go on a
+control line of their own (sidecar/server/control.py), outside the broker's order.
 
 Stopping goes: the supervisor shuts the publish socket, each worker shuts its TLS port and
-sends `finished`, the hub waits for every worker's (bounded), writes what it holds and closes
-the pipes; each worker delivers what it read, then closes its clients with 4200.
+says on its control line how many publications it wrote to its pipe (`finished`); the hub
+takes a worker as finished once it has read that many from its pipe (`HubBroker.finished`),
+waits for every worker (bounded), writes what it holds and closes the pipes; each worker
+delivers what it read, then closes its clients with 4200.
 """
 
 from __future__ import annotations
@@ -36,6 +34,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -62,17 +61,11 @@ from sidecar.engine.broker.frames import (
     CACHED,
     CHANGES,
     CONFIRM,
-    CONSOLE,
-    CONSOLE_ITEMS,
-    FINISHED,
-    HEADER,
     PUBLICATION,
     READY,
-    RELOAD,
     REPORT,
     PublicationStream,
     ack_frame,
-    console_frame,
     decode_publication,
     encode_changes_frame,
     encode_publication,
@@ -126,13 +119,9 @@ class WorkerBroker:
         self._waiting: dict[tuple[str, str], int] = {}  # channel -> serial awaiting READY
         self.on_ready: OnReady | None = None
         self.on_cached: Deliver | None = None
-        # Called with the configuration's text (then certificates) or None (certificates
-        # only). Set before start(): frames already in the pipe are read as it connects.
-        self.on_reload: Callable[[str | None], None] | None = None
-        # Called with True when the supervisor opens a debug console, False when the last
-        # closes; `console_on` keeps the latest word for a listener set after start().
-        self.on_console: Callable[[bool], None] | None = None
-        self.console_on = False
+        # Publications written to the pipe: the count a worker's `finished` carries
+        # (sidecar/server/control.py), so that the hub knows when it has read them all.
+        self.published = 0
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -145,12 +134,6 @@ class WorkerBroker:
             elif kind == CHANGES and changed is not None:
                 origin, changes = decode_changes(meta_of(head))
                 changed(origin, changes)
-            elif kind == RELOAD and self.on_reload is not None:
-                self.on_reload(data.decode() if data else None)
-            elif kind == CONSOLE:
-                self.console_on = data == b"1"
-                if self.on_console is not None:
-                    self.on_console(self.console_on)
             elif kind == ACK:
                 seq, error = orjson.loads(meta_of(head))
                 self._acked(seq, error)
@@ -171,22 +154,24 @@ class WorkerBroker:
 
     def publish(self, publication: Publication) -> None:
         assert self._stream is not None
-        self._stream.write(*encode_publication(publication))
+        if self._stream.write(*encode_publication(publication)):
+            self.published += 1
 
     async def publish_confirmed(self, publication: Publication) -> None:
         if not self._confirms:
             self.publish(publication)
             return
         assert self._stream is not None
-        if self._stream.transport is None:
-            raise BrokerUnavailable("the hub is gone")
         seq = self._next_seq
         self._next_seq += 1
         future = asyncio.get_running_loop().create_future()
         self._acks[seq] = future
-        self._stream.write(
+        if not self._stream.write(
             *encode_publication(publication), meta_frame(CONFIRM, orjson.dumps([seq]))
-        )
+        ):
+            del self._acks[seq]
+            raise BrokerUnavailable("the hub is gone")
+        self.published += 1
         try:
             await asyncio.wait_for(future, ACK_TIMEOUT)
         except TimeoutError:
@@ -217,7 +202,7 @@ class WorkerBroker:
         return key in self._local and key not in self._waiting
 
     def _count(self, changes: Sequence[Change]) -> None:
-        """This worker's counts as the hub will count them (redis.py: LocalChannels)."""
+        """This worker's counts as the hub will count them (local_channels.py)."""
         for change in changes:
             if not isinstance(change, CountDelta):
                 continue
@@ -244,19 +229,19 @@ class WorkerBroker:
         assert self._stream is not None
         self._stream.write(encode_report(app_id, event))
 
-    def console(self, items: list[Any]) -> None:
-        """Items for the supervisor's debug console."""
-        assert self._stream is not None
-        self._stream.write(meta_frame(CONSOLE_ITEMS, orjson.dumps(items)))
-
-    def finish(self) -> None:
-        """No more publications from this worker: what it accepted is ahead of this frame."""
-        assert self._stream is not None
-        self._stream.write(meta_frame(FINISHED, b""))
-
     async def close(self) -> None:
         """Wait until the hub has closed the pipe: everything it accepted was delivered."""
         await self._closed.wait()
+
+
+@dataclass(eq=False)
+class _Attached:
+    """A worker's pipe at the hub, and how far the worker's `finished` has been read."""
+
+    stream: PublicationStream
+    read: int = 0  # publications read from this pipe
+    finish_at: int | None = None  # the count its `finished` carried, once it came
+    finished: bool = False  # every publication it wrote before `finished` is read
 
 
 class HubBroker:
@@ -266,26 +251,26 @@ class HubBroker:
     write to a pipe wakes the worker reading it, and a woken worker can take the CPU from the
     supervisor for a whole time slice (milliseconds) before the reply goes out. Several frames
     accepted in one turn also leave in one write per pipe. A worker more than `max_backlog`
-    bytes behind has its pipe closed (MAX_WORKER_BACKLOG says why).
+    bytes behind has its pipe closed (MAX_WORKER_BACKLOG says why). `snapshot` is the state a
+    worker that attaches starts from (the supervisor's ChannelState).
     """
 
-    def __init__(self, max_backlog: int = MAX_WORKER_BACKLOG) -> None:
-        self._workers: dict[int, PublicationStream] = {}
-        self._by_origin: dict[int, PublicationStream] = {}  # the same streams, by origin
+    def __init__(
+        self,
+        max_backlog: int = MAX_WORKER_BACKLOG,
+        snapshot: Callable[[], Any] | None = None,
+    ) -> None:
+        self._workers: dict[int, _Attached] = {}
         self._max_backlog = max_backlog
         self._pending: list[bytes] = []
         self._next_origin = HUB_ORIGIN + 1
         self._changed: OnChanges | None = None
         self._reported: Report | None = None
         self._closing = False
-        self._finished: set[int] = set()  # workers that sent FINISHED
+        self._finished: set[int] = set()  # workers whose publications before `finished` are read
         self._settled: asyncio.Event | None = None  # closing: every worker has finished
-        # The state a worker that attaches starts from (the supervisor's ChannelState).
-        self.snapshot: Callable[[], Any] | None = None
-        # The debug console: whether workers' taps are on, and who takes their items
-        # (worker_id, items).
-        self.console_on = False
-        self.on_console_items: Callable[[int, list[Any]], None] | None = None
+        self.snapshot = snapshot
+        self._by_origin: dict[int, PublicationStream] = {}  # the workers' pipes, by origin
         self.on_ready: OnReady | None = None  # the hub holds no subscribers
         self.on_cached: Deliver | None = None
 
@@ -301,23 +286,22 @@ class HubBroker:
         loop = asyncio.get_running_loop()
         origin = self._next_origin
         self._next_origin += 1
-        holder: list[PublicationStream] = []
+        holder: list[_Attached] = []
 
         def on_frame(kind: int, head: bytes, data: bytes) -> None:
             if kind == PUBLICATION:
                 self._worker_published(origin, head, data)
+                if holder:
+                    holder[0].read += 1
+                    self._check_finished(worker_id, holder[0])
             elif kind == CHANGES:
                 self._worker_changed(origin, meta_of(head))
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
-            elif kind == FINISHED and holder:
-                self._on_finished(worker_id, holder[0])
-            elif kind == CONSOLE_ITEMS and self.on_console_items is not None:
-                self.on_console_items(worker_id, orjson.loads(meta_of(head)))
             elif kind == CONFIRM and holder:
                 (seq,) = orjson.loads(meta_of(head))
-                self._worker_confirm(origin, holder[0], seq)
+                self._worker_confirm(origin, holder[0].stream, seq)
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
@@ -332,18 +316,17 @@ class HubBroker:
         _, stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, lost), sock=sock
         )
-        holder.append(stream)
+        attached = _Attached(stream)
+        holder.append(attached)
         # What is already in the order goes to the others; the newcomer starts from the state
         # that order made, then receives everything after it.
         if self._pending:
             self._write_pending()
-        self._workers[worker_id] = stream
+        self._workers[worker_id] = attached
         self._by_origin[origin] = stream
         self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
-        if self.console_on:
-            stream.write(console_frame(True))
 
     # What a worker hands over; a Redis hub (redis.py) sends it to Redis instead.
 
@@ -365,21 +348,19 @@ class HubBroker:
         """Whether the broker can take publications now (with Redis: the link is up)."""
         return True
 
-    def reload(self, config_text: str | None) -> None:
-        """Ask every worker to reload: the configuration (the text the supervisor has just
-        validated) and certificates, or with None certificates only."""
-        data = config_text.encode() if config_text is not None else b""
-        self._queue((HEADER.pack(RELOAD, 0, len(data)), data))
-
-    def console(self, on: bool) -> None:
-        """Every worker's console taps on (a console opened) or off (the last one closed)."""
-        self.console_on = on
-        self._queue((console_frame(on),))
+    def finished(self, worker_id: int, publications: int) -> None:
+        """A worker's word (on its control line, sidecar/server/control.py) that it has
+        written `publications` to its pipe and nothing after them it answered 200 for: it
+        counts as finished once the hub has read that many."""
+        attached = self._workers.get(worker_id)
+        if attached is not None and attached.finish_at is None:
+            attached.finish_at = publications
+            self._check_finished(worker_id, attached)
 
     def detach(self, worker_id: int) -> None:
-        stream = self._workers.get(worker_id)
-        if stream is not None and stream.transport is not None:
-            stream.transport.close()  # its loss releases what the worker held
+        attached = self._workers.get(worker_id)
+        if attached is not None and attached.stream.transport is not None:
+            attached.stream.transport.close()  # its loss releases what the worker held
 
     def publish(self, publication: Publication) -> None:
         self._queue(encode_publication(publication))
@@ -412,7 +393,8 @@ class HubBroker:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        for worker_id, stream in list(self._workers.items()):
+        for worker_id, attached in list(self._workers.items()):
+            stream = attached.stream
             stream.write(*pending)
             if stream.backlog() > self._max_backlog:
                 self._overrun(worker_id, stream)
@@ -430,14 +412,17 @@ class HubBroker:
     def workers(self) -> int:
         return len(self._workers)
 
-    def _on_finished(self, worker_id: int, stream: PublicationStream) -> None:
+    def _check_finished(self, worker_id: int, attached: _Attached) -> None:
+        if attached.finished or attached.finish_at is None or attached.read < attached.finish_at:
+            return
+        attached.finished = True
         self._finished.add(worker_id)
         if self._closing:
             self._check_settled()
             return
 
         def release() -> None:
-            if not self._closing and self._workers.get(worker_id) is stream:
+            if not self._closing and self._workers.get(worker_id) is attached:
                 self._write_pending()
                 self.detach(worker_id)
 
@@ -450,7 +435,7 @@ class HubBroker:
     async def close(self, wait: float = 0.0) -> None:
         """Close each pipe once what was written to it is flushed: the workers' signal to stop.
 
-        With `wait`, first up to that many seconds for every worker's FINISHED, so that what
+        With `wait`, first up to that many seconds for every worker to finish, so that what
         they accepted themselves (the signed API) is in the order before the pipes close.
         """
         self._closing = True
@@ -463,6 +448,6 @@ class HubBroker:
             self._write_pending()
         workers = list(self._workers.values())
         self._workers.clear()
-        for stream in workers:
-            if stream.transport is not None:
-                stream.transport.close()  # flushes its buffer first
+        for attached in workers:
+            if attached.stream.transport is not None:
+                attached.stream.transport.close()  # flushes its buffer first

@@ -111,8 +111,9 @@ class RedisHubBroker(HubBroker):
         node_num: int | None = None,
         max_backlog: int = MAX_WORKER_BACKLOG,
         timeout: float | None = None,
+        snapshot: Callable[[], Any] | None = None,
     ) -> None:
-        super().__init__(max_backlog)
+        super().__init__(max_backlog, snapshot)
         assert config.url is not None
         self.config = config
         self.prefix = config.prefix
@@ -323,9 +324,9 @@ class RedisHubBroker(HubBroker):
     def _say_cached(self, messages: list[bytes]) -> None:
         self._write_pending()  # what the workers were already due comes first
         frames = [cached_frame(decode_publication(*_local_time(m))) for m in messages]
-        for stream in list(self._workers.values()):
+        for attached in list(self._workers.values()):
             for head, data in frames:
-                stream.write(head, data)
+                attached.stream.write(head, data)
 
     def _say_ready(self, origin: int, ready: list[tuple[str, str, int]]) -> None:
         stream = self._by_origin.get(origin)

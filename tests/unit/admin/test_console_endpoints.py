@@ -41,7 +41,9 @@ def observed(apps: tuple[AppConfig, ...] = (APP,)) -> tuple[Observer, RecordingB
     observer = Observer(None, workers=1, broker="memory")
     broker = RecordingBroker()
     gate = PublishGate(observer.count_publishes(broker))  # type: ignore[arg-type]
-    observer.publish_api = PublishApi(AppRegistry(apps), gate, signed=False, state=ChannelState())  # type: ignore[arg-type]
+    observer.bind_publish_api(
+        PublishApi(AppRegistry(apps), gate, signed=False, state=ChannelState())
+    )  # type: ignore[arg-type]
     return observer, broker
 
 

@@ -122,6 +122,36 @@ async def test_readyz_reports_each_check(observed: tuple[Observer, FakeProbe]) -
         await client.close()
 
 
+async def test_readiness_follows_the_health_the_observer_was_given_and_the_stop(
+    tmp_path: Path,
+) -> None:
+    attached = [True]
+    observer = Observer(
+        ensure_self_signed(tmp_path).cert,
+        workers=1,
+        broker="pipe",
+        workers_alive=lambda: 7,
+        broker_ok=lambda: attached[0],
+    )
+    observer.add_local(FakeProbe())  # type: ignore[arg-type]
+    client = await client_for(observer)
+    try:
+        response = await client.get("/readyz")
+        body = await response.json()
+        assert response.status == 200
+        assert body["checks"]["listening"]["workers_alive"] == 7
+        attached[0] = False
+        assert (await client.get("/readyz")).status == 503
+        attached[0] = True
+        observer.mark_stopping()
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["checks"]["listening"]["stopping"] is True
+    finally:
+        await client.close()
+        await observer.stop()
+
+
 async def test_an_expired_certificate_is_not_ready(tmp_path: Path) -> None:
     observer = Observer(expired_certificate(tmp_path), workers=1, broker="memory")
     observer.add_local(FakeProbe())  # type: ignore[arg-type]

@@ -1,17 +1,15 @@
-"""sidecar.observe.console_worker and the console's frames on the pipe: a worker's taps go on
-and off as the hub says, and what they make reaches the hub, capped, tagged with the worker."""
+"""sidecar.observe.console_worker: a worker's taps go on and off as it is told, and what they
+make leaves in batches, capped (the line that carries both: tests/unit/server/test_control.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from sidecar.engine.broker.base import Publication
-from sidecar.engine.broker.pipe import HubBroker, WorkerBroker
 from sidecar.engine.relay import Relay
 from sidecar.observe import console_worker
 from sidecar.observe.console_worker import WorkerConsole
@@ -83,32 +81,3 @@ async def test_items_leave_in_one_batch_per_interval_capped(
     (batch,) = sent.batches
     assert [i["kind"] for i in batch] == ["connected"] * 5 + ["dropped"]
     assert batch[-1]["count"] == 3
-
-
-async def test_the_hub_switches_workers_and_takes_their_items() -> None:
-    hub = HubBroker()
-    taken: list[tuple[int, list[Any]]] = []
-    hub.on_console_items = lambda worker_id, items: taken.append((worker_id, items))
-    switched: dict[int, list[bool]] = {1: [], 2: []}
-    workers: dict[int, WorkerBroker] = {}
-
-    async def attach(worker_id: int) -> None:
-        hub_end, worker_end = socket.socketpair()
-        await hub.attach(worker_id, hub_end)
-        worker = WorkerBroker(worker_end)
-        await worker.start(lambda p: None)
-        worker.on_console = switched[worker_id].append
-        workers[worker_id] = worker
-
-    await attach(1)
-    hub.console(True)
-    await until(lambda: switched[1] == [True])
-    await attach(2)  # started while a console is open: told at once
-    await until(lambda: workers[2].console_on)
-    workers[2].console([{"kind": "connected", "socket_id": "1.1"}])
-    await until(lambda: taken)
-    assert taken == [(2, [{"kind": "connected", "socket_id": "1.1"}])]
-    hub.console(False)
-    await until(lambda: switched[1] == [True, False] and switched[2][-1:] == [False])
-    assert not workers[2].console_on
-    await hub.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -60,7 +60,7 @@ async def test_a_node_stops_its_port_then_its_broker_then_its_clients() -> None:
     said: list[str] = []
     broker = RecordingBroker(said)
     node = Node(prepared(), broker)
-    await broker.start(node.relay.deliver, node.relay.on_changes, node.relay.notify)
+    await node.start()
     node.serving(cast(Edge, FakeEdge(said)))
     node.stop_sequence.at(Step.LET_GO, lambda _: said.append("clients go"))
     try:
@@ -96,4 +96,37 @@ async def test_the_port_a_node_serves_takes_its_reloads(restore_log_level: None)
 async def test_the_deadline_is_the_running_configuration_s_less_a_margin() -> None:
     node = Node(prepared(), MemoryBroker())
     assert 0 < node.deadline(0.5).remaining() <= node.reloader.config.shutdown.deadline - 0.5
+    node.relay.stop()
+
+
+class StartedBroker(MemoryBroker):
+    """Says what it was started with."""
+
+    async def start(self, deliver: Any, changed: Any = None, reported: Any = None) -> None:
+        self.started_with = (deliver, changed, reported)
+        await super().start(deliver, changed, reported)
+
+
+async def test_start_starts_the_relay_then_its_broker_with_the_relay_s_callbacks() -> None:
+    broker = StartedBroker()
+    node = Node(prepared(), broker)
+    assert node.relay.fanout is None  # made, not started
+    await node.start()
+    assert node.relay.fanout is not None
+    relay = node.relay
+    assert broker.started_with == (relay.deliver, relay.on_changes, relay.notify)
+    node.relay.stop()
+
+
+async def test_release_lets_go_of_the_listeners_once_started() -> None:
+    node = Node(prepared(), MemoryBroker())
+    cleaned: list[bool] = []
+
+    async def cleanup() -> None:
+        cleaned.append(True)
+
+    node.sites.cleanup = cleanup  # type: ignore[method-assign]
+    await node.start()
+    await node.release()
+    assert cleaned == [True]
     node.relay.stop()

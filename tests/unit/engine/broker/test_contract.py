@@ -77,16 +77,19 @@ class PipeCluster:
         self.orderer = self.hub
         self.nodes: list[Node] = []
         self._ends: dict[int, socket.socket] = {}
+        self._worker_ids: dict[int, int] = {}
         for _ in range(nodes):
             await self.add()  # no snapshot yet: the first nodes start with the cluster
 
     async def add(self) -> Node:
         hub_end, worker_end = socket.socketpair()
-        await self.hub.attach(len(self.nodes), hub_end)
+        worker_id = len(self._worker_ids)
+        await self.hub.attach(worker_id, hub_end)
         worker = WorkerBroker(worker_end)
         node = Node(worker)
         await worker.start(node.deliver, node.changed)
         self._ends[id(node)] = worker_end
+        self._worker_ids[id(node)] = worker_id
         self.nodes.append(node)
         return node
 
@@ -96,8 +99,9 @@ class PipeCluster:
 
     async def close(self) -> None:
         for node in self.nodes:
+            # The worker's word on its control line (sidecar/server/control.py).
             assert isinstance(node.broker, WorkerBroker)
-            node.broker.finish()
+            self.hub.finished(self._worker_ids[id(node)], node.broker.published)
         await self.hub.close(wait=2)
         for node in self.nodes:
             await asyncio.wait_for(node.broker.close(), 5)

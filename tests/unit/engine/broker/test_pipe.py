@@ -171,8 +171,7 @@ async def test_changes_are_stamped_with_their_origin_and_echoed_to_every_worker_
 
 
 async def test_a_worker_that_attaches_late_starts_from_the_snapshot() -> None:
-    hub = HubBroker()
-    hub.snapshot = lambda: {"1": {"news": {"o": [[1, 3]], "m": [], "s": []}}}
+    hub = HubBroker(snapshot=lambda: {"1": {"news": {"o": [[1, 3]], "m": [], "s": []}}})
     await hub.start(lambda p: None)
     _, recorder, _ = await attached(hub, 0)
     await eventually(lambda: len(recorder.seen) == 1)
@@ -248,10 +247,10 @@ async def test_closing_waits_for_every_worker_to_finish_before_closing_the_pipes
     # Accepted by a worker's own API while the hub waits: it must reach everyone.
     late = Publication.of("1", ("a",), "late", "x")
     workers[0].publish(late)
-    workers[0].finish()
+    hub.finished(0, workers[0].published)
     await asyncio.sleep(0.05)
     assert not closing.done(), "closed before the second worker finished"
-    workers[1].finish()
+    hub.finished(1, workers[1].published)
     await asyncio.wait_for(closing, 5)
     await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers)), 5)
     assert received == {0: [late], 1: [late]}
@@ -260,7 +259,7 @@ async def test_closing_waits_for_every_worker_to_finish_before_closing_the_pipes
 async def test_closing_does_not_wait_past_its_time_for_a_worker_that_never_finishes() -> None:
     hub = HubBroker()
     workers, _ = await workers_of(hub, 2)
-    workers[0].finish()
+    hub.finished(0, workers[0].published)
     await asyncio.wait_for(hub.close(wait=0.2), 5)
     await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers)), 5)
 
@@ -273,7 +272,7 @@ async def test_a_worker_that_finishes_alone_gets_its_pipe_closed_after_the_grace
     gone: list[list[Change]] = []
     await hub.start(lambda p: None, lambda origin, changes: gone.append(changes))
     workers, received = await workers_of(hub, 2)
-    workers[0].finish()
+    hub.finished(0, workers[0].published)
     hub.publish(Publication.of("1", ("a",), "before", "x"))  # within the grace: still theirs
     await asyncio.wait_for(workers[0].close(), 5)
     assert [p.name for p in received[0]] == ["before"]
@@ -283,23 +282,49 @@ async def test_a_worker_that_finishes_alone_gets_its_pipe_closed_after_the_grace
     await asyncio.wait_for(workers[1].close(), 5)
 
 
-async def test_reload_frames_carry_the_config_text_or_nothing() -> None:
+async def test_a_worker_counts_as_finished_only_once_its_publications_are_read() -> None:
+    """`finished` comes on the control line, outside the pipe's order: the hub may hear it
+    before it has read what the worker wrote ahead of it, and waits for that many."""
     hub = HubBroker()
-    hub_end, worker_end = socket.socketpair()
-    await hub.attach(0, hub_end)
-    worker = WorkerBroker(worker_end)
-    asked: list[str | None] = []
-    worker.on_reload = asked.append
-    hub.reload("log:\n  level: debug\n")  # written before the worker reads: still received
-    hub.reload(None)
-    await worker.start(lambda p: None)
-    for _ in range(100):
-        if len(asked) == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert asked == ["log:\n  level: debug\n", None]
+    workers, received = await workers_of(hub, 2)
+    hub.finished(1, workers[1].published)
+    reading = hub._workers[0].stream.transport
+    assert reading is not None
+    reading.pause_reading()  # the hub reads nothing from worker 0 until told
+    late = [Publication.of("1", ("a",), f"late{i}", "x") for i in range(3)]
+    for pub in late:
+        workers[0].publish(pub)
+    assert workers[0].published == 3
+    hub.finished(0, 3)
+    closing = asyncio.ensure_future(hub.close(wait=5))
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "closed before the publications ahead of `finished` were read"
+    reading.resume_reading()
+    await asyncio.wait_for(closing, 5)
+    await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers)), 5)
+    assert received == {0: late, 1: late}
+
+
+async def test_a_finished_count_not_yet_read_keeps_the_hub_waiting_until_its_time() -> None:
+    hub = HubBroker()
+    workers, _ = await workers_of(hub, 1)
+    workers[0].publish(Publication.of("1", ("a",), "one", "x"))
+    hub.finished(0, 2)  # says two; only one ever comes
+    closing = asyncio.ensure_future(hub.close(wait=0.3))
+    await asyncio.sleep(0.15)
+    assert not closing.done()
+    await asyncio.wait_for(closing, 5)
+    await asyncio.wait_for(workers[0].close(), 5)
+
+
+async def test_publications_dropped_on_a_closed_pipe_are_not_counted() -> None:
+    hub = HubBroker()
+    worker, _, _ = await attached(hub, 0)
+    worker.publish(Publication.of("1", ("a",), "sent", "x"))
     await hub.close()
     await asyncio.wait_for(worker.close(), 5)
+    worker.publish(Publication.of("1", ("a",), "dropped", "x"))
+    assert worker.published == 1
 
 
 async def test_a_worker_that_does_not_read_is_cut_off_past_the_backlog_bound() -> None:
