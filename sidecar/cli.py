@@ -111,6 +111,7 @@ def invoked_as(argv0: str | None = None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.api.unix import SocketInUse
+    from sidecar.engine.broker.redis_link import check_reachable
     from sidecar.observe.logging import setup
     from sidecar.server import prepare as app_module
     from sidecar.server import single
@@ -129,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             text = config_module.read_text(args.config)
             cfg = config_module.parse(text, args.config)
+        if cfg.broker.kind == "redis" and cfg.broker.url is not None:
+            check_reachable(cfg.broker.url)  # before a certificate or a socket is made
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     setup(cfg.log.level)
@@ -142,13 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # what prepare() could not blame on a key: still one line
         return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     try:
-        if workers == 1:
+        # With Redis the supervisor's hub is the node's one Redis client, even for one worker.
+        if workers == 1 and cfg.broker.kind == "memory":
             run_loop(single.run_single(prepared, banner, args.config))
         else:
             supervisor = cluster.Supervisor(prepared, args.config, workers, text)
             run_loop(supervisor.run(banner))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # found only by trying it: Redis at broker.url does not answer
+        return fail(f"config error: {exc}", EXIT_CONFIG)
     except OSError as exc:  # a listener that failed once the loop ran: one line, no traceback
         return fail(f"cannot start: {describe_os_error(exc)}", EXIT_START)
     return 0

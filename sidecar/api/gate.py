@@ -33,6 +33,11 @@ class PublishGate:
             raise ApiError(503, SHUTTING_DOWN)
         self.broker.publish(publication)
 
+    async def publish_confirmed(self, publication: Publication) -> None:
+        if not self.open:
+            raise ApiError(503, SHUTTING_DOWN)
+        await self.broker.publish_confirmed(publication)
+
     def announce(self, changes: Sequence[Change]) -> None:
         if not self.open:
             raise ApiError(503, SHUTTING_DOWN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -12,7 +13,7 @@ from sidecar.api import queries
 from sidecar.api.events import parse_batch, parse_events
 from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig
-from sidecar.engine.broker.base import Broker
+from sidecar.engine.broker.base import Broker, BrokerUnavailable, Publication
 from sidecar.engine.broker.changes import TerminateUser
 from sidecar.engine.client_messages import USER_ID_RE
 from sidecar.engine.presence import PresenceStore
@@ -118,15 +119,26 @@ class PublishApi:
     async def events(self, request: web.Request) -> web.Response:
         app = self._app(request)
         # The body is passed as a temporary: the parser frees a large one once decoded.
-        self.broker.publish(parse_events(await self._body(request, app), app))
+        await self._publish([parse_events(await self._body(request, app), app)])
         return web.Response(body=EMPTY_OK, content_type="application/json")
 
     async def batch_events(self, request: web.Request) -> web.Response:
         app = self._app(request)
         # all valid, or none published
-        for publication in parse_batch(await self._body(request, app), app):
-            self.broker.publish(publication)
+        await self._publish(parse_batch(await self._body(request, app), app))
         return web.Response(body=EMPTY_OK, content_type="application/json")
+
+    async def _publish(self, publications: list[Publication]) -> None:
+        """Each handed over at once (in order), then answered once the broker took them all:
+        with Redis that is its answer, and a 503 when it does not come (never a 200 for an
+        event that went nowhere)."""
+        try:
+            if len(publications) == 1:  # no task for the usual case
+                await self.broker.publish_confirmed(publications[0])
+            else:
+                await asyncio.gather(*(self.broker.publish_confirmed(p) for p in publications))
+        except BrokerUnavailable as exc:
+            raise ApiError(503, f"the broker cannot take events now: {exc}") from None
 
     async def channels(self, request: web.Request) -> web.Response:
         app = self._app(request)

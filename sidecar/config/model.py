@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.config.broker import BrokerConfig, parse_broker
 from sidecar.config.edge import UpstreamConfig, check_upstream_loop, parse_cors, parse_upstream
 from sidecar.config.origins import LOCAL_ORIGINS
 from sidecar.config.secrets import check_secrets
@@ -39,6 +40,7 @@ from sidecar.config.webhooks import (
 __all__ = [
     "WEBHOOK_KINDS",
     "AcmeConfig",
+    "BrokerConfig",
     "CertFiles",
     "Config",
     "ConfigError",
@@ -122,12 +124,6 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
-class BrokerConfig:
-    kind: str = "memory"
-    url: str | None = None
-
-
-@dataclass(frozen=True)
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int | None = 9601  # None (or `admin: null`): no admin listener, no metrics kept
@@ -186,7 +182,7 @@ class Config:
     allowed_origins: tuple[str, ...] = LOCAL_ORIGINS
     cors_allow_credentials: bool = False  # Access-Control-Allow-Credentials on the HTTP API
     upstream: UpstreamConfig | None = None  # None: paths the sidecar does not own are 404
-    broker: BrokerConfig = BrokerConfig()
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
     admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -323,15 +319,6 @@ def _apps(raw: Any) -> tuple[AppConfig, ...] | None:
     return tuple(apps)
 
 
-def _broker(raw: Any) -> BrokerConfig:
-    raw = _mapping(raw, "broker")
-    _only(raw, "broker", {"kind", "url"})
-    kind = _choice(raw, "broker", "kind", "memory", ("memory", "redis"))
-    if kind == "redis":
-        raise ConfigError("broker.kind", "redis is not available in this version; use memory")
-    return BrokerConfig(kind=kind, url=_str(raw, "broker", "url", None))
-
-
 def _limits(raw: Any) -> LimitsConfig:
     raw = _mapping(raw, "limits")
     d = LimitsConfig()
@@ -426,7 +413,7 @@ def from_mapping(raw: Any, source: str | None = None) -> Config:
         allowed_origins=origins,
         cors_allow_credentials=credentials,
         upstream=parse_upstream(raw.get("upstream")),
-        broker=_broker(raw.get("broker")),
+        broker=parse_broker(raw.get("broker")),
         admin=_admin(raw),
         limits=_limits(raw.get("limits")),
         webhooks=parse_webhooks(raw.get("webhooks")),

@@ -12,7 +12,15 @@ letting in the 100th member of a full channel at once is impossible, because one
 joins comes first in the shared order and the other finds the channel full.
 
 Each subscription is kept with the process (origin) it came from, so a process that dies has
-its share taken back in one step (`OriginGone`) and the members it held leave.
+its share taken back in one step (`OriginGone`) and the members it held leave. With several
+nodes (Redis) origins are cluster origins (changes.py: `cluster_origin`): a swept node's whole
+share goes at once (`NodeGone`), and a node that reconnected puts its own share back in place of
+what the replicas held for it (`Share`).
+
+Webhooks exactly once: with several nodes every node computes the same transitions from the
+same order, so a transition's webhook is sent only where the batch that caused it came from
+(`node_num`; None on one machine: every transition). The transitions of a `Share` repair
+replicas and send none.
 """
 
 from __future__ import annotations
@@ -28,105 +36,30 @@ from sidecar.engine.broker.changes import (
     CountDelta,
     MemberJoin,
     MemberLeave,
+    NodeGone,
     OriginGone,
     Reset,
+    Share,
     TerminateUser,
+    node_of,
+)
+from sidecar.engine.channel_records import ChannelRecord, Member, forget_origins, put_share
+from sidecar.engine.transitions import (
+    EventSink,
+    JoinAccepted,
+    JoinRefused,
+    MemberAdded,
+    MemberRemoved,
+    Occupied,
+    Transition,
+    Vacated,
+    webhook_event,
 )
 
 log = logging.getLogger("sidecar.channels")
 
 
-# Transitions --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Occupied:
-    app_id: str
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Vacated:
-    app_id: str
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberAdded:
-    """A user's first socket joined; `socket_id` is that socket, which is not told of itself."""
-
-    app_id: str
-    channel: str
-    user_id: str
-    user_info: Any
-    socket_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRemoved:
-    """A user's last socket left."""
-
-    app_id: str
-    channel: str
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class JoinAccepted:
-    """A socket is in: its worker answers it with subscription_succeeded and the members."""
-
-    app_id: str
-    channel: str
-    socket_id: str
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class JoinRefused:
-    app_id: str
-    channel: str
-    socket_id: str
-    reason: str
-
-
-Transition = Occupied | Vacated | MemberAdded | MemberRemoved | JoinAccepted | JoinRefused
-# Webhook-shaped events: (app_id, {"name": "channel_occupied", "channel": ...}).
-EventSink = Callable[[str, dict[str, Any]], None]
-
-
-def webhook_event(transition: Transition) -> dict[str, Any] | None:
-    """The Pusher webhook event for a transition, or None when webhooks have none for it."""
-    match transition:
-        case Occupied(_, channel):
-            return {"name": "channel_occupied", "channel": channel}
-        case Vacated(_, channel):
-            return {"name": "channel_vacated", "channel": channel}
-        case MemberAdded(_, channel, user_id, _, _):
-            return {"name": "member_added", "channel": channel, "user_id": user_id}
-        case MemberRemoved(_, channel, user_id):
-            return {"name": "member_removed", "channel": channel, "user_id": user_id}
-    return None
-
-
 # The state ----------------------------------------------------------------------------------
-
-
-class _Member:
-    __slots__ = ("info", "sockets")
-
-    def __init__(self, info: Any) -> None:
-        self.info = info
-        self.sockets = 0
-
-
-class _Channel:
-    __slots__ = ("by_origin", "members", "sockets", "total")
-
-    def __init__(self) -> None:
-        self.by_origin: dict[int, int] = {}  # origin -> subscriptions it holds
-        self.total = 0
-        self.members: dict[str, _Member] = {}  # presence only: user_id -> member, join order
-        self.sockets: dict[str, tuple[str, int]] = {}  # presence: socket_id -> (user_id, origin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +85,10 @@ class ChannelState:
         # The debug console's tap (sidecar/observe/console.py), where webhooks are sent from,
         # while a console is open: every batch of transitions. None otherwise.
         self.on_transitions: Callable[[list[Transition]], None] | None = None
-        self._apps: dict[str, dict[str, _Channel]] = {}
+        # This node's number in a cluster (Redis): webhooks only for the transitions its own
+        # batches caused. None on one machine.
+        self.node_num: int | None = None
+        self._apps: dict[str, dict[str, ChannelRecord]] = {}
 
     # Changes -------------------------------------------------------------------------------
 
@@ -172,6 +108,10 @@ class ChannelState:
                 return self.leave(origin, change)
             case OriginGone(gone):
                 return self.release(gone)
+            case NodeGone(node_num):
+                return self.release_node(node_num, by=origin)
+            case Share(node_num, share):
+                return self.replace_share(node_num, share)
             case Reset(snapshot):
                 self.restore(snapshot)
                 return []
@@ -179,20 +119,34 @@ class ChannelState:
                 return []  # not state: the workers close the user's connections
 
     def count(self, origin: int, change: CountDelta) -> list[Transition]:
-        return self._emit(self._count(change.app_id, change.channel, origin, change.delta))
+        out = self._count(change.app_id, change.channel, origin, change.delta)
+        return self._emit(out, self._webhooks_for(origin))
 
     def join(self, origin: int, change: MemberJoin) -> list[Transition]:
-        return self._emit(self._join(origin, change))
+        return self._emit(self._join(origin, change), self._webhooks_for(origin))
 
     def leave(self, origin: int, change: MemberLeave) -> list[Transition]:
-        return self._emit(self._leave(change.app_id, change.channel, change.socket_id))
+        out = self._leave(change.app_id, change.channel, change.socket_id)
+        return self._emit(out, self._webhooks_for(origin))
 
     def release(self, origin: int) -> list[Transition]:
-        """Everything `origin` held goes (its node is gone)."""
-        return self._emit(self._origin_gone(origin))
+        """Everything `origin` held goes (its process is gone). Its own node's hub says so, so
+        that node sends the webhooks."""
+        out = self._release(lambda held_by: held_by == origin)
+        return self._emit(out, self._webhooks_for(origin))
 
-    def _emit(self, out: list[Transition]) -> list[Transition]:
-        if out and self.on_event is not None:
+    def release_node(self, node_num: int, by: int) -> list[Transition]:
+        """Everything every origin of a swept node held goes; `by` (the origin of the batch, the
+        sweeping node's hub) sends the webhooks."""
+        out = self._release(lambda held_by: node_of(held_by) == node_num)
+        return self._emit(out, self._webhooks_for(by))
+
+    def _webhooks_for(self, origin: int) -> bool:
+        """Whether this process sends the webhooks of what a batch from `origin` caused."""
+        return self.node_num is None or node_of(origin) == self.node_num
+
+    def _emit(self, out: list[Transition], webhooks: bool) -> list[Transition]:
+        if out and webhooks and self.on_event is not None:
             self._notify(out)
         if out and self.on_transitions is not None:
             try:
@@ -212,17 +166,17 @@ class ChannelState:
                     # An observer's bug must not leave this process's state behind the others.
                     log.exception("channel event observer failed")
 
-    def _channel(self, app_id: str, channel: str) -> _Channel:
+    def _channel(self, app_id: str, channel: str) -> ChannelRecord:
         channels = self._apps.get(app_id)
         if channels is None:
             channels = self._apps[app_id] = {}
         state = channels.get(channel)
         if state is None:
-            state = channels[channel] = _Channel()
+            state = channels[channel] = ChannelRecord()
         return state
 
     def _add(
-        self, app_id: str, name: str, state: _Channel, origin: int, delta: int
+        self, app_id: str, name: str, state: ChannelRecord, origin: int, delta: int
     ) -> list[Transition]:
         """Move the count of `origin` by delta (never below zero); occupied/vacated as it goes."""
         held = state.by_origin.get(origin, 0)
@@ -278,7 +232,7 @@ class ChannelState:
                     f"{self.max_presence_members} members at most"
                 )
                 return [JoinRefused(app_id, channel, socket_id, reason)]
-            member = state.members[user_id] = _Member(join.user_info)
+            member = state.members[user_id] = Member(join.user_info)
             out.append(MemberAdded(app_id, channel, user_id, join.user_info, socket_id))
         member.sockets += 1
         state.sockets[socket_id] = (user_id, origin)
@@ -293,7 +247,7 @@ class ChannelState:
         return self._remove_socket(app_id, channel, state, socket_id)
 
     def _remove_socket(
-        self, app_id: str, channel: str, state: _Channel, socket_id: str
+        self, app_id: str, channel: str, state: ChannelRecord, socket_id: str
     ) -> list[Transition]:
         user_id, origin = state.sockets.pop(socket_id)
         out: list[Transition] = []
@@ -304,16 +258,79 @@ class ChannelState:
             out.append(MemberRemoved(app_id, channel, user_id))
         return out + self._add(app_id, channel, state, origin, -1)
 
-    def _origin_gone(self, gone: int) -> list[Transition]:
+    def _release(self, gone: Callable[[int], bool]) -> list[Transition]:
+        """Every subscription and member held by an origin for which `gone` is true goes."""
         out: list[Transition] = []
         for app_id, channels in list(self._apps.items()):
             for name, state in list(channels.items()):
                 for socket_id, (_, origin) in list(state.sockets.items()):
-                    if origin == gone:
+                    if gone(origin):
                         out += self._remove_socket(app_id, name, state, socket_id)
-                held = state.by_origin.get(gone, 0)
-                if held:
-                    out += self._add(app_id, name, state, gone, -held)
+                for origin, held in list(state.by_origin.items()):
+                    if gone(origin):
+                        out += self._add(app_id, name, state, origin, -held)
+        return out
+
+    # A node's share (Redis) ---------------------------------------------------------------
+
+    def share_of(self, node_num: int) -> dict[str, Any]:
+        """What the origins of one node hold, shaped like `snapshot` (for `Share`)."""
+        return self._saved(lambda origin: node_of(origin) == node_num)
+
+    def replace_share(self, node_num: int, share: dict[str, Any]) -> list[Transition]:
+        """What the replica held for a node's origins replaced by `share` (from `share_of`):
+        the transitions from the old to the new, without webhooks (a repair, not news)."""
+
+        def mine(origin: int) -> bool:
+            return node_of(origin) == node_num
+
+        # In a set order (the replicas' transitions come out alike): the node's channels, then
+        # those only the share names.
+        touched = dict.fromkeys(
+            (app_id, name)
+            for app_id, channels in self._apps.items()
+            for name, held in channels.items()
+            if any(mine(o) for o in held.by_origin)
+        )
+        touched.update(
+            dict.fromkeys((app_id, name) for app_id, channels in share.items() for name in channels)
+        )
+        # Each touched channel's total and members before, to tell what the share changed.
+        before: dict[tuple[str, str], tuple[int, list[str]]] = {}
+        for app_id, name in touched:
+            state = self._apps.get(app_id, {}).get(name)
+            before[app_id, name] = (0, []) if state is None else (state.total, list(state.members))
+            if state is not None:
+                forget_origins(state, mine)
+        for app_id, channels in share.items():
+            for name, saved in channels.items():
+                put_share(self._channel(app_id, name), saved, mine)
+        out: list[Transition] = []
+        for (app_id, name), (total, members) in before.items():
+            out += self._difference(app_id, name, total, members)
+        return self._emit(out, webhooks=False)
+
+    def _difference(
+        self, app_id: str, name: str, total: int, members: list[str]
+    ) -> list[Transition]:
+        """The transitions from a channel's total and members before to what it holds now."""
+        state = self._apps.get(app_id, {}).get(name)
+        now_total = state.total if state is not None else 0
+        now = state.members if state is not None else {}
+        out: list[Transition] = []
+        if total == 0 and now_total > 0:
+            out.append(Occupied(app_id, name))
+        out += [MemberRemoved(app_id, name, u) for u in members if u not in now]
+        had = set(members)
+        for user_id, member in now.items():
+            if user_id not in had:
+                assert state is not None
+                socket_id = next(s for s, (u, _) in state.sockets.items() if u == user_id)
+                out.append(MemberAdded(app_id, name, user_id, member.info, socket_id))
+        if now_total == 0:
+            self._drop_if_empty(app_id, name)
+            if total > 0:
+                out.append(Vacated(app_id, name))
         return out
 
     # Queries -------------------------------------------------------------------------------
@@ -346,17 +363,21 @@ class ChannelState:
     # Whole state, for a process that starts late ------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            app_id: {
-                name: {
-                    "o": [[o, n] for o, n in state.by_origin.items()],
-                    "m": [[u, m.info] for u, m in state.members.items()],
-                    "s": [[s, u, o] for s, (u, o) in state.sockets.items()],
-                }
-                for name, state in channels.items()
-            }
-            for app_id, channels in self._apps.items()
-        }
+        return self._saved(lambda origin: True)
+
+    def _saved(self, kept: Callable[[int], bool]) -> dict[str, Any]:
+        """The state held by the origins `kept` says yes to, as plain JSON-able lists."""
+        saved: dict[str, Any] = {}
+        for app_id, channels in self._apps.items():
+            for name, state in channels.items():
+                counts = [[o, n] for o, n in state.by_origin.items() if kept(o)]
+                if not counts:
+                    continue
+                sockets = [[s, u, o] for s, (u, o) in state.sockets.items() if kept(o)]
+                users = {u for _, u, _ in sockets}
+                members = [[u, m.info] for u, m in state.members.items() if u in users]
+                saved.setdefault(app_id, {})[name] = {"o": counts, "m": members, "s": sockets}
+        return saved
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self._apps = {}
@@ -365,7 +386,7 @@ class ChannelState:
                 state = self._channel(app_id, name)
                 state.by_origin = {int(o): n for o, n in saved["o"]}
                 state.total = sum(state.by_origin.values())
-                state.members = {u: _Member(info) for u, info in saved["m"]}
+                state.members = {u: Member(info) for u, info in saved["m"]}
                 for socket_id, user_id, origin in saved["s"]:
                     state.sockets[socket_id] = (user_id, origin)
                     state.members[user_id].sockets += 1

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from sidecar.config.model import LimitsConfig
 from sidecar.engine.broker.base import Origin
 from sidecar.engine.broker.changes import Change, CountDelta, MemberJoin, MemberLeave
-from sidecar.engine.channel_state import ChannelInfo, ChannelState, EventSink, Transition
+from sidecar.engine.channel_state import ChannelInfo, ChannelState
+from sidecar.engine.transitions import EventSink, Transition
 
 
 class PresenceStore(Protocol):
@@ -24,7 +25,9 @@ class PresenceStore(Protocol):
     - **Writes come in the broker's order** (sidecar/engine/broker/base.py: Broker), each with
       the origin the hub gave it: `count` (subscriptions to a non-presence channel gained or
       lost by a node), `join` and `leave` (a socket in or out of a presence channel), `release`
-      (a node is gone: its counts and members go, as `OriginGone` says) and `restore` (`Reset`:
+      (a node is gone: its counts and members go, as `OriginGone` says), `release_node` (with
+      Redis, every origin of a swept node: `NodeGone`), `replace_share` (with Redis, a node's
+      own share put back after an outage: `Share`; `share_of` makes it) and `restore` (`Reset`:
       the whole state, for a node that starts late; `snapshot` makes it). `apply` takes any
       change and calls the one of these it names. Every process applying the same order holds
       the same answers, so whether a join is accepted (a full channel) is decided once, in order.
@@ -32,6 +35,9 @@ class PresenceStore(Protocol):
       MemberRemoved, JoinAccepted, JoinRefused), and gives the webhook-shaped ones to `on_event`
       and all of them to `on_transitions` when these are set (the process that sends webhooks;
       the debug console). An observer that raises is logged, never lets the state fall behind.
+      With several nodes (`node_num` set), `on_event` hears only the transitions this node's
+      own batches caused (a `NodeGone`: the batch of the node that swept), so each webhook is
+      sent once for the cluster; a `Share`'s transitions reach no webhook.
     - **Reads** (`info`, `channels`, `members`, `presence_data`) answer from the state as the
       order made it so far: the publish API's queries and subscription_succeeded's members.
 
@@ -47,6 +53,7 @@ class PresenceStore(Protocol):
 
     on_event: EventSink | None
     on_transitions: Callable[[list[Transition]], None] | None
+    node_num: int | None
 
     # Writes, in the broker's order ----------------------------------------------------------
 
@@ -58,6 +65,14 @@ class PresenceStore(Protocol):
 
     def release(self, origin: Origin) -> list[Transition]:
         """A node's share released: every subscription and member it held goes."""
+        ...
+
+    def release_node(self, node_num: int, by: Origin) -> list[Transition]:
+        """Every origin of a swept node released; `by`, the sweeper's origin, sends webhooks."""
+        ...
+
+    def replace_share(self, node_num: int, share: Any) -> list[Transition]:
+        """What this replica held for a node's origins replaced by the node's own share."""
         ...
 
     def apply(self, origin: Origin, change: Change) -> list[Transition]: ...
@@ -77,6 +92,10 @@ class PresenceStore(Protocol):
     # A node that starts late ----------------------------------------------------------------
 
     def snapshot(self) -> Any: ...
+
+    def share_of(self, node_num: int) -> Any:
+        """What one node's origins hold, shaped like a snapshot (for `Share`)."""
+        ...
 
     def restore(self, snapshot: Any) -> None: ...
 

@@ -24,13 +24,6 @@ from sidecar.config.model import AppConfig, LimitsConfig
 from sidecar.engine.broker.base import Broker, Publication
 from sidecar.engine.broker.changes import Change, MemberJoin, MemberLeave, TerminateUser
 from sidecar.engine.channel_registry import ChannelRegistry
-from sidecar.engine.channel_state import (
-    JoinAccepted,
-    JoinRefused,
-    MemberAdded,
-    MemberRemoved,
-    Transition,
-)
 from sidecar.engine.client_messages import accept_client_event, check_signin
 from sidecar.engine.connection import Connection, ConnectionState
 from sidecar.engine.fanout import FanoutQueue, FlushScheduler
@@ -40,6 +33,13 @@ from sidecar.engine.outbox import ChangeOutbox
 from sidecar.engine.presence import PresenceStore, make_presence_store
 from sidecar.engine.session import RateLimiter, Session, SignedInUsers
 from sidecar.engine.tap import RelayTap
+from sidecar.engine.transitions import (
+    JoinAccepted,
+    JoinRefused,
+    MemberAdded,
+    MemberRemoved,
+    Transition,
+)
 from sidecar.protocol.channel_rules import (
     Kind,
     SubscriptionRefused,
@@ -119,6 +119,9 @@ class Relay:
         # for webhooks; empty: none are, at no cost.
         self.report_events: dict[str, frozenset[str]] = report_events or {}
         self._outbox: ChangeOutbox | None = None
+        # Subscriptions whose subscription_succeeded waits for the broker (ready()): by channel,
+        # the socket ids.
+        self._held: dict[tuple[str, str], set[str]] = {}
         self.stats = RelayStats()
         # The debug console's (sidecar/engine/tap.py): None unless a console is open.
         self.tap: RelayTap | None = None
@@ -136,6 +139,8 @@ class Relay:
         self.scheduler = FlushScheduler(loop)
         self.fanout = FanoutQueue(loop)
         self._outbox = ChangeOutbox(self.broker.announce)
+        self.broker.on_ready = self._on_ready
+        self.broker.on_cached = self._cached
         self._schedule_sweep()
 
     def notify(self, app_id: str, event: dict[str, Any]) -> None:
@@ -317,8 +322,26 @@ class Relay:
         self._add(conn, channel)
         assert self._outbox is not None
         self._outbox.count(conn.app_id, channel, 1)
-        conn.send_json(encode_subscription_succeeded(channel))
-        self._replay_cache(conn, channel)
+        if self.broker.ready(conn.app_id, channel):
+            conn.send_json(encode_subscription_succeeded(channel))
+            self._replay_cache(conn, channel)
+        else:
+            # Answered once the node's Redis subscription is confirmed (on_ready): nothing
+            # published after subscription_succeeded is then missed.
+            self._held.setdefault((conn.app_id, channel), set()).add(conn.socket_id)
+
+    def _cached(self, pub: Publication) -> None:
+        """A cache channel's last event from before this node heard the channel (Redis)."""
+        for channel in pub.channels:
+            if is_cache(channel):
+                self.cache.store(pub.app_id, channel, pub.name, pub.data_json, pub.accepted_at)
+
+    def _on_ready(self, app_id: str, channel: str) -> None:
+        for socket_id in self._held.pop((app_id, channel), ()):
+            conn = self.connections.get(socket_id)
+            if conn is not None and channel in conn.subscriptions:  # not gone meanwhile
+                conn.send_json(encode_subscription_succeeded(channel))
+                self._replay_cache(conn, channel)
 
     def _succeeded(self, app_id: str, channel: str) -> bytes:
         if is_presence(channel):

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from sidecar.engine.broker.base import Publication
-from sidecar.engine.channel_state import MemberAdded, MemberRemoved, Occupied, Transition, Vacated
+from sidecar.engine.transitions import MemberAdded, MemberRemoved, Occupied, Transition, Vacated
 
 log = logging.getLogger("sidecar.observe")
 

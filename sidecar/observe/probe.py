@@ -144,6 +144,14 @@ class PublishCounter:
         self.recent: deque[RecentEvent] = deque(maxlen=RECENT_EVENTS)
 
     def publish(self, publication: Publication) -> None:
+        self._count(publication)
+        self._broker.publish(publication)
+
+    async def publish_confirmed(self, publication: Publication) -> None:
+        self._count(publication)
+        await self._broker.publish_confirmed(publication)
+
+    def _count(self, publication: Publication) -> None:
         self.published += 1
         size = len(publication.data_json) - 2  # the data, without the JSON string's quotes
         self.published_bytes += size
@@ -158,7 +166,6 @@ class PublishCounter:
                 len(channels) - 1,
             )
         )
-        self._broker.publish(publication)
         tap = self.tap
         if tap is not None:
             tap(publication, self.source)

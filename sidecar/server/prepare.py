@@ -309,6 +309,8 @@ def make_observer(
     if prepared.admin_socket is None:
         return None
     broker = "memory" if workers == 1 else "pipe"
+    if prepared.config.broker.kind == "redis":
+        broker = "redis"
     return Observer(
         prepared.cert,
         workers=workers,

@@ -215,6 +215,16 @@ async def serve_publish_side(
     app = publish_application(api)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("unix"))
+    if getattr(broker, "confirms_publications", False):
+        # Redis answers each publish: aiohttp's handlers await it (the fast path answers in
+        # the same call, which only a broker that takes everything at once allows).
+        runner = await sites.serve(
+            app,
+            lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
+            keepalive_timeout=config.limits.keepalive_timeout,
+        )
+        os.chmod(config.publish.socket, config.publish.socket_mode)
+        return PublishSide(runner, api, gate)
     runner = await sites.serve(
         app,
         lambda r: FastPublishSite(

@@ -53,6 +53,7 @@ from typing import Any
 from sidecar.config.model import Config
 from sidecar.engine.broker.changes import Change
 from sidecar.engine.broker.factory import make_broker
+from sidecar.engine.broker.redis import RedisHubBroker
 from sidecar.engine.presence import make_presence_store
 from sidecar.observe.observer import Observer
 from sidecar.server.control import SupervisorControl
@@ -110,6 +111,8 @@ class Supervisor:
         # that attaches starts from it.
         self.state = make_presence_store(prepared.config.limits)
         self.hub = make_broker("hub", prepared.config.broker, snapshot=self.state.snapshot)
+        if isinstance(self.hub, RedisHubBroker):
+            self._join_cluster(self.hub)
         self.handles: dict[int, WorkerHandle] = {}
         self.controls: dict[int, SupervisorControl] = {}
         self.console_on = False  # a debug console is open: workers started now are told
@@ -129,7 +132,7 @@ class Supervisor:
             self.prepared,
             self.count,
             workers_alive=self.alive,
-            broker_ok=lambda: self.hub.workers == self.count,
+            broker_ok=lambda: self.hub.workers == self.count and self.hub.up,
         )
         if observer is not None:
             # The debug console: the workers' taps over their control lines, member and
@@ -137,6 +140,21 @@ class Supervisor:
             # change).
             observer.console.switches.append(self._console_taps)
         return observer
+
+    def _join_cluster(self, hub: RedisHubBroker) -> None:
+        """With Redis: this node's share, its number for the webhook-once rule, eviction."""
+        hub.workers_planned = self.count
+        hub.cache_ttl = self.prepared.config.limits.cache_ttl
+        hub.share = self.state.share_of
+        self.state.node_num = hub.node_num
+
+        def evicted() -> None:
+            # Swept while alive: a new node number; the workers close their clients with
+            # 4200 and are started again (_watch), so the clients join as the new node's.
+            self.state.node_num = hub.node_num
+            self.signal_workers(signal.SIGTERM)
+
+        hub.on_evicted = evicted
 
     def _console_taps(self, on: bool) -> None:
         assert self.observer is not None

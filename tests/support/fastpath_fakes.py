@@ -29,6 +29,9 @@ class FakeBroker:
     def publish(self, publication: Publication) -> None:
         self.publications.append(publication)
 
+    async def publish_confirmed(self, publication: Publication) -> None:
+        self.publish(publication)
+
 
 class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:

@@ -54,7 +54,14 @@ class Publication:
         return orjson.loads(self.data_json)
 
 
+class BrokerUnavailable(Exception):
+    """A publication the broker could not take (Redis down or too slow): the publisher is told
+    503, never 200 for an event that went nowhere. The message says why, without secrets."""
+
+
 Deliver = Callable[[Publication], None]
+# Called with (app_id, channel) once a channel held back by `ready()` is ready.
+OnReady = Callable[[str, str], None]
 # A webhook-shaped event raised in a worker (client_event, cache_miss), for the process that
 # sends webhooks: (app_id, {"name": ..., ...}).
 Report = Callable[[str, dict[str, Any]], None]
@@ -107,8 +114,23 @@ class Broker(Protocol):
     def publish(self, publication: Publication) -> None:
         """Hand a publication over. Returns at once; delivery happens later, in the order."""
 
+    async def publish_confirmed(self, publication: Publication) -> None:
+        """`publish`, for a publisher waiting for its answer: returns once the publication is
+        in the order (with Redis: Redis took it), or raises `BrokerUnavailable` within about a
+        second. Memory and pipe: `publish`, then return."""
+
     def announce(self, changes: Sequence[Change]) -> None:
         """Hand changes over: every process, this one included, receives them in the order."""
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        """Whether a subscription to `channel` made now can be answered at once: True unless
+        the node has still to subscribe to it in Redis; then `on_ready(app_id, channel)` is
+        called when it has (the relay holds `subscription_succeeded` until then)."""
+
+    on_ready: OnReady | None
+    # With Redis: a cache channel's last event for the relay to keep, not deliver (the node
+    # starts hearing a channel that had events before). None elsewhere.
+    on_cached: Deliver | None
 
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         """Pass an event to the process that sends webhooks (no order, no echo)."""

@@ -9,6 +9,12 @@ A change is sent without its origin; whoever puts changes in order (the hub) say
 process they came from, so that a process that dies can have its share taken back
 (`OriginGone`). On the wire a batch is the JSON `[origin, [change, ...]]`, each change a short
 array whose first element names its kind.
+
+With Redis (several nodes) an origin is a *cluster origin*: `cluster_origin(node_num, local)`
+puts the node's number above the hub's local numbering (0 for the hub, 1, 2... for its
+workers), so every node's replica can tell whose share a subscription is, and a node that is
+gone has all of its origins released at once (`NodeGone`). JSON carries integers exactly up to
+2**53: node numbers stay below 2**36, local origins below 2**16.
 """
 
 from __future__ import annotations
@@ -57,6 +63,25 @@ class OriginGone:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeGone:
+    """A node of a cluster is gone (swept): every origin of that node is released."""
+
+    node_num: int
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What one node holds, in place of what the replicas held for that node's origins.
+
+    `share` is shaped like a snapshot restricted to the node's origins (ChannelState.share_of).
+    A node publishes it after Redis came back, so that changes lost around an outage cannot
+    leave replicas disagreeing; the transitions it causes send no webhooks."""
+
+    node_num: int
+    share: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The whole state, for a process that starts while others run. Sent by the hub only."""
 
@@ -71,7 +96,24 @@ class TerminateUser:
     user_id: str
 
 
-Change = CountDelta | MemberJoin | MemberLeave | OriginGone | Reset | TerminateUser
+Change = (
+    CountDelta | MemberJoin | MemberLeave | OriginGone | NodeGone | Share | Reset | TerminateUser
+)
+# Bits of a cluster origin below the node number: room for the hub and its workers.
+LOCAL_ORIGIN_BITS = 16
+MAX_NODE_NUM = 2**36  # node numbers are drawn from [1, MAX_NODE_NUM)
+
+
+def cluster_origin(node_num: int, local: int) -> int:
+    """The origin, cluster-wide, of a node's hub (local 0) or of one of its workers."""
+    return node_num << LOCAL_ORIGIN_BITS | local
+
+
+def node_of(origin: int) -> int:
+    """The node number of a cluster origin; 0 for the local origins of one machine."""
+    return origin >> LOCAL_ORIGIN_BITS
+
+
 # Called with the origin of a batch and its changes, in the one order every process shares.
 OnChanges = Callable[[int, list[Change]], None]
 
@@ -86,6 +128,10 @@ def _to_wire(change: Change) -> list[Any]:
             return ["l", app_id, channel, socket_id]
         case OriginGone(origin):
             return ["g", origin]
+        case NodeGone(node_num):
+            return ["n", node_num]
+        case Share(node_num, share):
+            return ["s", node_num, share]
         case Reset(snapshot):
             return ["r", snapshot]
         case TerminateUser(app_id, user_id):
@@ -98,6 +144,8 @@ _FROM_WIRE: dict[str, Callable[..., Change]] = {
     "j": MemberJoin,
     "l": MemberLeave,
     "g": OriginGone,
+    "n": NodeGone,
+    "s": Share,
     "r": Reset,
     "t": TerminateUser,
 }

@@ -3,8 +3,8 @@
 Roles: `single` (one process holds everything), `hub` (the supervisor: orders what every worker
 publishes and announces) and `worker` (a relay process attached to the hub by `pipe`). The
 servers (sidecar/server/single.py, supervisor.py, worker.py) ask here; nothing else constructs
-a broker, the relay included. A Redis broker is one more branch here and a module beside
-memory.py and pipe.py.
+a broker, the relay included. With `kind: redis` the hub is redis.py's RedisHubBroker and the
+workers keep the pipe (their broker confirms publications and readiness through the hub).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal, overload
 from sidecar.config.model import BrokerConfig
 from sidecar.engine.broker.memory import MemoryBroker
 from sidecar.engine.broker.pipe import HubBroker, WorkerBroker
+from sidecar.engine.broker.redis import RedisHubBroker
 
 Role = Literal["single", "hub", "worker"]
 
@@ -39,15 +40,19 @@ def make_broker(
 ) -> MemoryBroker | HubBroker | WorkerBroker:
     """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only).
     `snapshot`: the state a worker that attaches starts from (the hub only)."""
-    if config.kind != "memory":
-        # The configuration refuses other kinds today (sidecar/config/model.py: _broker).
+    if config.kind not in ("memory", "redis"):
         raise ValueError(f"broker.kind {config.kind!r} is not available in this version")
+    redis = config.kind == "redis"
     if role == "single":
+        if redis:  # the supervisor's hub is a node's one Redis client (cli.py runs one)
+            raise ValueError("broker.kind redis runs a supervisor and workers, not one process")
         return MemoryBroker()
     if role == "hub":
+        if redis:
+            return RedisHubBroker(config, snapshot=snapshot)
         return HubBroker(snapshot=snapshot)
     if role == "worker":
         if pipe is None:
             raise ValueError("a worker's broker needs its pipe to the hub")
-        return WorkerBroker(pipe)
+        return WorkerBroker(pipe, confirms=redis)
     raise ValueError(f"no broker for role {role!r}")

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
+from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, OnReady, Publication, Report
 from sidecar.engine.broker.changes import Change, OnChanges
 
 # The only process: its changes come from the hub's own origin.
@@ -27,6 +27,8 @@ class MemoryBroker:
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.on_ready: OnReady | None = None  # never called: every channel is ready at once
+        self.on_cached: Deliver | None = None  # never called: every event reaches the cache
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -46,6 +48,12 @@ class MemoryBroker:
         if self._deliver is None:
             raise RuntimeError("broker not started")
         self._later(self._deliver, publication)
+
+    async def publish_confirmed(self, publication: Publication) -> None:
+        self.publish(publication)
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        return True
 
     def announce(self, changes: Sequence[Change]) -> None:
         if self._changed is not None:

@@ -12,7 +12,10 @@ On the pipe a frame is `!BII` (kind, meta length, data length), the meta, then t
 - a publication: meta `[app_id, channels, name, socket_id, user_id]` as JSON, data the data
   literal as it will sit in every frame (a worker never decodes event data, it only splices it);
 - changes: meta `[origin, [change, ...]]` (sidecar/engine/broker/changes.py), no data;
-- a report (worker to hub only): meta `[app_id, event]`, no data.
+- a report (worker to hub only): meta `[app_id, event]`, no data;
+- with a Redis hub (sidecar/engine/broker/redis.py), CONFIRM/ACK for a publication whose
+  publisher waits, READY for a channel the node now hears, CACHED for a cache channel's last
+  event (sidecar/engine/broker/frames.py says what each carries).
 
 Nothing else: reloads, the debug console and a worker's word that it has finished go on a
 control line of their own (sidecar/server/control.py), outside the broker's order.
@@ -30,26 +33,55 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-from sidecar.engine.broker.base import HUB_ORIGIN, Deliver, Publication, Report
+from sidecar.engine.broker.base import (
+    HUB_ORIGIN,
+    BrokerUnavailable,
+    Deliver,
+    OnReady,
+    Publication,
+    Report,
+)
 from sidecar.engine.broker.changes import (
     Change,
+    CountDelta,
     OnChanges,
     OriginGone,
     Reset,
     decode_changes,
-    encode_changes,
     restamp,
 )
+from sidecar.engine.broker.frames import (
+    ACK,
+    CACHED,
+    CHANGES,
+    CONFIRM,
+    PUBLICATION,
+    READY,
+    REPORT,
+    PublicationStream,
+    ack_frame,
+    decode_publication,
+    encode_changes_frame,
+    encode_publication,
+    encode_report,
+    meta_frame,
+    meta_of,
+)
 
-_HEADER = struct.Struct("!BII")
-PUBLICATION, CHANGES, REPORT = 1, 2, 3
+__all__ = [
+    "HubBroker",
+    "PublicationStream",
+    "WorkerBroker",
+    "decode_publication",
+    "encode_publication",
+]
+
 # Workers get origins 1, 2, ... in the order they attach, a restarted worker a new one.
 # A worker that finishes while the supervisor is not stopping was signalled alone, or the
 # whole process group was (systemd's default) and the supervisor's own signal is a moment
@@ -63,97 +95,30 @@ ALONE_GRACE = 0.5
 # again), rather than let one worker grow the supervisor without bound. 64 MiB: seconds of a
 # heavy publish rate, far beyond any pause a live worker takes.
 MAX_WORKER_BACKLOG = 64 * 1024 * 1024
+# A worker's publisher waits this long for the hub's ACK at most (the hub answers within its
+# own Redis deadline, ~1 s; this is for a hub that does not answer at all).
+ACK_TIMEOUT = 3.0
 
 log = logging.getLogger("sidecar.broker")
-
-
-def encode_publication(pub: Publication) -> tuple[bytes, bytes]:
-    """Header + meta, and the data literal: written one after the other, never joined."""
-    meta = orjson.dumps(
-        [pub.app_id, pub.channels, pub.name, pub.socket_id, pub.user_id, pub.accepted_at]
-    )
-    return _HEADER.pack(PUBLICATION, len(meta), len(pub.data_json)) + meta, pub.data_json
-
-
-def decode_publication(head: bytes, data_json: bytes) -> Publication:
-    app_id, channels, name, socket_id, user_id, accepted_at = orjson.loads(head[_HEADER.size :])
-    return Publication(app_id, tuple(channels), name, data_json, socket_id, user_id, accepted_at)
-
-
-def _meta_frame(kind: int, meta: bytes) -> bytes:
-    return _HEADER.pack(kind, len(meta), 0) + meta
-
-
-def encode_changes_frame(origin: int, changes: Sequence[Change]) -> bytes:
-    return _meta_frame(CHANGES, encode_changes(origin, changes))
-
-
-def encode_report(app_id: str, event: dict[str, Any]) -> bytes:
-    return _meta_frame(REPORT, orjson.dumps([app_id, event]))
-
-
-def meta_of(head: bytes) -> bytes:
-    return head[_HEADER.size :]
-
-
-class PublicationStream(asyncio.Protocol):
-    """Splits a pipe's byte stream into whole frames: on_frame(kind, header + meta, data)."""
-
-    def __init__(
-        self,
-        on_frame: Callable[[int, bytes, bytes], None],
-        on_lost: Callable[[], None] | None = None,
-    ) -> None:
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset = 0
-        while len(buffer) - offset >= _HEADER.size:
-            kind, meta_len, data_len = _HEADER.unpack_from(buffer, offset)
-            end = offset + _HEADER.size + meta_len + data_len
-            if len(buffer) < end:
-                break
-            meta_end = offset + _HEADER.size + meta_len
-            self._on_frame(kind, bytes(buffer[offset:meta_end]), bytes(buffer[meta_end:end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self._on_lost is not None:
-            self._on_lost()
-
-    def write(self, *pieces: bytes) -> bool:
-        """Write if the pipe is still there (a worker that is stopping may still report);
-        whether it was."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        transport.writelines(pieces)
-        return True
-
-    def backlog(self) -> int:
-        """Bytes written but not yet taken by the other end."""
-        transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
 
 
 class WorkerBroker:
     """A worker's end: publishes and changes go to the hub, the hub's come back here."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, confirms: bool = False) -> None:
         self._sock = sock
         self._stream: PublicationStream | None = None
         self._closed = asyncio.Event()
+        # `confirms`: the hub is a Redis hub: it answers CONFIRM frames with ACK and says READY
+        # for channels this worker starts subscribing to (frames.py: READY).
+        self._confirms = confirms
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._next_seq = 1
+        self._local: dict[tuple[str, str], int] = {}  # channel -> this worker's count
+        self._serial = 0  # this worker's 0 -> 1 transitions, numbered as the hub does
+        self._waiting: dict[tuple[str, str], int] = {}  # channel -> serial awaiting READY
+        self.on_ready: OnReady | None = None
+        self.on_cached: Deliver | None = None
         # Publications written to the pipe: the count a worker's `finished` carries
         # (sidecar/server/control.py), so that the hub knows when it has read them all.
         self.published = 0
@@ -169,20 +134,96 @@ class WorkerBroker:
             elif kind == CHANGES and changed is not None:
                 origin, changes = decode_changes(meta_of(head))
                 changed(origin, changes)
+            elif kind == ACK:
+                seq, error = orjson.loads(meta_of(head))
+                self._acked(seq, error)
+            elif kind == READY:
+                for app_id, channel, serial in orjson.loads(meta_of(head)):
+                    self._ready(app_id, channel, serial)
+            elif kind == CACHED and self.on_cached is not None:
+                self.on_cached(decode_publication(head, data))
 
         _, self._stream = await loop.create_unix_connection(
-            lambda: PublicationStream(on_frame, self._closed.set), sock=self._sock
+            lambda: PublicationStream(on_frame, self._lost), sock=self._sock
         )
+
+    def _lost(self) -> None:
+        self._closed.set()
+        for seq in list(self._acks):
+            self._acked(seq, "the hub is gone")
 
     def publish(self, publication: Publication) -> None:
         assert self._stream is not None
         if self._stream.write(*encode_publication(publication)):
             self.published += 1
 
+    async def publish_confirmed(self, publication: Publication) -> None:
+        if not self._confirms:
+            self.publish(publication)
+            return
+        assert self._stream is not None
+        seq = self._next_seq
+        self._next_seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self._acks[seq] = future
+        if not self._stream.write(
+            *encode_publication(publication), meta_frame(CONFIRM, orjson.dumps([seq]))
+        ):
+            del self._acks[seq]
+            raise BrokerUnavailable("the hub is gone")
+        self.published += 1
+        try:
+            await asyncio.wait_for(future, ACK_TIMEOUT)
+        except TimeoutError:
+            raise BrokerUnavailable("the hub did not answer in time") from None
+        finally:
+            self._acks.pop(seq, None)
+
+    def _acked(self, seq: int, error: str | None) -> None:
+        future = self._acks.pop(seq, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(BrokerUnavailable(error))
+
     def announce(self, changes: Sequence[Change]) -> None:
         assert self._stream is not None
+        if self._confirms:
+            self._count(changes)
         # The origin is the hub's to say; 0 is a placeholder.
         self._stream.write(encode_changes_frame(HUB_ORIGIN, changes))
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        if not self._confirms:
+            return True
+        key = (app_id, channel)
+        return key in self._local and key not in self._waiting
+
+    def _count(self, changes: Sequence[Change]) -> None:
+        """This worker's counts as the hub will count them (local_channels.py)."""
+        for change in changes:
+            if not isinstance(change, CountDelta):
+                continue
+            key = (change.app_id, change.channel)
+            before = self._local.get(key, 0)
+            after = before + change.delta
+            if after > 0:
+                self._local[key] = after
+                if before <= 0:
+                    self._serial += 1
+                    self._waiting[key] = self._serial
+            else:
+                self._local.pop(key, None)
+                self._waiting.pop(key, None)
+
+    def _ready(self, app_id: str, channel: str, serial: int) -> None:
+        key = (app_id, channel)
+        if self._waiting.get(key) == serial:
+            del self._waiting[key]
+            if self.on_ready is not None:
+                self.on_ready(app_id, channel)
 
     def report(self, app_id: str, event: dict[str, Any]) -> None:
         assert self._stream is not None
@@ -229,6 +270,9 @@ class HubBroker:
         self._finished: set[int] = set()  # workers whose publications before `finished` are read
         self._settled: asyncio.Event | None = None  # closing: every worker has finished
         self.snapshot = snapshot
+        self._by_origin: dict[int, PublicationStream] = {}  # the workers' pipes, by origin
+        self.on_ready: OnReady | None = None  # the hub holds no subscribers
+        self.on_cached: Deliver | None = None
 
     async def start(
         self, deliver: Deliver, changed: OnChanges | None = None, reported: Report | None = None
@@ -246,25 +290,28 @@ class HubBroker:
 
         def on_frame(kind: int, head: bytes, data: bytes) -> None:
             if kind == PUBLICATION:
-                self._queue((head, data))
+                self._worker_published(origin, head, data)
                 if holder:
                     holder[0].read += 1
                     self._check_finished(worker_id, holder[0])
             elif kind == CHANGES:
-                frame, changes = restamp(meta_of(head), origin)
-                self._order(origin, changes, _meta_frame(CHANGES, frame))
+                self._worker_changed(origin, meta_of(head))
             elif kind == REPORT and self._reported is not None:
                 app_id, event = orjson.loads(meta_of(head))
                 self._reported(app_id, event)
+            elif kind == CONFIRM and holder:
+                (seq,) = orjson.loads(meta_of(head))
+                self._worker_confirm(origin, holder[0].stream, seq)
 
         def lost() -> None:
             if holder and self._workers.get(worker_id) is holder[0]:
                 del self._workers[worker_id]
+            self._by_origin.pop(origin, None)
             self._check_settled()
             # At shutdown nothing is released: the state ends with the process, and a restart
             # should not look like every channel vacated to the app's webhooks.
             if not self._closing:
-                self.announce([OriginGone(origin)])
+                self._worker_gone(origin)
 
         _, stream = await loop.create_unix_connection(
             lambda: PublicationStream(on_frame, lost), sock=sock
@@ -276,9 +323,30 @@ class HubBroker:
         if self._pending:
             self._write_pending()
         self._workers[worker_id] = attached
+        self._by_origin[origin] = stream
         self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
+
+    # What a worker hands over; a Redis hub (redis.py) sends it to Redis instead.
+
+    def _worker_published(self, origin: int, head: bytes, data: bytes) -> None:
+        self._queue((head, data))
+
+    def _worker_changed(self, origin: int, meta: bytes) -> None:
+        frame, changes = restamp(meta, origin)
+        self._order(origin, changes, meta_frame(CHANGES, frame))
+
+    def _worker_confirm(self, origin: int, stream: PublicationStream, seq: int) -> None:
+        stream.write(ack_frame(seq, None))  # what it published before is queued: in the order
+
+    def _worker_gone(self, origin: int) -> None:
+        self.announce([OriginGone(origin)])
+
+    @property
+    def up(self) -> bool:
+        """Whether the broker can take publications now (with Redis: the link is up)."""
+        return True
 
     def finished(self, worker_id: int, publications: int) -> None:
         """A worker's word (on its control line, sidecar/server/control.py) that it has
@@ -296,6 +364,12 @@ class HubBroker:
 
     def publish(self, publication: Publication) -> None:
         self._queue(encode_publication(publication))
+
+    async def publish_confirmed(self, publication: Publication) -> None:
+        self.publish(publication)
+
+    def ready(self, app_id: str, channel: str) -> bool:
+        return True
 
     def announce(self, changes: Sequence[Change]) -> None:
         changes = list(changes)

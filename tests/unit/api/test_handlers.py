@@ -18,7 +18,7 @@ from sidecar.api import handlers as api_module
 from sidecar.api.handlers import PublishApi, client_max_size
 from sidecar.config.apps import AppRegistry
 from sidecar.config.model import AppConfig
-from sidecar.engine.broker.base import Publication
+from sidecar.engine.broker.base import BrokerUnavailable, Publication
 from sidecar.engine.broker.changes import Change, CountDelta, MemberJoin, TerminateUser
 from sidecar.engine.channel_state import ChannelState
 from sidecar.http_glue import json_errors
@@ -39,9 +39,15 @@ class FakeBroker:
         self.publications: list[Publication] = []
         self.changes: list[Change] = []
         self.state = ChannelState()  # what the API answers queries from
+        self.refuse: str | None = None  # publish_confirmed raises BrokerUnavailable with it
 
     def publish(self, publication: Publication) -> None:
         self.publications.append(publication)
+
+    async def publish_confirmed(self, publication: Publication) -> None:
+        if self.refuse is not None:
+            raise BrokerUnavailable(self.refuse)
+        self.publish(publication)
 
     def announce(self, changes: list[Change]) -> None:
         self.changes += changes
@@ -102,6 +108,23 @@ async def test_events_data_given_as_an_object_is_encoded(make: Make) -> None:
     response = await client.post("/apps/1/events", json=body)
     await json_reply(response, 200)
     assert json.loads(broker.publications[0].data) == {"id": 1}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/apps/1/events", {"name": "e", "channel": "c", "data": "d"}),
+        ("/apps/1/batch_events", {"batch": [{"name": "e", "channel": "c", "data": "d"}] * 2}),
+    ],
+)
+async def test_a_publish_the_broker_cannot_take_is_503_json(
+    make: Make, path: str, body: dict[str, Any]
+) -> None:
+    client, broker = await make()
+    broker.refuse = "Redis is down"
+    error = await error_of(await client.post(path, json=body), 503)
+    assert "Redis is down" in error
+    assert broker.publications == []
 
 
 async def test_batch_events(make: Make) -> None:

@@ -173,7 +173,7 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ({"tls": {"dir": ""}}, "tls.dir"),
         ({"publish": {"socket": ""}}, "publish.socket"),
         ({"broker": {"kind": "kafka"}}, "broker.kind"),
-        ({"broker": {"kind": "redis"}}, "broker.kind"),
+        ({"broker": {"kind": "redis", "url": "http://x"}}, "broker.url"),
         ({"upstream": "ftp://localhost:3000"}, "upstream"),
         ({"log": {"level": "verbose"}}, "log.level"),
         ({"shutdown": {"deadline": 0}}, "shutdown.deadline"),

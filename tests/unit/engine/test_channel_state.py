@@ -16,9 +16,8 @@ from sidecar.engine.broker.changes import (
     decode_changes,
     encode_changes,
 )
-from sidecar.engine.channel_state import (
-    ChannelInfo,
-    ChannelState,
+from sidecar.engine.channel_state import ChannelInfo, ChannelState
+from sidecar.engine.transitions import (
     JoinAccepted,
     JoinRefused,
     MemberAdded,

@@ -13,9 +13,9 @@ import pytest
 
 from sidecar.config.model import LimitsConfig
 from sidecar.engine.broker.changes import CountDelta, MemberJoin, MemberLeave, OriginGone
-from sidecar.engine.channel_state import (
-    ChannelInfo,
-    ChannelState,
+from sidecar.engine.channel_state import ChannelInfo, ChannelState
+from sidecar.engine.presence import PresenceStore, make_presence_store
+from sidecar.engine.transitions import (
     JoinAccepted,
     JoinRefused,
     MemberAdded,
@@ -23,7 +23,6 @@ from sidecar.engine.channel_state import (
     Occupied,
     Vacated,
 )
-from sidecar.engine.presence import PresenceStore, make_presence_store
 
 A = "1"
 ROOM = "presence-room"

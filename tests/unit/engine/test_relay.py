@@ -490,3 +490,30 @@ async def test_sweep_reschedules_itself(relay: Relay) -> None:
     assert relay._sweeper is not None and relay._sweeper is not first
     relay.stop()
     assert relay._sweeper is None
+
+
+async def test_subscription_succeeded_waits_until_the_broker_says_the_channel_is_ready(
+    relay: Relay, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis: answered once the node's subscription is confirmed (broker.on_ready)."""
+    monkeypatch.setattr(relay.broker, "ready", lambda app_id, channel: False)
+    waiting, leaving = make_client(), make_client()
+    await turns()
+    waiting.new_messages()
+    leaving.new_messages()
+    waiting.text(relay, "pusher:subscribe", {"channel": "news"})
+    leaving.text(relay, "pusher:subscribe", {"channel": "news"})
+    await turns()
+    assert waiting.new_messages() == leaving.new_messages() == []
+    leaving.text(relay, "pusher:unsubscribe", {"channel": "news"})
+    await turns()
+    assert relay.broker.on_ready is not None
+    relay.broker.on_ready(APP.id, "news")
+    await turns()
+    assert waiting.new_messages() == [
+        {"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"}
+    ]
+    assert leaving.new_messages() == []  # gone meanwhile: forgotten
+    relay.broker.on_ready(APP.id, "news")  # said again: nothing more
+    await turns()
+    assert waiting.new_messages() == []

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sidecar.config.apps import AppRegistry
+from sidecar.engine.broker.changes import MemberJoin, NodeGone, Share, cluster_origin
 from sidecar.engine.channel_state import ChannelInfo
 from sidecar.engine.connection import ConnectionState
 from sidecar.engine.relay import Relay
@@ -304,3 +305,29 @@ async def test_one_member_churning_a_presence_room_costs_the_others_a_bounded_tr
         r.stop()
         for conn in list(r.connections.values()):
             r.forget(conn)
+
+
+async def test_a_swept_node_and_a_share_reach_local_members_as_member_frames(
+    relay: Relay, browser: MakeBrowser
+) -> None:
+    """Redis: another node's members come and go by NodeGone and Share as by their own joins."""
+    bob = browser()
+    bob.subscribe("presence-room", {"user_id": "bob"})
+    await turns()
+    bob.events()
+    other, sweeper = cluster_origin(7, 1), cluster_origin(9, 0)
+    relay.on_changes(other, [MemberJoin(APP.id, "presence-room", "7.1", "eve", None)])
+    relay.on_changes(sweeper, [NodeGone(7)])
+    share = {
+        APP.id: {
+            "presence-room": {"o": [[other, 1]], "m": [["dan", 1]], "s": [["7.2", "dan", other]]}
+        }
+    }
+    relay.on_changes(cluster_origin(7, 0), [Share(7, share)])
+    await turns()
+    assert [(e["event"], data_of(e)) for e in bob.events()] == [
+        ("pusher_internal:member_added", {"user_id": "eve", "user_info": None}),
+        ("pusher_internal:member_removed", {"user_id": "eve"}),
+        ("pusher_internal:member_added", {"user_id": "dan", "user_info": 1}),
+    ]
+    assert relay.state.members(APP.id, "presence-room") == {"bob": None, "dan": 1}

@@ -7,10 +7,11 @@ import socket
 
 import pytest
 
-from sidecar.engine.broker import pipe
-from sidecar.engine.broker.base import Publication
+from sidecar.engine.broker import frames, pipe
+from sidecar.engine.broker.base import BrokerUnavailable, Publication
 from sidecar.engine.broker.changes import (
     Change,
+    CountDelta,
     MemberJoin,
     MemberLeave,
     OriginGone,
@@ -372,3 +373,87 @@ async def test_a_worker_within_the_backlog_bound_is_kept() -> None:
     finally:
         stalled_end.close()
         await hub.close()
+
+
+# With a Redis hub: confirmed publications (CONFIRM/ACK) and channels made ready (READY) ------
+
+
+async def confirming(hub: HubBroker) -> tuple[WorkerBroker, socket.socket]:
+    hub_end, worker_end = socket.socketpair()
+    await hub.attach(0, hub_end)
+    worker = WorkerBroker(worker_end, confirms=True)
+    await worker.start(lambda pub: None)
+    return worker, worker_end
+
+
+async def test_the_pipe_hub_confirms_a_worker_publication_at_once() -> None:
+    hub = HubBroker()
+    worker, worker_end = await confirming(hub)
+    await asyncio.wait_for(worker.publish_confirmed(Publication.of("1", ("a",), "e", "x")), 2)
+    await hub.close()
+    worker_end.close()
+
+
+async def test_a_refusal_in_the_ack_is_broker_unavailable() -> None:
+    hub_end, worker_end = socket.socketpair()
+    worker = WorkerBroker(worker_end, confirms=True)
+    await worker.start(lambda pub: None)
+    answered = asyncio.ensure_future(
+        worker.publish_confirmed(Publication.of("1", ("a",), "e", "x"))
+    )
+    await asyncio.sleep(0.01)
+    hub_end.sendall(frames.ack_frame(1, "Redis at h:1 is unreachable"))
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        await asyncio.wait_for(answered, 2)
+    hub_end.close()
+    worker_end.close()
+
+
+async def test_a_hub_that_goes_away_refuses_what_waits_for_its_ack() -> None:
+    hub_end, worker_end = socket.socketpair()
+    worker = WorkerBroker(worker_end, confirms=True)
+    await worker.start(lambda pub: None)
+    answered = asyncio.ensure_future(
+        worker.publish_confirmed(Publication.of("1", ("a",), "e", "x"))
+    )
+    await asyncio.sleep(0.01)
+    hub_end.close()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(answered, 2)
+    worker_end.close()
+
+
+async def test_a_channel_is_ready_on_the_ready_of_its_own_subscribe_only() -> None:
+    hub_end, worker_end = socket.socketpair()
+    worker = WorkerBroker(worker_end, confirms=True)
+    ready: list[tuple[str, str]] = []
+    worker.on_ready = lambda app_id, channel: ready.append((app_id, channel))
+    await worker.start(lambda pub: None)
+    assert not worker.ready("1", "a")
+    worker.announce([CountDelta("1", "a", 1)])  # subscribe number 1
+    worker.announce([CountDelta("1", "a", -1)])
+    worker.announce([CountDelta("1", "a", 1)])  # number 2: the hub subscribes again
+    hub_end.sendall(frames.ready_frame([("1", "a", 1)]))  # late, for the first
+    await asyncio.sleep(0.05)
+    assert not worker.ready("1", "a") and ready == []
+    hub_end.sendall(frames.ready_frame([("1", "a", 2)]))
+    for _ in range(100):
+        if ready:
+            break
+        await asyncio.sleep(0.01)
+    assert ready == [("1", "a")]
+    assert worker.ready("1", "a")
+    worker.announce([CountDelta("1", "a", -1)])
+    assert not worker.ready("1", "a")
+    hub_end.close()
+    worker_end.close()
+
+
+async def test_without_a_redis_hub_every_channel_is_ready() -> None:
+    hub_end, worker_end = socket.socketpair()
+    worker = WorkerBroker(worker_end)
+    await worker.start(lambda pub: None)
+    worker.announce([CountDelta("1", "a", 1)])
+    assert worker.ready("1", "a")
+    hub_end.close()
+    worker_end.close()
