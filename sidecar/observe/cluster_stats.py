@@ -1,8 +1,10 @@
 """A node's view of its cluster (broker kind redis): Redis round trips, reconnects, live nodes.
 
 The supervisor's Redis link and its node liveness feed it through plain callables, so this
-module knows neither: `round_trip(seconds)` after each command the link times, `reconnected()`
-each time the link is back, and `nodes` (NodeLiveness.live_nodes, as JSON) for the list.
+module knows neither: `round_trip(seconds)` after each command the link times (the link's
+`on_round_trip`), `reconnected()` each time the link is back or `reconnects` reading the link's
+own count, `node` (this node's id and number, which change when it is swept and joins again)
+and `nodes` (NodeLiveness.live_nodes, as JSON) for the list.
 /metrics exports it (sidecar_redis_round_trip_seconds, sidecar_redis_reconnects_total,
 sidecar_cluster_nodes), `sidecar status` and the dashboard show the node and its peers.
 """
@@ -22,13 +24,11 @@ ROUND_TRIP_BUCKETS = LATENCY_BUCKETS
 
 
 class ClusterStats:
-    def __init__(self, node_id: str | None = None, node_num: int | None = None) -> None:
-        # This node, as `sidecar status` names it; a node that was swept and joined again
-        # under a new number sets them again.
-        self.node_id = node_id
-        self.node_num = node_num
+    def __init__(self) -> None:
+        self.node: Callable[[], tuple[str, int] | None] = lambda: None
         self.nodes: Callable[[], list[dict[str, Any]]] = list
-        self.reconnects = 0
+        self.reconnects: Callable[[], int] = lambda: self._reconnected
+        self._reconnected = 0
         self._counts = [0] * (len(ROUND_TRIP_BUCKETS) + 1)  # the last: over the largest bound
         self._total = 0.0
 
@@ -37,18 +37,19 @@ class ClusterStats:
         self._total += seconds
 
     def reconnected(self) -> None:
-        self.reconnects += 1
+        self._reconnected += 1
 
     def write(self, counters: dict[Any, float], gauges: dict[Any, float]) -> None:
         bounds = [*(repr(b) for b in ROUND_TRIP_BUCKETS), "+Inf"]
         for bound, count in zip(bounds, self._counts, strict=True):
             counters[key("redis_round_trip_bucket", le=bound)] = count
         counters[key("redis_round_trip_sum")] = self._total
-        counters[key("redis_reconnects")] = self.reconnects
+        counters[key("redis_reconnects")] = self.reconnects()
         gauges[key("cluster_nodes")] = len(self._nodes())
 
     def as_status(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "node_num": self.node_num, "nodes": self._nodes()}
+        node_id, node_num = self.node() or (None, None)
+        return {"node_id": node_id, "node_num": node_num, "nodes": self._nodes()}
 
     def _nodes(self) -> list[dict[str, Any]]:
         try:

@@ -97,8 +97,6 @@ class NodeLiveness:
             "started": repr(time.time()),
             "workers": str(workers),
         }
-        # Called with the number of live nodes after each round that saw them (a gauge).
-        self.on_count: Callable[[int], None] | None = None
         self._nodes: dict[int, LiveNode] = {}
         self._scores: dict[int, float] = {}  # node -> last seen (ms, Redis's clock)
         self._registered = False
@@ -247,8 +245,6 @@ class NodeLiveness:
             seen = self._scores.get(node_num, now_ms) / 1000
             nodes[node_num] = dataclasses.replace(node, last_seen=seen)
         self._nodes = nodes
-        if self.on_count is not None:
-            self.on_count(len(nodes))
 
     async def _sweep(self, node_num: int) -> None:
         """Sweep one node if no other survivor does: lock (tombstone), NodeGone, delist."""

@@ -31,7 +31,7 @@ def samples(observer: Observer) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 def test_round_trips_reconnects_and_nodes_reach_the_metrics() -> None:
     observer = Observer(None, workers=2, broker="redis")
-    stats = observer.cluster = ClusterStats("web1-100-ab", 7)
+    stats = observer.cluster = ClusterStats()
     stats.nodes = lambda: NODES
     for seconds in (0.00008, 0.0003, 0.0003, 2.0):
         stats.round_trip(seconds)  # as the link calls it
@@ -42,6 +42,8 @@ def test_round_trips_reconnects_and_nodes_reach_the_metrics() -> None:
     assert seen[("sidecar_redis_round_trip_seconds_bucket", (("le", "+Inf"),))] == 4
     assert abs(seen[("sidecar_redis_round_trip_seconds_sum", ())] - 2.00068) < 1e-9
     assert seen[("sidecar_redis_reconnects_total", ())] == 1
+    stats.reconnects = lambda: 5  # or the link's own count
+    assert samples(observer)[("sidecar_redis_reconnects_total", ())] == 5
     assert seen[("sidecar_cluster_nodes", ())] == 2
 
 
@@ -53,7 +55,8 @@ def test_one_machine_exports_the_names_at_zero() -> None:
 
 
 def test_status_names_the_node_and_a_failing_list_costs_nothing() -> None:
-    stats = ClusterStats("web1-100-ab", 7)
+    stats = ClusterStats()
+    stats.node = lambda: ("web1-100-ab", 7)
     stats.nodes = lambda: NODES
     assert stats.as_status() == {"node_id": "web1-100-ab", "node_num": 7, "nodes": NODES}
 
