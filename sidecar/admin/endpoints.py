@@ -122,6 +122,7 @@ def overview(snap: Snapshot, observer: Observer) -> dict[str, object]:
         ],
         "certificate": cert.as_dict() if cert is not None else None,
         "workers": {"alive": observer.workers_alive(), "configured": observer.workers_configured},
+        "cluster": observer.cluster.as_status() if observer.cluster is not None else None,
     }
 
 

@@ -133,7 +133,22 @@ CATALOGUE = (
         ("reason",),
         (("full",), ("expired",), ("at_close",)),
     ),
-    Spec("broker_up", "gauge", "1 when the broker is reachable (worker pipes attached)", ("kind",)),
+    Spec(
+        "broker_up",
+        "gauge",
+        "1 when the broker is reachable (worker pipes attached; with redis, the link up too)",
+        ("kind",),
+    ),
+    Spec(
+        "redis_reconnects",
+        "counter",
+        "Times the node's link to Redis was made again after it was lost (broker kind redis)",
+    ),
+    Spec(
+        "cluster_nodes",
+        "gauge",
+        "Nodes of the cluster with a live heartbeat, this one included (broker kind redis)",
+    ),
     Spec("workers_alive", "gauge", "Relay worker processes running"),
     Spec("workers_configured", "gauge", "Relay worker processes configured"),
     Spec("worker_restarts", "counter", "Relay worker processes started again after dying"),
@@ -146,6 +161,10 @@ LATENCY = (
     "delivery_latency_seconds",
     "Sampled: from a publication accepted by the publish API to its frame handed to the last "
     "subscriber of a relay process (written, or queued behind that connection's earlier frames)",
+)
+ROUND_TRIP = (
+    "redis_round_trip_seconds",
+    "Round trips of the node's commands to Redis, as the link timed them (broker kind redis)",
 )
 # Present only when TLS is on; everything else is always exported.
 OPTIONAL = frozenset(("certificate_expiry_seconds", "certificate_valid"))
@@ -170,19 +189,23 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         for values, value in sorted(series.items()):
             family.add_metric(list(values), value)
         yield family
-    yield latency_family(snap)
+    yield histogram_family(snap, LATENCY, "delivery_latency")
+    yield histogram_family(snap, ROUND_TRIP, "redis_round_trip")
 
 
-def latency_family(snap: Snapshot) -> HistogramMetricFamily:
+def histogram_family(
+    snap: Snapshot, described: tuple[str, str], counted_as: str
+) -> HistogramMetricFamily:
+    """A histogram from the snapshot's per-bucket counters `{counted_as}_bucket` and `_sum`."""
     bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
     cumulative = 0.0
     buckets = []
     for bound in bounds:
-        cumulative += snap.counter("delivery_latency_bucket", le=bound)
+        cumulative += snap.counter(f"{counted_as}_bucket", le=bound)
         buckets.append((bound, cumulative))
-    name, doc = LATENCY
+    name, doc = described
     return HistogramMetricFamily(
-        PREFIX + name, doc, buckets=buckets, sum_value=snap.counter("delivery_latency_sum")
+        PREFIX + name, doc, buckets=buckets, sum_value=snap.counter(f"{counted_as}_sum")
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sidecar.observe.bad_input import BAD_INPUT
 from sidecar.observe.certificate_watch import CertificateWatch
+from sidecar.observe.cluster_stats import ClusterStats
 from sidecar.observe.console import ConsoleFeed
 from sidecar.observe.history import History, Point
 from sidecar.observe.probe import PublishCounter, RelayProbe, RequestCounter, write_accept_stats
@@ -65,6 +66,9 @@ class Observer:
         # (`bind_webhooks`, once a sender starts).
         self.webhooks: Any = None
         self.worker_restarts = 0
+        # With broker kind redis, where the supervisor runs the node's link: its round trips,
+        # reconnects and the live nodes (set by whoever makes the link). None otherwise.
+        self.cluster: ClusterStats | None = None
         # The debug console's pages. Its switches turn the taps on with the first page: this
         # process's publish APIs here, the relay's or the workers' where the relay runs.
         self.console = ConsoleFeed()
@@ -182,6 +186,8 @@ class Observer:
         gauges[key("workers_configured")] = self.workers_configured
         counters[key("worker_restarts")] = self.worker_restarts
         gauges[key("broker_up", kind=self.broker_kind)] = 1 if self.broker_ok() else 0
+        if self.cluster is not None:
+            self.cluster.write(counters, gauges)
         hooks = self.webhooks
         if hooks is not None:
             counters[key("webhook_events_sent")] = hooks.sent_events

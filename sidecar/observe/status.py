@@ -105,9 +105,31 @@ def format_status(data: dict[str, Any], address: str) -> str:
             f"(slow clients closed {count(totals.get('slow_client_closes'))})",
         ),
         ("certificate", certificate_text(data.get("certificate"))),
+        *cluster_rows(data.get("cluster")),
     ]
     width = max(len(name) for name, _ in rows) + 2
     return "\n".join([head, *(f"  {name:<{width}}{value}" for name, value in rows)])
+
+
+def cluster_rows(cluster: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """With broker kind redis: this node and the live ones, one line each."""
+    if not cluster:
+        return []
+    nodes: list[dict[str, Any]] = cluster.get("nodes") or []
+    rows = [
+        ("node", f"{cluster.get('node_id') or '-'} (number {cluster.get('node_num', '-')})"),
+        ("cluster", f"{len(nodes)} live node{'' if len(nodes) == 1 else 's'}"),
+    ]
+    for node in nodes:
+        me = " (this one)" if node.get("node_num") == cluster.get("node_num") else ""
+        rows.append(
+            (
+                "",
+                f"{node.get('node_id')} on {node.get('host')}, pid {node.get('pid')}, "
+                f"{node.get('workers')} workers{me}",
+            )
+        )
+    return rows
 
 
 def latency_text(latency: dict[str, float | None]) -> str:

@@ -97,13 +97,12 @@ class NodeLiveness:
             "started": repr(time.time()),
             "workers": str(workers),
         }
-        # Called with the number of live nodes after each round that saw them (a gauge).
-        self.on_count: Callable[[int], None] | None = None
         self._nodes: dict[int, LiveNode] = {}
         self._scores: dict[int, float] = {}  # node -> last seen (ms, Redis's clock)
         self._registered = False
         self._failing = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # Keys ---------------------------------------------------------------------------------
 
@@ -129,10 +128,12 @@ class NodeLiveness:
 
     async def stop(self) -> None:
         """Stop beating and drop the key: the others sweep what this node may have left."""
+        self._stopping = True
         if self._task is not None:
+            # redis-py may swallow a cancellation that lands inside a call: the flag ends the
+            # loop at its next turn anyway, and the wait is bounded.
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=self.timeout + self.heartbeat)
             self._task = None
         if not self.rules.evicted:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -153,7 +154,7 @@ class NodeLiveness:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat
-        while not self.rules.evicted:
+        while not self.rules.evicted and not self._stopping:
             await asyncio.sleep(max(0.0, next_beat - loop.time()))
             # On schedule; a round that ran late (this process paused) does not bunch up beats.
             next_beat = max(next_beat + self.heartbeat, loop.time())
@@ -244,8 +245,6 @@ class NodeLiveness:
             seen = self._scores.get(node_num, now_ms) / 1000
             nodes[node_num] = dataclasses.replace(node, last_seen=seen)
         self._nodes = nodes
-        if self.on_count is not None:
-            self.on_count(len(nodes))
 
     async def _sweep(self, node_num: int) -> None:
         """Sweep one node if no other survivor does: lock (tombstone), NodeGone, delist."""

@@ -186,6 +186,22 @@ function showState(state) {
     [num(e.size), "num"],
   ])));
   showCertificate(state.certificate);
+  showCluster(state.cluster);
+}
+
+// Broker kind redis only: this node and the others with a live heartbeat.
+function showCluster(cluster) {
+  $("cluster-panel").hidden = !cluster;
+  if (!cluster) return;
+  $("cluster-count").textContent = `${cluster.nodes.length} live, this one ${cluster.node_id}`;
+  const now = Date.now() / 1000;
+  fillTable("cluster-nodes", cluster.nodes.map((n) => row([
+    [n.node_num === cluster.node_num ? `${n.node_id} (this one)` : n.node_id],
+    [n.host],
+    [String(n.pid), "num"],
+    [String(n.workers), "num"],
+    [n.last_seen ? `${Math.max(0, now - n.last_seen).toFixed(1)} s ago` : "-", "num"],
+  ])));
 }
 
 function showCertificate(cert) {

@@ -68,3 +68,20 @@ def test_an_expired_certificate_says_so() -> None:
     cert = {**STATUS["certificate"], "valid": False, "expires_in_s": -3 * 86400}  # type: ignore[dict-item]
     text = format_status({**STATUS, "certificate": cert}, "x")
     assert "EXPIRED" in text and "-3 days" in text
+
+
+def test_a_cluster_node_lists_itself_and_the_live_nodes() -> None:
+    cluster = {
+        "node_id": "web1-100-ab",
+        "node_num": 7,
+        "nodes": [
+            {"node_num": 7, "node_id": "web1-100-ab", "host": "web1", "pid": 100, "workers": 2},
+            {"node_num": 9, "node_id": "web2-200-cd", "host": "web2", "pid": 200, "workers": 1},
+        ],
+    }
+    lines = format_status({**STATUS, "cluster": cluster}, "x").splitlines()
+    assert "web1-100-ab (number 7)" in next(line for line in lines if "node " in line)
+    assert any("2 live nodes" in line for line in lines)
+    assert any("web1-100-ab on web1, pid 100, 2 workers (this one)" in line for line in lines)
+    assert any("web2-200-cd on web2, pid 200, 1 workers" in line for line in lines)
+    assert not any("node" in line for line in format_status(STATUS, "x").splitlines())
