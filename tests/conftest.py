@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 
 from tests.support.process import PusherJs, SidecarProcess, base_config
+from tests.support.redis_server import redis_server
 from tests.support.relay_clients import make_client, relay
 
-# The relay with recording clients, for every unit test that does not define its own `relay`.
-__all__ = ["make_client", "relay"]
+# The relay with recording clients, for every unit test that does not define its own `relay`;
+# a redis-server of the test's own (tests/support/redis_server.py).
+__all__ = ["make_client", "redis_server", "relay"]
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages in .venv-test, pusher-js from npm, Node.js and
-# the pebble ACME test CA, Chromium if missing) and runs the whole suite. Arguments go to pytest:
+# Installs everything the tests need (Python packages in .venv-test, pusher-js from npm, Node.js,
+# the pebble ACME test CA, Chromium and redis-server if missing) and runs the whole suite.
+# Arguments go to pytest:
 #   bash tests/run.sh -k relay -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,11 @@ fi
 if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
   echo "tests/run.sh: installing pebble, the ACME test CA (apt)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble
+fi
+
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+  echo "tests/run.sh: installing redis-server (apt), for the Redis broker's tests (each starts its own)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 fi
 
 # An environment of its own: the Quick start's `pip install .` into .venv keeps serving while
