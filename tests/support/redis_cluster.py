@@ -168,6 +168,7 @@ class ClusterClients:
         self.auth = auth
         self.nodes = nodes
         self.node_of: dict[str, int] = {}
+        self.disconnected: set[str] = set()  # by the test: not a reconnect to look for
 
     async def connect(self, name: str, node: int, user: str | None = None) -> str:
         options = self.auth.options(self.nodes[node], user or name)
@@ -183,6 +184,10 @@ class ClusterClients:
 
     def send(self, name: str, cmd: str, **fields: Any) -> None:
         self.driver.send(cmd=cmd, id=name, **fields)
+
+    def disconnect(self, name: str) -> None:
+        self.disconnected.add(name)
+        self.driver.send(cmd="disconnect", id=name)
 
     async def expect(
         self, name: str, kind: str, count: int = 1, timeout: float = 15, **fields: Any
@@ -207,7 +212,7 @@ class ClusterClients:
     def reconnects(self) -> dict[str, int]:
         """Clients that left the connected state or connected again since their first connect."""
         moved: dict[str, int] = {}
-        for name in self.node_of:
+        for name in self.node_of.keys() - self.disconnected:
             again = len(self.reports(name, "connected")) - 1
             left = len([r for r in self.reports(name, "state") if r["previous"] == "connected"])
             if again or left:
