@@ -234,7 +234,22 @@ class RedisCluster:
     nodes: list[ClusterNode]
     clients: ClusterClients
     prefix: str
+    node_extra: dict[str, Any] = field(default_factory=dict)
     _sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+
+    async def add_node(self, workers: int = 1) -> ClusterNode:
+        """One more node joining the running cluster (it is stopped with the others)."""
+        index = len(self.nodes)
+        config = node_config(
+            self.folder / f"node{index}",
+            self.redis.url,
+            self.prefix,
+            self.hooks,
+            workers,
+            **self.node_extra,
+        )
+        self.nodes.append(await asyncio.to_thread(start_node, self.folder, index, config))
+        return self.nodes[-1]
 
     async def socket(self, node: int) -> Socket:
         """A raw WebSocket on `node` (for what pusher-js hides: exact frames and timing)."""
@@ -334,7 +349,7 @@ async def redis_cluster(
             nodes.append(await asyncio.to_thread(start_node, folder, index, config))
         driver = await PusherJs.start(nodes[0].cert)
         cluster = RedisCluster(
-            folder, redis, hooks, nodes, ClusterClients(driver, auth, nodes), prefix
+            folder, redis, hooks, nodes, ClusterClients(driver, auth, nodes), prefix, extra
         )
         yield cluster
     finally:
