@@ -288,13 +288,16 @@ class RedisCluster:
 def node_config(
     folder: Path, redis_url: str, prefix: str, hooks: Receiver, workers: int, **extra: Any
 ) -> dict[str, Any]:
-    pair = ensure_self_signed(folder.parent / "certs")
+    # One development certificate for every node (made here once, reused by each), so one
+    # pusher-js driver trusts them all.
+    certs = folder.parent / "certs"
+    ensure_self_signed(certs)
     app = {**APP, "webhooks": [{"url": hooks.url, "events": ALL_KINDS}]}
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "http": {"port": None},
         "admin": {"host": "127.0.0.1", "port": free_port()},
-        "tls": {"mode": "files", "cert": str(pair.cert), "key": str(pair.key)},
+        "tls": {"mode": "self-signed", "dir": str(certs)},
         "publish": {"socket": "sidecar.sock"},
         "apps": [app],
         "broker": {"kind": "redis", "url": redis_url, "prefix": prefix, "heartbeat": HEARTBEAT},
