@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -91,6 +92,58 @@ async def test_a_killed_nodes_members_leave_everywhere_and_the_app_hears_once(
     assert [e["user_id"] for e in hooks.named("member_removed", "presence-f")] == ["carl"]
     assert len(hooks.named("channel_vacated", "alone-carl")) == 1
     assert hooks.named("channel_vacated", "presence-f") == []
+
+
+async def test_a_node_frozen_past_the_window_is_swept_then_its_clients_come_back(
+    cluster: RedisCluster,
+) -> None:
+    """A node stopped (SIGSTOP) longer than 3 heartbeats is swept by the others; woken, it
+    finds itself declared dead, closes its clients with 4200 (pusher-js reconnects at once) and
+    joins as a new node: no ghost member, no duplicate."""
+    clients, hooks = cluster.clients, cluster.hooks
+    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
+    await members_everywhere(cluster, "presence-s", placed)
+    frozen = cluster.nodes[2]
+    frozen.signal_all(signal.SIGSTOP)
+    try:
+        for name in ("ann", "bob"):
+            await clients.expect(name, "member_removed", channel="presence-s", user_id="carl")
+    finally:
+        frozen.signal_all(signal.SIGCONT)
+    woke = time.monotonic()
+    await clients.expect("carl", "connected", count=2, timeout=20)
+    for name in ("ann", "bob"):
+        await clients.expect(name, "member_added", channel="presence-s", user_id="carl")
+    took = await cluster.eventually(
+        lambda: all(users_of(n, "presence-s") == ["ann", "bob", "carl"] for n in cluster.nodes)
+    )
+    print(f"node SIGSTOP: rejoined and listed everywhere {time.monotonic() - woke:.1f}s after")
+    assert took < 15
+    await asyncio.sleep(3 * HEARTBEAT + 1)  # a ghost of the old node would be swept by now
+    assert [r["user_id"] for r in clients.reports("ann", "member_removed")] == ["carl"]
+    assert [r["user_id"] for r in clients.reports("ann", "member_added")] == ["bob", "carl", "carl"]
+    assert [e["user_id"] for e in hooks.named("member_removed", "presence-s")] == ["carl"]
+    for node in cluster.nodes:
+        with node.local() as local:
+            counted = local.channel("presence-s", info=["user_count", "subscription_count"])
+        assert counted == {"occupied": True, "user_count": 3, "subscription_count": 3}
+
+
+async def test_a_node_frozen_shorter_than_the_window_changes_nothing(
+    cluster: RedisCluster,
+) -> None:
+    clients = cluster.clients
+    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
+    await members_everywhere(cluster, "presence-t", placed)
+    cluster.nodes[2].signal_all(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.5 * HEARTBEAT)
+    finally:
+        cluster.nodes[2].signal_all(signal.SIGCONT)
+    await asyncio.sleep(3 * HEARTBEAT + 1)
+    assert clients.reports(None, "member_removed") == []
+    assert clients.reconnects() == {}
+    assert all(users_of(n, "presence-t") == ["ann", "bob", "carl"] for n in cluster.nodes)
 
 
 async def test_redis_killed_publishes_are_refused_at_once_and_clients_stay(

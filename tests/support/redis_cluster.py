@@ -100,6 +100,12 @@ class ClusterNode(SidecarProcess):
         assert self.proc is not None
         return [self.proc.pid, *children(self.proc.pid)]
 
+    def signal_all(self, sig: int) -> None:
+        """The supervisor and every worker at once (SIGSTOP: the machine froze)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def kill_all(self) -> None:
         """SIGKILL the supervisor and every worker at once: the machine is gone."""
         for pid in self.pids():
