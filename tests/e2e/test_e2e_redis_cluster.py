@@ -33,10 +33,13 @@ async def on_both_workers(cluster: RedisCluster, prefix: str, node: int = 1) -> 
     for n in range(30):
         name = f"{prefix}{n}"
         socket_id = await cluster.clients.connect(name, node)
-        seen.setdefault(socket_id.split(".")[0], name)
+        worker = socket_id.split(".")[0]
+        if worker in seen:
+            cluster.clients.disconnect(name)
+            continue
+        seen[worker] = name
         if len(seen) == 2:
             return list(seen.values())
-        cluster.clients.disconnect(name)
     raise AssertionError("node 1's connections never reached both of its workers")
 
 
