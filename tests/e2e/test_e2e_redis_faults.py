@@ -277,6 +277,26 @@ async def test_redis_paused_past_the_heartbeat_window_sweeps_nobody(
         await clients.expect(name, "event", channel="presence-p", event="later")
 
 
+async def test_every_heartbeat_key_lapsing_at_once_sweeps_nobody(cluster: RedisCluster) -> None:
+    """What a Redis pause leaves behind, without the pause: every node's heartbeat key gone at
+    the same moment (on Redis's clock) while every node is healthy. Each node puts its own back;
+    none may take the others' for dead in the meantime."""
+    clients, hooks = cluster.clients, cluster.hooks
+    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
+    await members_everywhere(cluster, "presence-l", placed)
+    for _ in range(3):  # the same, three heartbeats in a row
+        keys = [key for key in cluster.redis_keys() if key.endswith(":alive")]
+        assert len(keys) == 3, cluster.redis_keys()
+        cluster.redis.command("DEL", *keys)
+        await asyncio.sleep(HEARTBEAT)
+    await asyncio.sleep(3 * HEARTBEAT + 1)
+    assert clients.reports(None, "member_removed") == []
+    assert clients.reconnects() == {}
+    assert hooks.named("member_removed") == []
+    assert all(users_of(n, "presence-l") == ["ann", "bob", "carl"] for n in cluster.nodes)
+    assert len([key for key in cluster.redis_keys() if key.endswith(":alive")]) == 3
+
+
 def start_refused(folder: Path, url: str) -> tuple[subprocess.CompletedProcess[str], float]:
     folder.mkdir(parents=True, exist_ok=True)
     config = base_config(folder, broker={"kind": "redis", "url": url}, workers=1)
