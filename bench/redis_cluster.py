@@ -15,8 +15,10 @@ each on freshly started servers, pipe then redis:
         publisher: acknowledgement p50/p99, publish-to-delivery p50 (the added latency is the
         difference of the p50s)
   rate  publishes spread over every node's Unix socket at rising rates (--rates), --step-seconds
-        each, --rate-subscribers in all: the highest rate at which every event reached every
-        subscriber (redis: three nodes sharing the subscribers; pipe: one node holding them all)
+        each, --rate-subscribers in all, each publisher thread waiting for its acknowledgement:
+        the highest rate the nodes took with every event reaching every subscriber, until a
+        step falls short of its rate or loses one (redis: three nodes sharing the subscribers;
+        pipe: one node holding them all)
 Prints a table of both brokers, their ratio and the issue's target, then the command.
 """
 
@@ -159,9 +161,13 @@ def rate_phase(bench: Bench, broker: str) -> dict[str, float]:
             for rate in (float(r) for r in args.rates.split(",")):
                 ok, detail = one_rate(clients, publishers, rate, per_node, args)
                 print(f"  rate {broker} x{count} {rate:g}/s: {detail}", file=sys.stderr, flush=True)
+                if not detail["all_delivered"]:
+                    break
+                # Publishers wait for each acknowledgement: what they reached is what the nodes
+                # took, all of it delivered; short of the asked rate, the nodes are saturated.
+                best = max(best, detail["achieved_per_s"])
                 if not ok:
                     break
-                best = rate
         finally:
             for publisher in publishers:
                 publisher.close()
@@ -206,12 +212,10 @@ def one_rate(
         "closed": sum(s["closed"] for s in stats),
         "lat_p99_ms": max(s["lat_us"]["p99"] for s in stats) / 1000,
     }
-    ok = (
-        refused == 0
-        and delivered == events * per_node * len(clients)
-        and detail["closed"] == 0
-        and achieved >= 0.95 * rate
+    detail["all_delivered"] = (
+        refused == 0 and delivered == events * per_node * len(clients) and detail["closed"] == 0
     )
+    ok = detail["all_delivered"] and achieved >= 0.95 * rate
     return ok, detail
 
 
@@ -226,7 +230,7 @@ ROWS = [
     ("ack", "lat_p50_ms", "publish-to-delivery p50 ms at {r}/s", "added < 1 ms"),
     ("ack", "lat_p99_ms", "publish-to-delivery p99 ms at {r}/s", ""),
     ("ack", "lost_latency", "lost deliveries (ack phase)", "0"),
-    ("rate", "max_rate", "highest publishes/s, all delivered (pipe 1 node, redis 3)", ""),
+    ("rate", "max_rate", "highest publishes/s taken, all delivered (pipe 1 node, redis 3)", ""),
 ]
 
 
@@ -267,9 +271,9 @@ def main() -> None:
     parser.add_argument("--ack-events", type=int, default=3000)
     parser.add_argument("--ack-rate", type=float, default=1000)
     parser.add_argument("--rate-subscribers", type=int, default=300, help="in all, rate phase")
-    parser.add_argument("--rates", default="500,1000,2000,3000,4000,6000,8000")
+    parser.add_argument("--rates", default="250,500,1000,2000,3000,4000,6000,8000")
     parser.add_argument("--step-seconds", type=float, default=3.0)
-    parser.add_argument("--publishers", type=int, default=6, help="rate phase, threads")
+    parser.add_argument("--publishers", type=int, default=12, help="rate phase, threads")
     parser.add_argument("--size", type=int, default=100, help="event data bytes")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpu", type=int, default=1)
