@@ -64,7 +64,8 @@ class Bench:
     @contextlib.contextmanager
     def redis(self) -> Iterator[RedisServer]:
         server = RedisServer(self.folder("redis")).start()
-        os.sched_setaffinity(server.pid, {int(c) for c in self.args.server_cpus.split(",")})
+        cpus = self.args.redis_cpus or self.args.server_cpus
+        os.sched_setaffinity(server.pid, {int(c) for c in cpus.split(",")})
         try:
             yield server
         finally:
@@ -277,6 +278,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100, help="event data bytes")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--redis-cpus", help="redis-server's CPUs (default: --server-cpus)")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
@@ -294,8 +296,8 @@ def main() -> None:
                 print(f"{phase} {broker}: {line}", file=sys.stderr, flush=True)
     print(
         f"\nRedis broker against the pipe broker: {args.workers} workers per node, "
-        f"{args.size}-byte events, servers on CPU {args.server_cpus}, client on CPU "
-        f"{args.client_cpu}; one run.\n"
+        f"{args.size}-byte events, servers on CPU {args.server_cpus}, redis-server on CPU "
+        f"{args.redis_cpus or args.server_cpus}, client on CPU {args.client_cpu}; one run.\n"
     )
     print(table(results, args))
     print(f"\ncommand: python bench/redis_cluster.py {' '.join(sys.argv[1:])}")
