@@ -230,6 +230,28 @@ async def test_redis_restarted_empty_the_cluster_is_right_again_without_reconnec
     assert after == [("member_added", "presence-r", "dora")], after
 
 
+async def test_pubsub_connections_cut_by_redis_are_rebuilt_with_their_subscriptions(
+    cluster: RedisCluster,
+) -> None:
+    """`CLIENT KILL TYPE pubsub` (a proxy or a failover cutting them): every node builds its
+    pub/sub connection again and hears its channels again, its clients never told."""
+    clients = cluster.clients
+    for node in (0, 1, 2):
+        await clients.connect(f"c{node}", node)
+        await clients.subscribe(f"c{node}", "cut")
+    killed = cluster.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert int(killed.strip(b":\r\n")) >= 3, killed  # one pub/sub connection per node at least
+
+    def heard_everywhere() -> bool:
+        with cluster.nodes[0].local() as local:
+            local.trigger("cut", "again", {})
+        return all(clients.reports(f"c{node}", "event", event="again") for node in (1, 2))
+
+    took = await cluster.eventually(heard_everywhere, timeout=15)
+    print(f"pub/sub connections killed: delivery across nodes back after {took:.1f}s")
+    assert clients.reconnects() == {}
+
+
 async def test_redis_paused_past_the_heartbeat_window_sweeps_nobody(
     cluster: RedisCluster,
 ) -> None:
