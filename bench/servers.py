@@ -277,6 +277,7 @@ class SidecarServer(Server):
     scrape_interval: float = 1.0
     admin_port: int = field(default_factory=free_port)
     scrapes: int = 0
+    broker: dict[str, Any] | None = None  # the `broker` section; None: memory (the pipe hub)
     _scraping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -298,6 +299,8 @@ class SidecarServer(Server):
             "limits": {"send_queue_bytes": "64MiB", "max_connections_per_ip": 0},
         }
         config["workers"] = self.workers  # explicit: "auto" would follow the taskset
+        if self.broker is not None:
+            config["broker"] = self.broker
         path = self.workdir / "sidecar.yaml"
         path.write_text(yaml.safe_dump(config))
         return [*self.executable(), "run", "--config", str(path)]

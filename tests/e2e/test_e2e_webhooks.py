@@ -11,74 +11,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import pusher
 import pytest
 from aiohttp import web
 
 from tests.support.cluster_socket import APP, Socket
 from tests.support.observe import Samples, admin_block, sample, scrape, wait_until
-from tests.support.process import SidecarProcess, free_port
+from tests.support.process import SidecarProcess
 from tests.support.process_tree import rss_bytes
+from tests.support.webhook_receiver import ALL_KINDS, Receiver, serve
 
 pytestmark = pytest.mark.e2e
-
-VALIDATOR = pusher.Pusher(app_id=APP["id"], key=APP["key"], secret=APP["secret"])
-ALL_KINDS = [
-    "channel_occupied",
-    "channel_vacated",
-    "member_added",
-    "member_removed",
-    "client_event",
-    "cache_miss",
-]
-
-
-class Receiver:
-    """The app's webhook endpoint: keeps every event whose signature checks out."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.requests = 0
-        self.refused_signatures = 0
-        self.fail_first = fail_first
-        self.port = free_port()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        if self.requests <= self.fail_first:
-            return web.Response(status=503)
-        body = await request.text()
-        checked = VALIDATOR.validate_webhook(
-            request.headers["X-Pusher-Key"], request.headers["X-Pusher-Signature"], body
-        )
-        if checked is None:
-            self.refused_signatures += 1
-            return web.Response(status=401)
-        self.events.extend(checked["events"])
-        return web.Response(text="ok")
-
-    def named(self, name: str, channel: str | None = None) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e["name"] == name and (channel is None or e.get("channel") == channel)
-        ]
-
-    async def wait_for(self, name: str, channel: str, count: int = 1) -> list[dict[str, Any]]:
-        for _ in range(200):
-            if len(self.named(name, channel)) >= count:
-                break
-            await asyncio.sleep(0.05)
-        return self.named(name, channel)
-
-
-async def serve(receiver: Receiver) -> web.AppRunner:
-    app = web.Application()
-    app.router.add_post("/hooks", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", receiver.port).start()
-    return runner
 
 
 @pytest.fixture
