@@ -64,7 +64,7 @@ class LoadClient:
             CLIENT_CPU,
             "nice",
             "-n",
-            "10",
+            os.environ.get("WSLOAD_NICE", "10"),
             str(WSLOAD),
             "--host",
             "127.0.0.1",
@@ -150,6 +150,7 @@ def measure_latency(
     size: int,
 ) -> dict[str, float]:
     client.reset()
+    before_client = client.stats()
     pids = server.pids()
     cpu0 = cpu_seconds(pids)
     acks = []
@@ -160,8 +161,12 @@ def measure_latency(
     stats = client.wait_deliveries(events * conns)
     cpu = cpu_seconds(pids) - cpu0
     lat = stats["lat_us"]
+    client_cpu = (stats["cpu_user_s"] + stats["cpu_sys_s"]) - (
+        before_client["cpu_user_s"] + before_client["cpu_sys_s"]
+    )
     return {
         "slow_server_us_per_delivery": cpu / max(stats["deliveries"], 1) * 1e6,
+        "slow_client_us_per_delivery": client_cpu / max(stats["deliveries"], 1) * 1e6,
         "lat_p50_ms": lat["p50"] / 1000,
         "lat_p95_ms": lat["p95"] / 1000,
         "lat_p99_ms": lat["p99"] / 1000,
@@ -222,6 +227,32 @@ def measure_throughput(
     }
 
 
+class Profiler:
+    """py-spy on the server's processes for one phase (--profile DIR): a flame graph (SVG) and
+    the collapsed stacks (.txt), for bench/profile_top.py. Nothing when DIR is not given."""
+
+    def __init__(self, out: str | None, server: Server, label: str) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if not out or not server.name.startswith("sidecar"):
+            return
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for pid in server.pids()[-1:]:  # the process that serves (a worker, with workers)
+            for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
+                cmd = ["py-spy", "record", "--native", "-r", "100"]
+                cmd += ["-f", fmt, "-o", f"{out}/{label}.{ext}", "--pid", str(pid)]
+                exe = Path(sys.executable).parent / "py-spy"
+                cmd[0] = str(exe) if exe.exists() else "py-spy"
+                self.procs.append(
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(2)  # SIGINT: py-spy writes its output and ends
+        for proc in self.procs:
+            proc.wait(30)
+
+
 def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Path) -> dict:
     pair = ensure_self_signed(workdir / "certs")
     server_cls = KINDS[kind]
@@ -251,13 +282,17 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
         result["rss_after_connect_mb"] = rss_connected / 2**20
         result["kb_per_conn"] = (rss_connected - rss_idle) / conns / 1024
         publishers = [server.publisher() for _ in range(4)]
+        label = f"{kind}-{conns}-{'tls' if tls else 'plain'}-{workdir.name.rsplit('-', 1)[1]}"
         if args.latency_events and args.channels == 1:
+            profiler = Profiler(args.profile, server, f"{label}-latency")
             result.update(
                 measure_latency(
                     client, server, publishers[0], conns, args.latency_events, args.rate, args.size
                 )
             )
+            profiler.stop()
         if args.deliveries:
+            profiler = Profiler(args.profile, server, f"{label}-saturated")
             result.update(
                 measure_throughput(
                     client,
@@ -271,6 +306,7 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
                     args.batch,
                 )
             )
+            profiler.stop()
     finally:
         for publisher in publishers:
             publisher.close()
@@ -314,6 +350,7 @@ METRICS = [
     "kb_per_conn",
     "peak_rss_mb",
     "client_us_per_delivery",
+    "slow_client_us_per_delivery",
     "lost_latency",
     "lost_throughput",
 ]
@@ -337,6 +374,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="events per publish (batch_events)")
     parser.add_argument("--server-cpus", default=SERVER_CPU)
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--profile", help="py-spy each Sidecar phase into this directory")
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
 
