@@ -53,7 +53,15 @@ def marked(size: int) -> str:
 
 
 class LoadClient:
-    def __init__(self, server: Server, conns: int, channels: int = 1, subs_per_conn: int = 1):
+    def __init__(
+        self,
+        server: Server,
+        conns: int,
+        channels: int = 1,
+        subs_per_conn: int = 1,
+        connect_batch: int | None = None,
+        connect_timeout: float | None = None,
+    ):
         if not WSLOAD.exists():
             raise SystemExit("bench/client/wsload is missing: run bash bench/setup.sh")
         # Niced: when the publisher (this harness, same CPU) wakes for an acknowledgement, it
@@ -82,6 +90,10 @@ class LoadClient:
         ]
         if server.tls:
             cmd += ["--tls", "--sni", "localhost"]
+        if connect_batch is not None:
+            cmd += ["--connect-batch", str(connect_batch)]
+        if connect_timeout is not None:
+            cmd += ["--connect-timeout", str(connect_timeout)]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
