@@ -268,7 +268,8 @@ class Profiler:
 def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Path) -> dict:
     pair = ensure_self_signed(workdir / "certs")
     server_cls = KINDS[kind]
-    extra = {"workers": args.workers} if kind.startswith("sidecar") else {}
+    # --workers: Sidecar's worker processes and nchan's (nginx worker_processes).
+    extra = {"workers": args.workers} if kind.startswith("sidecar") or kind == "nchan" else {}
     server = server_cls(
         name=kind,
         workdir=workdir / kind,

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fanout import CLIENT_CPU, LoadClient, percentile
+from bench.fanout import CLIENT_CPU, LoadClient, Profiler, percentile
 from bench.servers import KINDS, Server, available, cpu_seconds
 from sidecar.tls.contexts import ensure_self_signed
 
@@ -146,9 +146,11 @@ def one(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any]:
         quiet = len(pinger.rtts)
         pids = server.pids()
         cpu0 = cpu_seconds(pids)
+        profiler = Profiler(args.profile, server, f"storm-{workdir.name}")
         client = LoadClient(server, args.conns, connect_batch=args.conns, connect_timeout=300)
         ready = client.ready()
         cpu = cpu_seconds(server.pids()) - cpu0
+        profiler.stop()
         storm = pinger.rtts[quiet:]
         pinger.stop()
         if pinger.failed:
@@ -184,6 +186,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="sidecar worker processes")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--profile", help="py-spy Sidecar during each storm into this directory")
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     kinds = [k for k in args.servers.split(",") if k]
