@@ -399,7 +399,10 @@ class NaiveServer(Server):
 
 @dataclass
 class NchanServer(Server):
-    """nginx with nchan: one worker process, publishing over a Unix socket like the others."""
+    """nginx with nchan: one worker process (`workers`), publishing over a Unix socket like the
+    others."""
+
+    workers: int = 1
 
     @property
     def socket(self) -> str:
@@ -416,7 +419,7 @@ class NchanServer(Server):
         conf = f"""
 load_module {NCHAN_MODULE};
 daemon off;
-worker_processes 1;
+worker_processes {self.workers};
 pid {self.workdir}/nginx.pid;
 error_log {self.workdir}/nginx-error.log warn;
 worker_rlimit_nofile 65536;

@@ -28,6 +28,7 @@ import math
 import resource
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -43,6 +44,16 @@ log = logging.getLogger("sidecar.accept")
 # Connections accepted per wake-up of the listening socket before the loop serves others (a
 # reconnect storm of thousands is taken in slices, not in one long turn).
 ACCEPT_BATCH = 128
+# TLS handshakes in progress at once per listener; connections accepted past it wait, in order,
+# for a slot. A client's connect completes in the kernel before its ClientHello is sent: in a
+# storm the loop held thousands of accepted connections whose ClientHellos then arrived together,
+# and it ran every one (~0.4 ms of key exchange and signature each) in one turn: 0.5-1.5 s
+# during which no one else was served (bench/reconnect_storm.py, 5,000 clients).
+MAX_HANDSHAKES = 64
+# A handshake gives its slot up after this long even if unfinished: a client that is slow or says
+# nothing (a slow-loris) holds a slot this long at most, so handshakes still start at 1,280 a
+# second or more per process whatever the clients do.
+HANDSHAKE_SLOT = 0.05
 # Accepting pauses this long when no descriptor is left: a retry costs one failed system call,
 # and a descriptor freed meanwhile is used soon.
 OUT_OF_FILES_PAUSE = 0.25
@@ -217,6 +228,10 @@ class Acceptor(asyncio.AbstractServer):
         self._loop = asyncio.get_running_loop()
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._tasks: set[asyncio.Task[None]] = set()  # connections in their TLS handshake
+        # TLS handshakes holding a slot (MAX_HANDSHAKES), each with the timer that frees it.
+        self._slots: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
+        # Accepted, waiting for a slot.
+        self._waiting: deque[tuple[socket.socket, asyncio.Protocol, Lease | None]] = deque()
         self._paused: asyncio.TimerHandle | None = None
         self._serving = False
         self._shortage = Throttle(LOG_INTERVAL)
@@ -297,9 +312,26 @@ class Acceptor(asyncio.AbstractServer):
         conn.close()
 
     def _serve(self, conn: socket.socket, protocol: asyncio.Protocol, lease: Lease | None) -> None:
+        if self.ssl is not None and len(self._slots) >= MAX_HANDSHAKES:
+            self._waiting.append((conn, protocol, lease))
+            return
         task = self._loop.create_task(self._connect(conn, protocol, lease))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._connected)
+        if self.ssl is not None:
+            self._slots[task] = self._loop.call_later(HANDSHAKE_SLOT, self._free_slot, task)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        timer = self._slots.get(task)
+        if timer is not None:
+            timer.cancel()
+            self._free_slot(task)
+
+    def _free_slot(self, task: asyncio.Task[None]) -> None:
+        del self._slots[task]
+        if self._waiting:
+            self._serve(*self._waiting.popleft())
 
     async def _connect(
         self, conn: socket.socket, protocol: asyncio.Protocol, lease: Lease | None

@@ -7,7 +7,9 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -23,6 +25,7 @@ from sidecar.accept import (
     stats_of,
 )
 from sidecar.protocol.forwarded import TrustedProxies
+from sidecar.tls.contexts import ensure_self_signed, server_context
 
 # Pure parts ---------------------------------------------------------------------------------
 
@@ -228,3 +231,78 @@ async def test_out_of_descriptors_is_logged_counted_and_accepting_resumes(
     assert lines[0].levelno == logging.ERROR
     assert lines[0].error == "EMFILE"  # type: ignore[attr-defined]
     assert lines[0].listener == "emfile-test"  # type: ignore[attr-defined]
+
+
+# TLS handshakes in slots -------------------------------------------------------------------
+
+
+def trusting() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def tls_exchange(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=trusting(), server_hostname="localhost"
+    )
+    writer.write(b"ping")
+    try:
+        return await reader.read(1000)
+    finally:
+        writer.close()
+
+
+async def test_past_the_handshake_slots_a_tls_client_waits_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept_module, "MAX_HANDSHAKES", 1)
+    monkeypatch.setattr(accept_module, "HANDSHAKE_SLOT", 30.0)
+    pair = ensure_self_signed(tmp_path)
+    sock = listening()
+    port = sock.getsockname()[1]
+    acceptor = Acceptor(
+        sock,
+        lambda lease, _: Recorder(lease),
+        "slots-test",
+        ssl=server_context(pair.cert, pair.key),
+        handshake_timeout=30.0,
+    )
+    try:
+        # Connected, and never a ClientHello: its handshake holds the only slot.
+        _, silent = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(tls_exchange(port))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # accepted, but its handshake has not begun
+        silent.close()  # that handshake fails: the slot is free
+        assert await asyncio.wait_for(waiting, 5) == b"pong"
+    finally:
+        acceptor.close()
+
+
+async def test_a_client_that_says_nothing_holds_a_slot_no_longer_than_handshake_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept_module, "MAX_HANDSHAKES", 1)
+    monkeypatch.setattr(accept_module, "HANDSHAKE_SLOT", 0.1)
+    pair = ensure_self_signed(tmp_path)
+    sock = listening()
+    port = sock.getsockname()[1]
+    acceptor = Acceptor(
+        sock,
+        lambda lease, _: Recorder(lease),
+        "slots-test",
+        ssl=server_context(pair.cert, pair.key),
+        handshake_timeout=30.0,
+    )
+    try:
+        silents = [(await asyncio.open_connection("127.0.0.1", port))[1] for _ in range(3)]
+        # Behind three silent clients, each holding the slot 0.1 s: served in well under the
+        # 30 s their handshakes could last.
+        assert await asyncio.wait_for(tls_exchange(port), 5) == b"pong"
+        for writer in silents:
+            writer.close()
+    finally:
+        acceptor.close()
