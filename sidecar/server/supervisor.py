@@ -55,6 +55,7 @@ from sidecar.engine.broker.changes import Change
 from sidecar.engine.broker.factory import make_broker
 from sidecar.engine.broker.redis import RedisHubBroker
 from sidecar.engine.presence import make_presence_store
+from sidecar.observe.cluster_stats import ClusterStats
 from sidecar.observe.observer import Observer
 from sidecar.server.control import SupervisorControl
 from sidecar.server.lifecycle import (
@@ -139,6 +140,8 @@ class Supervisor:
             # channel events from the cluster-wide state here (each worker applies every
             # change).
             observer.console.switches.append(self._console_taps)
+            if isinstance(self.hub, RedisHubBroker):
+                observer.cluster = cluster_stats(self.hub)
         return observer
 
     def _join_cluster(self, hub: RedisHubBroker) -> None:
@@ -397,3 +400,15 @@ def worker_count(config: Config) -> int:
     if config.workers == "auto":
         return max(1, len(os.sched_getaffinity(0)))
     return int(config.workers)
+
+
+def cluster_stats(hub: RedisHubBroker) -> ClusterStats:
+    """What /metrics, /status and the dashboard show of the node and its cluster."""
+    stats = ClusterStats()
+    stats.node = lambda: (hub.node_id, hub.node_num)
+    stats.nodes = lambda: (
+        [node.as_json() for node in hub.liveness.live_nodes()] if hub.liveness else []
+    )
+    stats.reconnects = lambda: hub.link.reconnects
+    hub.link.on_round_trip = stats.round_trip
+    return stats
