@@ -2,8 +2,9 @@
 
 The supervisor makes one socketpair per worker as it starts it (sidecar/server/supervisor.py),
 beside the broker's pipe (sidecar/engine/broker/pipe.py), and the worker inherits its end
-(`sidecar _worker --control-fd N`, sidecar/server/worker.py). A message is a `!I` length, then
-a JSON object whose "kind" says what it is:
+(`sidecar _worker --control-fd N`, sidecar/server/worker.py). A message is a frame of the
+pipe's own format (sidecar/engine/broker/frames.py: kind CONTROL, the meta a JSON object whose
+"kind" says what it is, no data), split by the pipe's own reader:
 - reload (supervisor to worker): "config" is the text of the configuration file the supervisor
   validated (then certificates), or null (certificates only). By a socket, not a signal: a
   signal sent while a worker is still starting would be lost (or end it); a message waits in
@@ -28,26 +29,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
+from sidecar.engine.broker.frames import PublicationStream, meta_frame, meta_of
+
 log = logging.getLogger("sidecar.cluster")
 
-_LENGTH = struct.Struct("!I")
+# The one kind of frame on a control line.
+CONTROL = 0
 
 Message = dict[str, Any]
 
 
-class ControlLine(asyncio.Protocol):
+class ControlLine(PublicationStream):
     """One end of a control line: whole messages in, messages out."""
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
+        super().__init__(self._frame)
         self._on_message = on_message
-        self._buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
 
     @classmethod
     async def open(cls, sock: socket.socket, on_message: Callable[[Message], None]) -> ControlLine:
@@ -55,22 +57,8 @@ class ControlLine(asyncio.Protocol):
         _, line = await loop.create_unix_connection(lambda: cls(on_message), sock=sock)
         return line
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset = 0
-        while len(buffer) - offset >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, offset)
-            end = offset + _LENGTH.size + length
-            if len(buffer) < end:
-                break
-            self._dispatch(bytes(buffer[offset + _LENGTH.size : end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
+    def _frame(self, kind: int, head: bytes, data: bytes) -> None:
+        self._dispatch(meta_of(head))
 
     def _dispatch(self, body: bytes) -> None:
         try:
@@ -86,15 +74,9 @@ class ControlLine(asyncio.Protocol):
         except (KeyError, TypeError, ValueError):
             log.error("malformed control message; skipped", extra={"kind": message.get("kind")})
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
     def send(self, message: Message) -> None:
         """Written if the line is still there: a worker that is stopping may still report."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            body = orjson.dumps(message)
-            transport.writelines((_LENGTH.pack(len(body)), body))
+        self.write(meta_frame(CONTROL, orjson.dumps(message)))
 
     def close(self) -> None:
         if self.transport is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar.server.control import ControlLine, SupervisorControl, WorkerControl
+from sidecar.engine.broker.frames import meta_frame
+from sidecar.server.control import CONTROL, ControlLine, SupervisorControl, WorkerControl
 
 
 async def until(predicate: Callable[[], object], timeout: float = 2.0) -> None:
@@ -58,8 +58,7 @@ async def line() -> AsyncIterator[Line]:
 
 
 def framed(message: object) -> bytes:
-    body = orjson.dumps(message)
-    return struct.pack("!I", len(body)) + body
+    return meta_frame(CONTROL, orjson.dumps(message))
 
 
 def test_messages_are_whole_across_any_chunking() -> None:
@@ -80,7 +79,7 @@ def test_a_message_that_does_not_parse_is_skipped_and_said(
     line = ControlLine(got.append)
     body = b"{not json"
     with caplog.at_level(logging.ERROR, "sidecar.cluster"):
-        line.data_received(struct.pack("!I", len(body)) + body + framed([1, 2]))
+        line.data_received(meta_frame(CONTROL, body) + framed([1, 2]))
         line.data_received(framed({"kind": "console", "on": True}))
     assert got == [{"kind": "console", "on": True}]
     assert len(caplog.records) == 2
