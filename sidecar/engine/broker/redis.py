@@ -118,8 +118,7 @@ class RedisHubBroker(HubBroker):
         self.config = config
         self.prefix = config.prefix
         self.workers_planned = workers
-        self.node_num = node_num or secrets.randbelow(MAX_NODE_NUM - 1) + 1
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{self.node_num:x}"
+        self._take_number(node_num)
         self.log_channel = f"{self.prefix}:log".encode()
         options = {"timeout": timeout} if timeout is not None else {}
         self.link = RedisLink(
@@ -149,6 +148,7 @@ class RedisHubBroker(HubBroker):
         self._hello: bytes | None = None
         self._after_hello: list[tuple[int, list[Change], bytes]] | None = None
         self._snapshot: asyncio.Future[Any] | None = None
+        self._rejoining: asyncio.Task[None] | None = None  # after an eviction
 
     # Names in Redis ------------------------------------------------------------------------
 
@@ -171,6 +171,11 @@ class RedisHubBroker(HubBroker):
     @property
     def node_channel(self) -> bytes:
         return f"{self.prefix}:node:{self.node_num}".encode()
+
+    def _take_number(self, node_num: int | None = None) -> None:
+        """This node's number (random unless given) and its id for humans."""
+        self.node_num = node_num or secrets.randbelow(MAX_NODE_NUM - 1) + 1
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{self.node_num:x}"
 
     def _origin(self, local: int) -> int:
         return cluster_origin(self.node_num, local)
@@ -452,11 +457,11 @@ class RedisHubBroker(HubBroker):
         closed with 4200 reconnect, and join as this new node's)."""
         old = self.node_num
         self.link.channels.discard(self.node_channel)
-        self.node_num = secrets.randbelow(MAX_NODE_NUM - 1) + 1
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{self.node_num:x}"
+        self._take_number()
         self.link.channels.add(self.node_channel)
         log.warning("cluster: node %x swept; joining again as %x", old, self.node_num)
-        asyncio.get_running_loop().create_task(self._rejoin())
+        # Kept: the loop holds a task only weakly.
+        self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
         if self.on_evicted is not None:
             self.on_evicted()
 
