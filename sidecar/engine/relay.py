@@ -323,8 +323,7 @@ class Relay:
         assert self._outbox is not None
         self._outbox.count(conn.app_id, channel, 1)
         if self.broker.ready(conn.app_id, channel):
-            conn.send_json(encode_subscription_succeeded(channel))
-            self._replay_cache(conn, channel)
+            self._subscribed(conn, channel)
         else:
             # Answered once the node's Redis subscription is confirmed (on_ready): nothing
             # published after subscription_succeeded is then missed.
@@ -340,8 +339,12 @@ class Relay:
         for socket_id in self._held.pop((app_id, channel), ()):
             conn = self.connections.get(socket_id)
             if conn is not None and channel in conn.subscriptions:  # not gone meanwhile
-                conn.send_json(encode_subscription_succeeded(channel))
-                self._replay_cache(conn, channel)
+                self._subscribed(conn, channel)
+
+    def _subscribed(self, conn: Connection, channel: str) -> None:
+        """subscription_succeeded for a channel that is not presence, then its cached event."""
+        conn.send_json(encode_subscription_succeeded(channel))
+        self._replay_cache(conn, channel)
 
     def _succeeded(self, app_id: str, channel: str) -> bytes:
         if is_presence(channel):
