@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
-from bench.servers import KINDS, PeakRss, available
+from bench.servers import KINDS, PeakRss, require
 from sidecar.tls.contexts import ensure_self_signed
 
 MiB = 1024 * 1024
@@ -91,10 +91,7 @@ def main() -> None:
     entries = []
     for entry in args.servers.split(","):
         kind, _, workers = entry.partition(":")
-        reason = available(kind)
-        if reason:
-            raise SystemExit(f"{kind}: {reason}")
-        entries.append((entry, kind, int(workers or 1)))
+        entries.append((entry, require(kind), int(workers or 1)))
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="sidecar-big-") as tmp:
         for run in range(args.runs):

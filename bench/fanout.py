@@ -35,9 +35,9 @@ from bench.servers import (
     PeakRss,
     Publisher,
     Server,
-    available,
     cpu_seconds,
     paced,
+    require,
     rss_bytes,
 )
 from sidecar.tls.contexts import ensure_self_signed
@@ -427,11 +427,7 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
 
-    kinds = [k for k in args.servers.split(",") if k]
-    for kind in kinds:
-        reason = available(kind)
-        if reason:
-            raise SystemExit(f"{kind}: {reason}")
+    kinds = [require(k) for k in args.servers.split(",") if k]
     tls_modes = [{"off": False, "on": True}[t] for t in args.tls.split(",")]
     sizes = [int(n) for n in args.subscribers.split(",")]
     results: dict[tuple[str, int, bool], list[dict]] = {}

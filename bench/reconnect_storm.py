@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import CLIENT_CPU, LoadClient, Profiler, percentile
-from bench.servers import KINDS, Server, available, cpu_seconds
+from bench.servers import KINDS, Server, cpu_seconds, require
 from sidecar.tls.contexts import ensure_self_signed
 
 PING_OPCODE, PONG_OPCODE = 0x9, 0xA
@@ -189,11 +189,7 @@ def main() -> None:
     parser.add_argument("--profile", help="py-spy Sidecar during each storm into this directory")
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
-    kinds = [k for k in args.servers.split(",") if k]
-    for kind in kinds:
-        reason = available(kind)
-        if reason:
-            raise SystemExit(f"{kind}: {reason}")
+    kinds = [require(k) for k in args.servers.split(",") if k]
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="sidecar-storm-") as tmp:
         for run in range(args.runs):

@@ -485,6 +485,14 @@ class SoketiServer(Server):
         return tcp_signed_publisher(self.port, self.tls)
 
 
+def require(kind: str) -> str:
+    """`kind`, or the benchmark stops naming why that server cannot run here."""
+    reason = available(kind)
+    if reason:
+        raise SystemExit(f"{kind}: {reason}")
+    return kind
+
+
 def available(kind: str) -> str | None:
     """None when the peer can run here, else why not."""
     if (
