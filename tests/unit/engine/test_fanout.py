@@ -350,3 +350,57 @@ async def test_wait_empty_returns_once_every_slice_is_handed_over(small_slices: 
 async def test_wait_empty_with_nothing_pending_returns_at_once() -> None:
     queue = new_queue()
     await asyncio.wait_for(queue.wait_empty(), 0.5)
+
+
+# Giving way between slices ----------------------------------------------------------------
+
+
+@pytest.fixture
+def ways_given(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts give_way() calls (sched_yield) instead of making them."""
+    given: list[int] = []
+    monkeypatch.setattr(fanout, "give_way", lambda: given.append(1))
+    return given
+
+
+async def test_a_broadcast_longer_than_a_slice_gives_way_between_its_slices(
+    small_slices: int, ways_given: list[int]
+) -> None:
+    queue = new_queue()
+    conns = channel_of(10)
+    for c in conns:
+        c.idle = False
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    for _ in range(3):
+        await turn()
+    assert sum(len(c.received) for c in conns) == 10
+    assert len(ways_given) == 2  # after the slices of 4 and 8, not after the last
+
+
+async def test_a_flush_longer_than_a_slice_gives_way_between_its_slices(
+    ways_given: list[int],
+) -> None:
+    flushed: list[FlushRecorder] = []
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    for _ in range(FLUSH_SLICE * 2 + 1):
+        scheduler.mark(FlushRecorder(flushed))
+    for _ in range(3):
+        await turn()
+    assert len(flushed) == FLUSH_SLICE * 2 + 1
+    assert len(ways_given) == 2
+
+
+async def test_work_done_in_one_slice_never_gives_way(ways_given: list[int]) -> None:
+    queue = new_queue()
+    queue.broadcast("news", b"f", subscribers(channel_of(3)), None)
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    scheduler.mark(FlushRecorder([]))
+    await turn()
+    assert ways_given == []
+
+
+def test_give_way_yields_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    yields: list[int] = []
+    monkeypatch.setattr(fanout.os, "sched_yield", lambda: yields.append(1))
+    fanout.give_way()
+    assert yields == [1]
