@@ -222,9 +222,15 @@ def measure_throughput(
     channels: int = 1,
     subs_per_conn: int = 1,
     batch: int = 1,
+    delivery_rate: float = 0,
 ) -> dict[str, float]:
+    """With `delivery_rate` (deliveries/s), publishes are paced to offer that rate instead of
+    as fast as the server acknowledges: the cost of a delivery at the same load whatever the
+    shape (one channel of 10,000 at 10 events/s, or 10,000 channels of 10 at 10,000/s)."""
     per_event = conns * subs_per_conn // channels  # subscribers of each channel
     events = max(4 * batch, deliveries // per_event // batch * batch)
+    # Each publisher's publishes per second when paced (0: as fast as it goes).
+    publisher_rate = delivery_rate / per_event / batch / len(publishers)
     client.reset()
     before_client = client.stats()
     pids = server.pids()
@@ -234,7 +240,11 @@ def measure_throughput(
 
     def run(index: int) -> None:
         publisher = publishers[index]
-        for first in range(index * batch, events, len(publishers) * batch):
+        firsts = range(index * batch, events, len(publishers) * batch)
+        if publisher_rate:  # staggered: the publishers take turns, not bursts of four
+            time.sleep(index / publisher_rate / len(publishers))
+        for i in paced(len(firsts), publisher_rate):
+            first = firsts[i]
             if batch == 1:
                 publisher.publish(f"ch{first % channels}", marked(size))
             else:
@@ -346,6 +356,7 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
                     args.channels,
                     args.subs_per_conn,
                     args.batch,
+                    args.delivery_rate,
                 )
             )
             profiler.stop()
@@ -417,6 +428,12 @@ def main() -> None:
         help="publishers of the latency phase, each event on an idle one (1: one at a time)",
     )
     parser.add_argument("--deliveries", type=int, default=500_000)
+    parser.add_argument(
+        "--delivery-rate",
+        type=float,
+        default=0,
+        help="deliveries/s offered in the throughput phase (0: saturated)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="sidecar worker processes")
     parser.add_argument("--channels", type=int, default=1, help="channels ch0..chK-1")
     parser.add_argument("--subs-per-conn", type=int, default=1, help="channels per connection")
