@@ -27,7 +27,13 @@ import pytest
 import yaml
 
 from tests.support.chromium import Chromium, require_chromium
-from tests.support.process import IN_CI, ROOT, SidecarProcess, free_port, require_node
+from tests.support.process import (
+    ROOT,
+    SidecarProcess,
+    free_port,
+    missing_tool,
+    require_node,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chromium]
 
@@ -50,10 +56,10 @@ SERVERS = {
 def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        missing = f"{name} is not installed: apt-get install ruby ruby-rack puma unicorn"
-        if IN_CI:
-            pytest.fail(f"CI=true but {missing} (tests/run.sh installs it)")
-        pytest.skip(f"SKIPPED LOUDLY: {missing}")
+        missing_tool(
+            f"{name} is not installed: apt-get install ruby ruby-rack puma unicorn",
+            " (tests/run.sh installs it)",
+        )
     return path
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.support.process import IN_CI
+from tests.support.process import missing_tool
 
 FLAGS = (
     "--headless",
@@ -30,10 +29,7 @@ FLAGS = (
 def require_chromium() -> str:
     exe = shutil.which("chromium")
     if exe is None:
-        missing = "chromium is not installed: apt-get install chromium (tests/run.sh does)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {missing}")
-        pytest.skip(f"SKIPPED LOUDLY: {missing}")
+        missing_tool("chromium is not installed: apt-get install chromium (tests/run.sh does)")
     return exe
 
 

@@ -22,21 +22,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.process import IN_CI, free_port
+from tests.support.process import free_port, missing_tool
 
 
 def require_pebble() -> str:
     pebble = shutil.which("pebble")
     if pebble is None or shutil.which("pebble-challtestsrv") is None:
-        if IN_CI:
-            pytest.fail("CI=true but pebble is not installed (apt-get install pebble)")
-        pytest.skip("SKIPPED LOUDLY: pebble is not installed (apt-get install pebble)")
+        missing_tool("pebble is not installed (apt-get install pebble)")
     return pebble
 
 

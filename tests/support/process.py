@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -25,6 +25,14 @@ import yaml
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 NODE_DIR = ROOT / "tests/support/node"
 IN_CI = os.environ.get("CI") == "true"
+
+
+def missing_tool(what: str, ci_note: str = "") -> NoReturn:
+    """A test needs a program that is not installed: a failure under CI=true (tests/run.sh
+    installs everything there), else a skip that says so loudly."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {what}{ci_note}")
+    pytest.skip(f"SKIPPED LOUDLY: {what}")
 
 
 def free_port() -> int:
@@ -48,9 +56,7 @@ def require_node() -> str:
     elif not (NODE_DIR / "node_modules" / "pusher-js").is_dir():
         missing = "pusher-js is not installed: run `npm ci --prefix tests/support/node`"
     if missing:
-        if IN_CI:
-            pytest.fail(f"CI=true but {missing}")
-        pytest.skip(f"SKIPPED LOUDLY: {missing}")
+        missing_tool(missing)
     assert node is not None
     return node
 

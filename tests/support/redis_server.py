@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import IN_CI, free_port
+from tests.support.process import free_port, missing_tool
 
 START_TIMEOUT = 10.0
 
@@ -31,10 +31,7 @@ def require_redis_server() -> str:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
     if binary is None:
-        message = "redis-server is not installed: apt-get install redis-server"
-        if IN_CI:
-            pytest.fail(f"CI=true but {message}")
-        pytest.skip(f"SKIPPED LOUDLY: {message}")
+        missing_tool("redis-server is not installed: apt-get install redis-server")
     return binary
 
 
