@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +14,8 @@ import pytest
 
 from sidecar.api.client import PublishError, SidecarClient
 from tests.support.browser_ws import next_frame, open_ws
-from tests.support.process import SidecarProcess, free_port
+from tests.support.observe import admin_block, get_json, wait_ready
+from tests.support.process import SidecarProcess, base_config, free_port
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -38,18 +36,14 @@ def node(
         folder,
         apps=[APP],
         workers=workers,
-        admin={"host": "127.0.0.1", "port": free_port()},
+        admin=admin_block(),
         broker={"kind": "redis", "url": redis.url, "prefix": "smoke", "heartbeat": 1},
     )
 
 
-def readyz(sidecar: SidecarProcess) -> int:
-    url = f"http://127.0.0.1:{sidecar.config['admin']['port']}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+async def readyz(sidecar: SidecarProcess) -> int:
+    status, _ = await get_json(sidecar, "/readyz")
+    return status
 
 
 async def test_two_nodes_deliver_each_others_publications_and_refuse_while_redis_is_down(
@@ -71,20 +65,18 @@ async def test_two_nodes_deliver_each_others_publications_and_refuse_while_redis
         "news",
         {"id": 1},
     )
-    assert readyz(a) == 200
+    assert await readyz(a) == 200
 
     redis_server.kill()
     with SidecarClient(a.socket, app_id="1") as client, pytest.raises(PublishError) as info:
         client.trigger("news", "created", {"id": 2})
     assert info.value.status == 503
-    assert readyz(a) == 503
+    assert await readyz(a) == 503
     assert not ws.closed  # clients stay connected
 
     redis_server.start()  # empty, as after a restart
-    for _ in range(100):
-        if readyz(a) == 200 and readyz(b) == 200:
-            break
-        await asyncio.sleep(0.1)
+    await wait_ready(a)
+    await wait_ready(b)
     with SidecarClient(a.socket, app_id="1") as client:
         client.trigger("news", "created", {"id": 3})
     frame = await next_frame(ws, timeout=10)
@@ -96,15 +88,7 @@ def test_an_unreachable_redis_at_start_is_one_line_and_exit_2(tmp_path: Path) ->
     folder.mkdir()
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     process = SidecarProcess(
-        folder,
-        {
-            "listen": {"host": "127.0.0.1", "port": free_port()},
-            "http": {"port": None},
-            "admin": {"port": None},
-            "tls": {"mode": "self-signed", "dir": str(folder / "certs")},
-            "publish": {"socket": "sidecar.sock"},
-            "broker": {"kind": "redis", "url": url},
-        },
+        folder, base_config(folder, broker={"kind": "redis", "url": url})
     ).launch()
     assert process.proc is not None
     assert process.proc.wait(timeout=20) == 2
