@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import ssl
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -16,7 +15,7 @@ import pusher
 import pytest
 
 from sidecar.api.client import SidecarClient
-from tests.support.cluster_socket import APP, SIGNER, Socket
+from tests.support.cluster_socket import APP, SIGNER, Socket, open_socket
 from tests.support.process import SidecarProcess
 from tests.support.process_tree import worker_pids
 from tests.support.pusher_server import server_library
@@ -33,13 +32,6 @@ def sidecar(start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def open_socket(session: aiohttp.ClientSession, sidecar: SidecarProcess) -> Socket:
-    ctx = ssl.create_default_context(cafile=str(sidecar.cert))
-    ws = await session.ws_connect(sidecar.ws_url(APP["key"]), ssl=ctx)
-    established = json.loads(await ws.receive_str(timeout=5))
-    return Socket(ws, json.loads(established["data"])["socket_id"])
 
 
 async def on_both_workers(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,11 +13,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support.cluster_socket import APP, Socket
+from tests.support.cluster_socket import APP, Socket, open_socket
 from tests.support.observe import Samples, admin_block, sample, scrape, wait_until
 from tests.support.process import SidecarProcess
 from tests.support.process_tree import rss_bytes
-from tests.support.webhook_receiver import ALL_KINDS, Receiver, serve
+from tests.support.webhook_receiver import ALL_KINDS, FAST_WEBHOOKS, Receiver, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +35,9 @@ def with_webhooks(
 ) -> SidecarProcess:
     app = {
         **APP,
-        "webhooks": [{"url": f"http://127.0.0.1:{receiver.port}/hooks", "events": ALL_KINDS}],
+        "webhooks": [{"url": receiver.url, "events": ALL_KINDS}],
     }
-    settings = {"batch_window": 0.05, "vacate_delay": 1.0, "retry_initial_delay": 0.1}
-    return start_sidecar(apps=[app], webhooks=settings, **config)
-
-
-async def connect(session: aiohttp.ClientSession, sidecar: SidecarProcess) -> Socket:
-    ctx = ssl.create_default_context(cafile=str(sidecar.cert))
-    ws = await session.ws_connect(sidecar.ws_url(APP["key"]), ssl=ctx)
-    established = json.loads(await ws.receive_str(timeout=5))
-    return Socket(ws, json.loads(established["data"])["socket_id"])
+    return start_sidecar(apps=[app], webhooks=FAST_WEBHOOKS, **config)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -55,7 +46,7 @@ async def test_occupied_and_vacated_reach_the_app_signed(
 ) -> None:
     sidecar = with_webhooks(start_sidecar, receiver, workers=workers)
     async with aiohttp.ClientSession() as session:
-        first, second = await connect(session, sidecar), await connect(session, sidecar)
+        first, second = await open_socket(session, sidecar), await open_socket(session, sidecar)
         await first.subscribe("room")
         await second.subscribe("room")
         assert len(await receiver.wait_for("channel_occupied", "room")) == 1
@@ -71,11 +62,11 @@ async def test_a_fast_resubscribe_sends_no_vacated(
 ) -> None:
     sidecar = with_webhooks(start_sidecar, receiver)
     async with aiohttp.ClientSession() as session:
-        sock = await connect(session, sidecar)
+        sock = await open_socket(session, sidecar)
         await sock.subscribe("flicker")
         assert len(await receiver.wait_for("channel_occupied", "flicker")) == 1
         await sock.ws.close()
-        again = await connect(session, sidecar)  # a page reload, well within vacate_delay
+        again = await open_socket(session, sidecar)  # a page reload, well within vacate_delay
         await again.subscribe("flicker")
         await asyncio.sleep(2.0)  # past vacate_delay: a vacated would have been sent by now
         assert receiver.named("channel_vacated", "flicker") == []
@@ -88,7 +79,7 @@ async def test_presence_members_client_events_and_cache_miss(
 ) -> None:
     sidecar = with_webhooks(start_sidecar, receiver)
     async with aiohttp.ClientSession() as session:
-        ann, bob = await connect(session, sidecar), await connect(session, sidecar)
+        ann, bob = await open_socket(session, sidecar), await open_socket(session, sidecar)
         await ann.join("presence-team", "ann")
         await bob.join("presence-team", "bob")
         added = await receiver.wait_for("member_added", "presence-team", 2)
@@ -118,7 +109,7 @@ async def test_an_endpoint_failing_at_first_gets_every_event_once(
     try:
         sidecar = with_webhooks(start_sidecar, receiver)
         async with aiohttp.ClientSession() as session:
-            sock = await connect(session, sidecar)
+            sock = await open_socket(session, sidecar)
             await sock.subscribe("retry-me")
             assert len(await receiver.wait_for("channel_occupied", "retry-me")) == 1
             await sock.ws.close()
@@ -164,7 +155,7 @@ async def test_big_client_events_to_an_endpoint_that_never_answers_hold_bounded_
         assert sidecar.proc is not None
         data = json.dumps({"blob": "x" * (60 * 1024 - 16)})
         async with aiohttp.ClientSession() as session:
-            senders = [await connect(session, sidecar) for _ in range(2)]
+            senders = [await open_socket(session, sidecar) for _ in range(2)]
             for n, sock in enumerate(senders):
                 await sock.subscribe(f"private-big-{n}")
             await asyncio.sleep(0.5)
@@ -223,12 +214,15 @@ async def test_a_member_added_survives_a_churn_of_fresh_public_channels(
     try:
         app = {
             **APP,
-            "webhooks": [{"url": f"http://127.0.0.1:{receiver.port}/hooks", "events": ALL_KINDS}],
+            "webhooks": [{"url": receiver.url, "events": ALL_KINDS}],
         }
         settings = {"batch_window": 0.05, "batch_max_events": 5, "queue_limit": 20}
         sidecar = start_sidecar(apps=[app], webhooks={**settings, "timeout": 60})
         async with aiohttp.ClientSession() as session:
-            anonymous, ann = await connect(session, sidecar), await connect(session, sidecar)
+            anonymous, ann = (
+                await open_socket(session, sidecar),
+                await open_socket(session, sidecar),
+            )
             for i in range(CHURN):
                 await anonymous.subscribe(f"fresh-{i}")
                 await asyncio.sleep(0.01)  # under any subscription rate limit

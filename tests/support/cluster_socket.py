@@ -4,10 +4,14 @@ signs its own presence and private subscriptions; shared by the cluster state an
 from __future__ import annotations
 
 import json
-from typing import Any
+import ssl
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pusher
+
+if TYPE_CHECKING:
+    from tests.support.process import SidecarProcess
 
 APP = {"id": "9", "key": "cluster-key", "secret": "cluster-secret-0123", "client_events": True}
 SIGNER = pusher.Pusher(app_id=APP["id"], key=APP["key"], secret=APP["secret"])
@@ -58,3 +62,11 @@ class Socket:
         except TimeoutError:
             return True
         raise AssertionError(f"unexpected frame {frame}")
+
+
+async def open_socket(session: aiohttp.ClientSession, sidecar: SidecarProcess) -> Socket:
+    """A raw WebSocket on the app, once the sidecar said connection_established."""
+    ctx = ssl.create_default_context(cafile=str(sidecar.cert))
+    ws = await session.ws_connect(sidecar.ws_url(APP["key"]), ssl=ctx)
+    established = json.loads(await ws.receive_str(timeout=5))
+    return Socket(ws, json.loads(established["data"])["socket_id"])

@@ -35,16 +35,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.api.client import SidecarClient, UnixHTTPConnection
 from sidecar.tls.contexts import ensure_self_signed
 from tests.support.auth_app import AuthApp
-from tests.support.cluster_socket import APP, Socket
+from tests.support.cluster_socket import APP, Socket, open_socket
 from tests.support.process import PusherJs, SidecarProcess, free_port
 from tests.support.process_tree import children
 from tests.support.pusher_server import server_library
 from tests.support.redis_server import RedisServer
-from tests.support.webhook_receiver import ALL_KINDS, Receiver, serve
+from tests.support.webhook_receiver import ALL_KINDS, FAST_WEBHOOKS, Receiver, serve
 
 HEARTBEAT = 1  # seconds; a node is swept after 3 missed heartbeats
 WORKERS = (1, 2, 1)  # node 1 runs two workers
-WEBHOOK_SETTINGS = {"batch_window": 0.05, "vacate_delay": 1.0, "retry_initial_delay": 0.1}
 LIMITS = {"max_presence_members": 3, "client_events_per_second": 100}
 
 
@@ -108,9 +107,7 @@ class ClusterNode(SidecarProcess):
 
     def kill_all(self) -> None:
         """SIGKILL the supervisor and every worker at once: the machine is gone."""
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self.signal_all(signal.SIGKILL)
         assert self.proc is not None
         self.proc.wait(10)
 
@@ -141,14 +138,13 @@ def publish_raw(node: ClusterNode, channel: str, event: str, data: Any, signed: 
         decoded = json.loads(raw)
     except ValueError:
         decoded = None
-    return Reply(response.status, decoded, raw, elapsed)
+    return Reply(response.status, decoded, elapsed)
 
 
 @dataclass(frozen=True)
 class Reply:
     status: int
     json: Any
-    raw: bytes
     seconds: float
 
 
@@ -211,10 +207,6 @@ class ClusterClients:
             if (name is None or r.get("id") == name) and r["type"] == kind and matches(r, fields)
         ]
 
-    def events(self, name: str, channel: str) -> list[Any]:
-        """The data of every event `name` received on `channel`, in order."""
-        return [r["data"] for r in self.reports(name, "event", channel=channel)]
-
     def reconnects(self) -> dict[str, int]:
         """Clients that left the connected state or connected again since their first connect."""
         moved: dict[str, int] = {}
@@ -240,7 +232,6 @@ class RedisCluster:
     nodes: list[ClusterNode]
     clients: ClusterClients
     prefix: str
-    node_extra: dict[str, Any] = field(default_factory=dict)
     _sessions: list[aiohttp.ClientSession] = field(default_factory=list)
 
     async def add_node(self, workers: int = 1) -> ClusterNode:
@@ -252,7 +243,6 @@ class RedisCluster:
             self.prefix,
             self.hooks,
             workers,
-            **self.node_extra,
         )
         self.nodes.append(await asyncio.to_thread(start_node, self.folder, index, config))
         return self.nodes[-1]
@@ -261,11 +251,7 @@ class RedisCluster:
         """A raw WebSocket on `node` (for what pusher-js hides: exact frames and timing)."""
         session = aiohttp.ClientSession()
         self._sessions.append(session)
-        target = self.nodes[node]
-        ctx = ssl.create_default_context(cafile=str(target.cert))
-        ws = await session.ws_connect(target.ws_url(APP["key"]), ssl=ctx)
-        established = json.loads(await ws.receive_str(timeout=5))
-        return Socket(ws, json.loads(established["data"])["socket_id"])
+        return await open_socket(session, self.nodes[node])
 
     async def eventually(self, check: Callable[[], Any], timeout: float = 15) -> float:
         """Seconds until `check()` is true (sync; exceptions count as not yet); fails after."""
@@ -292,14 +278,14 @@ class RedisCluster:
 
 
 def node_config(
-    folder: Path, redis_url: str, prefix: str, hooks: Receiver, workers: int, **extra: Any
+    folder: Path, redis_url: str, prefix: str, hooks: Receiver, workers: int
 ) -> dict[str, Any]:
     # One development certificate for every node (made here once, reused by each), so one
     # pusher-js driver trusts them all.
     certs = folder.parent / "certs"
     ensure_self_signed(certs)
     app = {**APP, "webhooks": [{"url": hooks.url, "events": ALL_KINDS}]}
-    config: dict[str, Any] = {
+    return {
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "http": {"port": None},
         "admin": {"host": "127.0.0.1", "port": free_port()},
@@ -308,12 +294,10 @@ def node_config(
         "apps": [app],
         "broker": {"kind": "redis", "url": redis_url, "prefix": prefix, "heartbeat": HEARTBEAT},
         "workers": workers,
-        "webhooks": WEBHOOK_SETTINGS,
+        "webhooks": FAST_WEBHOOKS,
         "limits": LIMITS,
         "shutdown": {"deadline": 2},
     }
-    config.update(extra)
-    return config
 
 
 def start_node(cluster_folder: Path, index: int, config: dict[str, Any]) -> ClusterNode:
@@ -338,9 +322,7 @@ def wait_ready(node: ClusterNode, timeout: float = 20) -> None:
 
 
 @contextlib.asynccontextmanager
-async def redis_cluster(
-    folder: Path, workers: tuple[int, ...] = WORKERS, **extra: Any
-) -> AsyncIterator[RedisCluster]:
+async def redis_cluster(folder: Path) -> AsyncIterator[RedisCluster]:
     """Redis, then the nodes one after another (each ready before the next), the webhook
     receiver, the auth app and one pusher-js driver; everything stopped at the end."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -353,12 +335,12 @@ async def redis_cluster(
     driver: PusherJs | None = None
     cluster: RedisCluster | None = None
     try:
-        for index, count in enumerate(workers):
-            config = node_config(folder / f"node{index}", redis.url, prefix, hooks, count, **extra)
+        for index, count in enumerate(WORKERS):
+            config = node_config(folder / f"node{index}", redis.url, prefix, hooks, count)
             nodes.append(await asyncio.to_thread(start_node, folder, index, config))
         driver = await PusherJs.start(nodes[0].cert)
         cluster = RedisCluster(
-            folder, redis, hooks, nodes, ClusterClients(driver, auth, nodes), prefix, extra
+            folder, redis, hooks, nodes, ClusterClients(driver, auth, nodes), prefix
         )
         yield cluster
     finally:

@@ -21,6 +21,8 @@ ALL_KINDS = [
     "client_event",
     "cache_miss",
 ]
+# `webhooks:` settings that keep the tests short: batches, vacates and retries within a second.
+FAST_WEBHOOKS = {"batch_window": 0.05, "vacate_delay": 1.0, "retry_initial_delay": 0.1}
 
 
 class Receiver:
