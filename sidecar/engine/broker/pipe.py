@@ -267,7 +267,6 @@ class HubBroker:
         self._changed: OnChanges | None = None
         self._reported: Report | None = None
         self._closing = False
-        self._finished: set[int] = set()  # workers whose publications before `finished` are read
         self._settled: asyncio.Event | None = None  # closing: every worker has finished
         self.snapshot = snapshot
         self._by_origin: dict[int, PublicationStream] = {}  # the workers' pipes, by origin
@@ -292,8 +291,10 @@ class HubBroker:
             if kind == PUBLICATION:
                 self._worker_published(origin, head, data)
                 if holder:
-                    holder[0].read += 1
-                    self._check_finished(worker_id, holder[0])
+                    this = holder[0]
+                    this.read += 1
+                    if this.finish_at is not None:  # it said finished: count towards it
+                        self._check_finished(worker_id, this)
             elif kind == CHANGES:
                 self._worker_changed(origin, meta_of(head))
             elif kind == REPORT and self._reported is not None:
@@ -324,7 +325,6 @@ class HubBroker:
             self._write_pending()
         self._workers[worker_id] = attached
         self._by_origin[origin] = stream
-        self._finished.discard(worker_id)
         if self.snapshot is not None:
             stream.write(encode_changes_frame(HUB_ORIGIN, [Reset(self.snapshot())]))
 
@@ -416,7 +416,6 @@ class HubBroker:
         if attached.finished or attached.finish_at is None or attached.read < attached.finish_at:
             return
         attached.finished = True
-        self._finished.add(worker_id)
         if self._closing:
             self._check_settled()
             return
@@ -429,7 +428,7 @@ class HubBroker:
         asyncio.get_running_loop().call_later(ALONE_GRACE, release)
 
     def _check_settled(self) -> None:
-        if self._settled is not None and self._finished.issuperset(self._workers):
+        if self._settled is not None and all(a.finished for a in self._workers.values()):
             self._settled.set()
 
     async def close(self, wait: float = 0.0) -> None:
