@@ -168,14 +168,16 @@ class RedisHubBroker(HubBroker):
     def cache_ttl(self, seconds: float) -> None:
         self.sender.cache_ttl_ms = max(1, int(seconds * 1000))
 
-    @property
-    def node_channel(self) -> bytes:
-        return f"{self.prefix}:node:{self.node_num}".encode()
+    def node_channel_of(self, node_num: int) -> bytes:
+        """The pub/sub channel that reaches one node alone (a snapshot for a newcomer)."""
+        return f"{self.prefix}:node:{node_num}".encode()
 
     def _take_number(self, node_num: int | None = None) -> None:
-        """This node's number (random unless given) and its id for humans."""
+        """This node's number (random unless given), its id for humans and its channel (kept,
+        not made again for each message received)."""
         self.node_num = node_num or secrets.randbelow(MAX_NODE_NUM - 1) + 1
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{self.node_num:x}"
+        self.node_channel = self.node_channel_of(self.node_num)
 
     def _origin(self, local: int) -> int:
         return cluster_origin(self.node_num, local)
@@ -261,11 +263,11 @@ class RedisHubBroker(HubBroker):
         wall = publication.accepted_at + time.time() - time.monotonic()
         for channel in publication.channels:
             one = replace(publication, channels=(channel,), accepted_at=wall)
-            head, data = encode_publication(one)
-            messages.append((self.channel_of(publication.app_id, channel), head + data))
+            frame = b"".join(encode_publication(one))
+            messages.append((self.channel_of(publication.app_id, channel), frame))
             key = self.cache_key(publication.app_id, channel)
             if key is not None and not publication.name.startswith("client-"):
-                sets.append((key, head + data))
+                sets.append((key, frame))
         return Outgoing(messages, done=done, sets=sets or None)
 
     def _worker_published(self, origin: int, head: bytes, data: bytes) -> None:
@@ -315,7 +317,7 @@ class RedisHubBroker(HubBroker):
             needs = self.local.apply(local, changes)
         body = encode_changes(self._origin(local), changes)
         numbered = (self.log_channel, LOG_CHANGES, body)
-        self.sender.push(Outgoing([], needs, done, is_changes=True, numbered=numbered))
+        self.sender.push(Outgoing([], needs, done, numbered=numbered))
 
     async def _publish_gone(self, node_num: int) -> None:
         """For NodeLiveness: NodeGone(node_num) in the log, returned once Redis took it."""
@@ -385,8 +387,7 @@ class RedisHubBroker(HubBroker):
         if ask == self.node_num and self.snapshot is not None and self._started:
             # Our replica at this point of the order is what the newcomer starts from.
             reply = orjson.dumps([nonce, self.snapshot()])
-            to = f"{self.prefix}:node:{node_num}".encode()
-            self.sender.push(Outgoing([(to, reply)]))
+            self.sender.push(Outgoing([(self.node_channel_of(node_num), reply)]))
 
     def _on_node_message(self, data: bytes) -> None:
         nonce, snapshot = orjson.loads(data)

@@ -67,7 +67,6 @@ class RedisLink:
         probe_interval: float = PROBE_INTERVAL,
         client_name: str | None = None,
     ) -> None:
-        self.url = url
         self.address = redis_address(url)
         self.shown_url = masked_url(url)
         self.timeout = timeout
@@ -93,8 +92,7 @@ class RedisLink:
         self._heard = time.monotonic()
         self.channels: set[bytes] = set()  # what the pub/sub connection is to be subscribed to
         self.connected = False  # the pub/sub connection is there (on_up may still be running)
-        self.up = False  # connected, subscribed again and on_up done
-        self.up_event = asyncio.Event()  # set while up
+        self.up_event = asyncio.Event()  # set while up: connected, subscribed again, on_up done
         self.closing = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a failure seen elsewhere: check the connection now
@@ -107,6 +105,10 @@ class RedisLink:
         self.round_trips = 0
         self.reconnects = 0
         self.on_round_trip: Callable[[float], None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.up_event.is_set()
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ class RedisLink:
             await self._command("SUBSCRIBE", sorted(self.channels))
             if self.on_up is not None:
                 await self.on_up()
-            self.up = self._session_up = True
+            self._session_up = True
             self.up_event.set()
             if not first.done():
                 first.set_result(None)
@@ -307,7 +309,7 @@ class RedisLink:
 
     async def _lost(self) -> None:
         was_up = self.up
-        self.connected = self.up = False
+        self.connected = False
         self.up_event.clear()
         conn, self._conn = self._conn, None
         while self._confirmations:

@@ -40,12 +40,16 @@ class Outgoing:
     messages: list[tuple[bytes, bytes]]
     needs: Needs | None = None
     done: asyncio.Future[None] | None = None  # a publisher (or a worker's ACK) waits for it
-    is_changes: bool = False  # kept while the link is down (publications are refused)
     sets: list[tuple[bytes, bytes]] | None = None  # cache channels' last events (SET, PX)
     # A batch of changes for the log: numbered when first sent (`seq`), its message then
     # `prefix + seq + b" " + body`, the same if it has to be sent again.
     numbered: tuple[bytes, bytes, bytes] | None = None  # (log channel, prefix, body)
     seq: int = 0
+
+    @property
+    def is_changes(self) -> bool:
+        """A batch for the log: kept while the link is down (publications are refused)."""
+        return self.numbered is not None
 
 
 class RedisSender:
