@@ -56,15 +56,7 @@ class LiveNode:
     last_seen: float  # Unix time, on Redis's clock
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "node_num": self.node_num,
-            "node_id": self.node_id,
-            "host": self.host,
-            "pid": self.pid,
-            "started": self.started,
-            "workers": self.workers,
-            "last_seen": self.last_seen,
-        }
+        return dataclasses.asdict(self)
 
 
 class NodeLiveness:
