@@ -2,48 +2,34 @@
 
 The supervisor's Redis link and its node liveness feed it through plain callables, so this
 module knows neither: `round_trip(seconds)` after each command the link times (the link's
-`on_round_trip`), `reconnected()` each time the link is back or `reconnects` reading the link's
-own count, `node` (this node's id and number, which change when it is swept and joins again)
-and `nodes` (NodeLiveness.live_nodes, as JSON) for the list.
+`on_round_trip`), `reconnects` reading the link's count of reconnects, `node` (this node's id
+and number, which change when it is swept and joins again) and `nodes`
+(NodeLiveness.live_nodes, as JSON) for the list.
 /metrics exports it (sidecar_redis_round_trip_seconds, sidecar_redis_reconnects_total,
 sidecar_cluster_nodes), `sidecar status` and the dashboard show the node and its peers.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.observe.probe import LATENCY_BUCKETS
+from sidecar.observe.probe import LatencyHistogram
 from sidecar.observe.snapshot import key
-
-# One Redis round trip on loopback is ~100 us; the same bounds as delivery latency cover it up
-# to a command's deadline.
-ROUND_TRIP_BUCKETS = LATENCY_BUCKETS
 
 
 class ClusterStats:
     def __init__(self) -> None:
         self.node: Callable[[], tuple[str, int] | None] = lambda: None
         self.nodes: Callable[[], list[dict[str, Any]]] = list
-        self.reconnects: Callable[[], int] = lambda: self._reconnected
-        self._reconnected = 0
-        self._counts = [0] * (len(ROUND_TRIP_BUCKETS) + 1)  # the last: over the largest bound
-        self._total = 0.0
-
-    def round_trip(self, seconds: float) -> None:
-        self._counts[bisect.bisect_left(ROUND_TRIP_BUCKETS, seconds)] += 1
-        self._total += seconds
-
-    def reconnected(self) -> None:
-        self._reconnected += 1
+        self.reconnects: Callable[[], int] = lambda: 0
+        # One Redis round trip on loopback is ~100 us; the buckets of delivery latency cover
+        # it up to a command's deadline.
+        self.round_trips = LatencyHistogram("redis_round_trip")
+        self.round_trip = self.round_trips.observe
 
     def write(self, counters: dict[Any, float], gauges: dict[Any, float]) -> None:
-        bounds = [*(repr(b) for b in ROUND_TRIP_BUCKETS), "+Inf"]
-        for bound, count in zip(bounds, self._counts, strict=True):
-            counters[key("redis_round_trip_bucket", le=bound)] = count
-        counters[key("redis_round_trip_sum")] = self._total
+        self.round_trips.write(counters)
         counters[key("redis_reconnects")] = self.reconnects()
         gauges[key("cluster_nodes")] = len(self._nodes())
 

@@ -66,11 +66,13 @@ def channel_kind(channel: str) -> str:
 
 
 class LatencyHistogram:
-    """Counts per bucket (not cumulative), as the snapshot carries them."""
+    """Counts per bucket (not cumulative), as the snapshot carries them, as `{name}_bucket`,
+    `{name}_sum` and `{name}_count`."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "name", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "delivery_latency") -> None:
+        self.name = name
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: over the largest bound
         self.total = 0.0
 
@@ -81,9 +83,9 @@ class LatencyHistogram:
     def write(self, counters: dict[Any, float]) -> None:
         bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
         for bound, count in zip(bounds, self.counts, strict=True):
-            counters[key("delivery_latency_bucket", le=bound)] = count
-        counters[key("delivery_latency_sum")] = self.total
-        counters[key("delivery_latency_count")] = sum(self.counts)
+            counters[key(f"{self.name}_bucket", le=bound)] = count
+        counters[key(f"{self.name}_sum")] = self.total
+        counters[key(f"{self.name}_count")] = sum(self.counts)
 
 
 class LatencySampler:
