@@ -58,7 +58,6 @@ class Observer:
         # broker's pipes all attached (one process: all of them, and its broker is in it).
         self.workers_alive: Callable[[], int] = workers_alive or (lambda: workers)
         self.broker_ok: Callable[[], bool] = broker_ok or (lambda: True)
-        self.listening: Callable[[], bool] = lambda: True
         # From SIGTERM on (`mark_stopping`): the doors are shut, so not ready (a load balancer
         # moves on).
         self.stopping = False
@@ -212,7 +211,7 @@ class Observer:
         answers = await self.ask_all(False, timeout=READY_TIMEOUT)
         answering = sum(1 for a in answers.values() if a is not None)
         alive = self.workers_alive()
-        listening = self.listening() and answering == self.workers_configured and not self.stopping
+        listening = answering == self.workers_configured and not self.stopping
         checks: dict[str, dict[str, object]] = {
             "listening": {
                 "ok": listening,

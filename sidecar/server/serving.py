@@ -215,28 +215,23 @@ async def serve_publish_side(
     app = publish_application(api)
     if requests is not None:
         app.middlewares.insert(0, requests.middleware("unix"))
-    if getattr(broker, "confirms_publications", False):
-        # Redis answers each publish: aiohttp's handlers await it (the fast path answers in
-        # the same call, which only a broker that takes everything at once allows).
-        runner = await sites.serve(
-            app,
-            lambda r: web.UnixSite(r, config.publish.socket, backlog=1024),
-            keepalive_timeout=config.limits.keepalive_timeout,
-        )
-        os.chmod(config.publish.socket, config.publish.socket_mode)
-        return PublishSide(runner, api, gate)
-    runner = await sites.serve(
-        app,
-        lambda r: FastPublishSite(
-            r,
+    # Redis answers each publish: aiohttp's handlers await it (the fast path answers in the
+    # same call, which only a broker that takes everything at once allows).
+    awaited = getattr(broker, "confirms_publications", False)
+
+    def site(runner: web.AppRunner) -> web.BaseSite:
+        if awaited:
+            return web.UnixSite(runner, config.publish.socket, backlog=1024)
+        return FastPublishSite(
+            runner,
             config.publish.socket,
             api,
             backlog=1024,
             requests=requests,
             request_timeout=config.limits.publish_request_timeout,
-        ),
-        keepalive_timeout=config.limits.keepalive_timeout,
-    )
+        )
+
+    runner = await sites.serve(app, site, keepalive_timeout=config.limits.keepalive_timeout)
     os.chmod(config.publish.socket, config.publish.socket_mode)
     return PublishSide(runner, api, gate)
 

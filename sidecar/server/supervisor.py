@@ -116,7 +116,6 @@ class Supervisor:
             self._join_cluster(self.hub)
         self.handles: dict[int, WorkerHandle] = {}
         self.controls: dict[int, SupervisorControl] = {}
-        self.console_on = False  # a debug console is open: workers started now are told
         self.stopping = False
         self.observer = self._make_observer()
         self.webhooks = LiveWebhooks(self.state, self.observer)
@@ -161,7 +160,6 @@ class Supervisor:
 
     def _console_taps(self, on: bool) -> None:
         assert self.observer is not None
-        self.console_on = on
         for control in self.controls.values():
             control.console(on)
         self.state.on_transitions = self.observer.console.transitions if on else None
@@ -199,8 +197,8 @@ class Supervisor:
         # reload applied meanwhile reaches it too (once more at worst, which changes nothing).
         control = SupervisorControl(worker_id, control_end, self.hub.finished, self._console_items)
         self.controls[worker_id] = control
-        if self.console_on:
-            control.console(True)
+        if self.observer is not None and self.observer.console.active:
+            control.console(True)  # a debug console is open: a worker started now is told
         listen = self.prepared.edge_sockets[worker_id]
         command = [
             sys.executable,
