@@ -111,7 +111,9 @@ class Supervisor:
         # socket's queries and is where webhooks are sent from (self.state.on_event); a worker
         # that attaches starts from it.
         self.state = make_presence_store(prepared.config.limits)
-        self.hub = make_broker("hub", prepared.config.broker, snapshot=self.state.snapshot)
+        self.hub = make_broker(
+            "hub", prepared.config.broker, snapshot=self.state.snapshot, workers=workers
+        )
         if isinstance(self.hub, RedisHubBroker):
             self._join_cluster(self.hub)
         self.handles: dict[int, WorkerHandle] = {}
@@ -145,7 +147,6 @@ class Supervisor:
 
     def _join_cluster(self, hub: RedisHubBroker) -> None:
         """With Redis: this node's share, its number for the webhook-once rule, eviction."""
-        hub.workers_planned = self.count
         hub.cache_ttl = self.prepared.config.limits.cache_ttl
         hub.share = self.state.share_of
         self.state.node_num = hub.node_num

@@ -25,7 +25,11 @@ Role = Literal["single", "hub", "worker"]
 def make_broker(role: Literal["single"], config: BrokerConfig) -> MemoryBroker: ...
 @overload
 def make_broker(
-    role: Literal["hub"], config: BrokerConfig, *, snapshot: Callable[[], Any] | None = None
+    role: Literal["hub"],
+    config: BrokerConfig,
+    *,
+    snapshot: Callable[[], Any] | None = None,
+    workers: int = 0,
 ) -> HubBroker: ...
 @overload
 def make_broker(
@@ -37,9 +41,11 @@ def make_broker(
     *,
     pipe: socket.socket | None = None,
     snapshot: Callable[[], Any] | None = None,
+    workers: int = 0,
 ) -> MemoryBroker | HubBroker | WorkerBroker:
     """The broker for `role`. `pipe`: a worker's end of its pipe to the hub (workers only).
-    `snapshot`: the state a worker that attaches starts from (the hub only)."""
+    `snapshot`: the state a worker that attaches starts from (the hub only). `workers`: how
+    many the node runs, as its cluster listing says (the hub, with Redis)."""
     if config.kind not in ("memory", "redis"):
         raise ValueError(f"broker.kind {config.kind!r} is not available in this version")
     redis = config.kind == "redis"
@@ -49,7 +55,7 @@ def make_broker(
         return MemoryBroker()
     if role == "hub":
         if redis:
-            return RedisHubBroker(config, snapshot=snapshot)
+            return RedisHubBroker(config, workers=workers, snapshot=snapshot)
         return HubBroker(snapshot=snapshot)
     if role == "worker":
         if pipe is None:
