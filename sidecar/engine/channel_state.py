@@ -120,33 +120,36 @@ class ChannelState:
 
     def count(self, origin: int, change: CountDelta) -> list[Transition]:
         out = self._count(change.app_id, change.channel, origin, change.delta)
-        return self._emit(out, self._webhooks_for(origin))
+        return self._emit(out, origin)
 
     def join(self, origin: int, change: MemberJoin) -> list[Transition]:
-        return self._emit(self._join(origin, change), self._webhooks_for(origin))
+        return self._emit(self._join(origin, change), origin)
 
     def leave(self, origin: int, change: MemberLeave) -> list[Transition]:
         out = self._leave(change.app_id, change.channel, change.socket_id)
-        return self._emit(out, self._webhooks_for(origin))
+        return self._emit(out, origin)
 
     def release(self, origin: int) -> list[Transition]:
         """Everything `origin` held goes (its process is gone). Its own node's hub says so, so
         that node sends the webhooks."""
         out = self._release(lambda held_by: held_by == origin)
-        return self._emit(out, self._webhooks_for(origin))
+        return self._emit(out, origin)
 
     def release_node(self, node_num: int, by: int) -> list[Transition]:
         """Everything every origin of a swept node held goes; `by` (the origin of the batch, the
         sweeping node's hub) sends the webhooks."""
         out = self._release(lambda held_by: node_of(held_by) == node_num)
-        return self._emit(out, self._webhooks_for(by))
+        return self._emit(out, by)
 
     def _webhooks_for(self, origin: int) -> bool:
         """Whether this process sends the webhooks of what a batch from `origin` caused."""
         return self.node_num is None or node_of(origin) == self.node_num
 
-    def _emit(self, out: list[Transition], webhooks: bool) -> list[Transition]:
-        if out and webhooks and self.on_event is not None:
+    def _emit(self, out: list[Transition], origin: int | None) -> list[Transition]:
+        """Transitions a batch from `origin` caused: sent as webhooks if this process sends
+        them (only the supervisor or the single process has on_event; None: never, a share
+        put back in place is silent), and observed."""
+        if out and origin is not None and self.on_event is not None and self._webhooks_for(origin):
             self._notify(out)
         if out and self.on_transitions is not None:
             try:
@@ -308,7 +311,7 @@ class ChannelState:
         out: list[Transition] = []
         for (app_id, name), (total, members) in before.items():
             out += self._difference(app_id, name, total, members)
-        return self._emit(out, webhooks=False)
+        return self._emit(out, None)
 
     def _difference(
         self, app_id: str, name: str, total: int, members: list[str]
