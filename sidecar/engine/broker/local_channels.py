@@ -6,8 +6,9 @@ it reaches the log), one that goes back to 0 is to be unsubscribed. Counts are k
 (a worker) so that a worker that is lost gives back exactly its share.
 
 A non-presence subscribe of a worker numbers the worker's 0 -> 1 transitions of a channel; the
-worker counts them the same way from the same CountDelta frames (pipe.py: WorkerBroker), so
-the hub's READY (app_id, channel, serial) is understood as "your subscribe number `serial`".
+worker counts them with the same SubscribeCounts from the same CountDelta frames (pipe.py:
+WorkerBroker), so the hub's READY (app_id, channel, serial) is understood as "your subscribe
+number `serial`".
 Presence joins count for the node's subscription but need no READY: they are answered on
 their echo from the log, which comes after the subscription.
 """
@@ -31,11 +32,35 @@ class Needs:
     ready: list[tuple[int, str, str, int]] = field(default_factory=list)  # origin, key, serial
 
 
+class SubscribeCounts:
+    """One worker's subscriptions per channel (its CountDelta sums), its 0 -> 1 steps numbered."""
+
+    __slots__ = ("counts", "serial")
+
+    def __init__(self) -> None:
+        self.counts: dict[Key, int] = {}
+        self.serial = 0  # 0 -> 1 steps so far
+
+    def add(self, key: Key, delta: int) -> tuple[int, int | None]:
+        """How much the channel's count changed, and the number of its 0 -> 1 step if it took
+        one (None otherwise)."""
+        counts = self.counts
+        before = counts.get(key, 0)
+        after = before + delta
+        if after <= 0:
+            counts.pop(key, None)
+            return -before, None
+        counts[key] = after
+        if before > 0:
+            return after - before, None
+        self.serial += 1
+        return after - before, self.serial
+
+
 class LocalChannels:
     def __init__(self) -> None:
         self._totals: dict[Key, int] = {}  # the node's subscribers (and members) per channel
-        self._counts: dict[int, dict[Key, int]] = {}  # origin -> its CountDelta sums
-        self._serials: dict[int, int] = {}  # origin -> its 0 -> 1 transitions so far
+        self._counts: dict[int, SubscribeCounts] = {}  # origin -> its subscriptions
         self._members: dict[tuple[str, str, str], int] = {}  # (app, channel, socket) -> origin
 
     def total(self, key: Key) -> int:
@@ -50,18 +75,13 @@ class LocalChannels:
         for change in changes:
             if isinstance(change, CountDelta):
                 key = (change.app_id, change.channel)
-                counts = self._counts.setdefault(origin, {})
-                before = counts.get(key, 0)
-                after = before + change.delta
-                if after > 0:
-                    counts[key] = after
-                    if before <= 0:
-                        serial = self._serials.get(origin, 0) + 1
-                        self._serials[origin] = serial
-                        needs.ready.append((origin, key[0], key[1], serial))
-                else:
-                    counts.pop(key, None)
-                self._add(key, after - before if after > 0 else -before, needs)
+                counts = self._counts.get(origin)
+                if counts is None:
+                    counts = self._counts[origin] = SubscribeCounts()
+                changed, serial = counts.add(key, change.delta)
+                if serial is not None:
+                    needs.ready.append((origin, key[0], key[1], serial))
+                self._add(key, changed, needs)
             elif isinstance(change, MemberJoin):
                 member = (change.app_id, change.channel, change.socket_id)
                 if member not in self._members:
@@ -76,9 +96,10 @@ class LocalChannels:
     def release(self, origin: int) -> Needs:
         """A worker is gone: its counts and members no longer hold any channel."""
         needs = Needs()
-        for key, count in self._counts.pop(origin, {}).items():
-            self._add(key, -count, needs)
-        self._serials.pop(origin, None)
+        counts = self._counts.pop(origin, None)
+        if counts is not None:
+            for key, count in counts.counts.items():
+                self._add(key, -count, needs)
         for member in [m for m, held_by in self._members.items() if held_by == origin]:
             del self._members[member]
             self._add((member[0], member[1]), -1, needs)

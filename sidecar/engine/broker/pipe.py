@@ -73,6 +73,7 @@ from sidecar.engine.broker.frames import (
     meta_frame,
     meta_of,
 )
+from sidecar.engine.broker.local_channels import SubscribeCounts
 
 __all__ = [
     "HubBroker",
@@ -114,8 +115,7 @@ class WorkerBroker:
         self._confirms = confirms
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._next_seq = 1
-        self._local: dict[tuple[str, str], int] = {}  # channel -> this worker's count
-        self._serial = 0  # this worker's 0 -> 1 transitions, numbered as the hub does
+        self._local = SubscribeCounts()  # as the hub counts this worker's (local_channels.py)
         self._waiting: dict[tuple[str, str], int] = {}  # channel -> serial awaiting READY
         self.on_ready: OnReady | None = None
         self.on_cached: Deliver | None = None
@@ -199,7 +199,7 @@ class WorkerBroker:
         if not self._confirms:
             return True
         key = (app_id, channel)
-        return key in self._local and key not in self._waiting
+        return key in self._local.counts and key not in self._waiting
 
     def _count(self, changes: Sequence[Change]) -> None:
         """This worker's counts as the hub will count them (local_channels.py)."""
@@ -207,15 +207,10 @@ class WorkerBroker:
             if not isinstance(change, CountDelta):
                 continue
             key = (change.app_id, change.channel)
-            before = self._local.get(key, 0)
-            after = before + change.delta
-            if after > 0:
-                self._local[key] = after
-                if before <= 0:
-                    self._serial += 1
-                    self._waiting[key] = self._serial
-            else:
-                self._local.pop(key, None)
+            _, serial = self._local.add(key, change.delta)
+            if serial is not None:
+                self._waiting[key] = serial
+            elif key not in self._local.counts:
                 self._waiting.pop(key, None)
 
     def _ready(self, app_id: str, channel: str, serial: int) -> None:
