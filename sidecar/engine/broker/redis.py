@@ -86,7 +86,7 @@ from sidecar.engine.broker.frames import (
 from sidecar.engine.broker.local_channels import Key, LocalChannels
 from sidecar.engine.broker.pipe import MAX_WORKER_BACKLOG, HubBroker
 from sidecar.engine.broker.redis_link import LinkDown, RedisLink
-from sidecar.engine.broker.redis_sender import Outgoing, RedisSender
+from sidecar.engine.broker.redis_sender import Outgoing, RedisSender, numbered_message
 from sidecar.protocol.channel_rules import is_cache
 
 log = logging.getLogger("sidecar.broker")
@@ -442,7 +442,9 @@ class RedisHubBroker(HubBroker):
         if self.share is not None:
             share = Share(self.node_num, self.share(self.node_num))
             # Number 0: not one of the sender's batches (a Share is whole: never deduplicated).
-            data = LOG_CHANGES + b"0 " + encode_changes(self._origin(HUB_ORIGIN), [share])
+            data = numbered_message(
+                LOG_CHANGES, 0, encode_changes(self._origin(HUB_ORIGIN), [share])
+            )
             await self.link.publish_many([(self.log_channel, data)])
         self.sender.wake()  # what was kept goes out now
         log.info("cluster: redis back; this node's state shared", extra={"node": self.node_id})

@@ -33,6 +33,12 @@ MAX_KEPT_BATCHES = 10_000
 RETRY_PAUSE = 0.05
 
 
+def numbered_message(prefix: bytes, seq: int, body: bytes) -> bytes:
+    """A batch for the log as it is published: `prefix + seq + b" " + body` (redis.py reads
+    it back in _on_log)."""
+    return b"%s%d %s" % (prefix, seq, body)
+
+
 @dataclass
 class Outgoing:
     """One batch: its PUBLISHes, and what it needs of the node's subscriptions."""
@@ -147,7 +153,7 @@ class RedisSender:
                 self.last_seq += 1
                 item.seq = self.last_seq
                 channel, prefix, body = item.numbered
-                item.messages = [(channel, b"%s%d %s" % (prefix, item.seq, body))]
+                item.messages = [(channel, numbered_message(prefix, item.seq, body))]
         sets = [pair for item in items if item.sets for pair in item.sets]
         messages = [message for item in items for message in item.messages]
         await self.link.publish_many(messages, sets, self.cache_ttl_ms)
