@@ -142,7 +142,8 @@ class SupervisorControl:
 
 
 class WorkerControl:
-    """A worker's end of its line: it may send from the start, and reads once it `listen`s."""
+    """A worker's end of its line, open once it `listen`s (it does once it serves): what it
+    would send before that is dropped, as nothing before serving is the supervisor's concern."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
