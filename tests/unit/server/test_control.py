@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,14 +15,7 @@ import pytest
 
 from sidecar.engine.broker.frames import meta_frame
 from sidecar.server.control import CONTROL, ControlLine, SupervisorControl, WorkerControl
-
-
-async def until(predicate: Callable[[], object], timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    assert predicate()
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -91,7 +84,7 @@ async def test_a_reload_sent_while_the_worker_starts_waits_for_it(line: Line) ->
     await asyncio.sleep(0.05)  # the worker is still starting: nobody reads yet
     asked: list[str | None] = []
     await line.worker.listen(asked.append)
-    await until(lambda: len(asked) == 2)
+    await eventually(lambda: len(asked) == 2, 2.0)
     assert asked == ["log:\n  level: debug\n", None]
 
 
@@ -101,18 +94,18 @@ async def test_console_switches_reach_the_worker_and_its_items_come_back_tagged(
     switched: list[bool] = []
     await line.worker.listen(lambda text: None, switched.append)
     line.supervisor.console(True)
-    await until(lambda: switched == [True])
+    await eventually(lambda: switched == [True], 2.0)
     line.worker.console_items([{"kind": "connected", "socket_id": "1.1"}])
-    await until(lambda: line.seen.items)
+    await eventually(lambda: line.seen.items, 2.0)
     assert line.seen.items == [(3, [{"kind": "connected", "socket_id": "1.1"}])]
     line.supervisor.console(False)
-    await until(lambda: switched == [True, False])
+    await eventually(lambda: switched == [True, False], 2.0)
 
 
 async def test_finished_carries_the_count_of_publications_written(line: Line) -> None:
     await line.worker.listen(lambda text: None)
     line.worker.finished(17)
-    await until(lambda: line.seen.finished)
+    await eventually(lambda: line.seen.finished, 2.0)
     assert line.seen.finished == [(3, 17)]
 
 
@@ -121,7 +114,7 @@ async def test_a_worker_without_a_console_ignores_the_switch(line: Line) -> None
     await line.worker.listen(asked.append)  # no admin listener: no console here
     line.supervisor.console(True)
     line.supervisor.reload(None)
-    await until(lambda: asked == [None])
+    await eventually(lambda: asked == [None], 2.0)
 
 
 async def test_sending_on_a_closed_line_is_no_error(line: Line) -> None:
@@ -143,7 +136,7 @@ async def test_what_the_supervisor_sends_before_its_end_opens_is_kept_in_order()
     asked: list[str | None] = []
     switched: list[bool] = []
     await worker.listen(asked.append, switched.append)
-    await until(lambda: asked and switched)
+    await eventually(lambda: asked and switched, 2.0)
     assert (switched, asked) == ([True], ["a: 1\n"])
     supervisor.close()
     worker.close()

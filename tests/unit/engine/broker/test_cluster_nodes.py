@@ -10,15 +10,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import redis.asyncio
 
 from sidecar.engine.broker.cluster_nodes import NodeLiveness
-from tests.support.redis_server import RedisServer, redis_server
-
-__all__ = ["redis_server"]
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 HEARTBEAT = 0.2
 PREFIX = "t"
@@ -78,15 +76,8 @@ async def nodes(redis_server: RedisServer) -> AsyncIterator[Callable[[int], Node
             await node.close()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_started_node_is_listed_with_its_key_and_info(
-    nodes: Callable[[int], Node], redis_server: RedisServer
+    nodes: Callable[[int], Node],
 ) -> None:
     one, two = nodes(1), nodes(2)
     await one.liveness.start()
@@ -100,7 +91,9 @@ async def test_a_started_node_is_listed_with_its_key_and_info(
     }
     info = await client.hgetall(f"{PREFIX}:node:2:info")
     assert info[b"node_id"] == b"node-2" and info[b"workers"] == b"2"
-    await eventually(lambda: [n.node_id for n in one.liveness.live_nodes()] == ["node-1", "node-2"])
+    await eventually(
+        lambda: [n.node_id for n in one.liveness.live_nodes()] == ["node-1", "node-2"], 5.0
+    )
     (listed, _) = one.liveness.live_nodes()
     assert listed.workers == 2 and listed.pid > 0
     assert abs(listed.last_seen - time.time()) < 5
@@ -113,7 +106,7 @@ async def test_a_dead_node_is_swept_once_by_one_survivor(nodes: Callable[[int], 
     await asyncio.sleep(4 * HEARTBEAT)
     three.die()
     started = time.monotonic()
-    await eventually(lambda: one.gone + two.gone == [3])
+    await eventually(lambda: one.gone + two.gone == [3], 5.0)
     took = time.monotonic() - started
     assert took < 3 * HEARTBEAT + 4 * HEARTBEAT + 1  # its key's life, two rounds, slack
     await asyncio.sleep(6 * HEARTBEAT)
@@ -133,7 +126,7 @@ async def test_a_stopped_node_drops_its_key_and_is_swept_soon(
     await asyncio.sleep(4 * HEARTBEAT)
     await two.liveness.stop()
     assert await one.client.exists(f"{PREFIX}:node:2:alive") == 0
-    await eventually(lambda: one.gone == [2])  # whatever it left behind is released
+    await eventually(lambda: one.gone == [2], 5.0)  # whatever it left behind is released
 
 
 async def test_a_swept_node_that_comes_back_evicts_itself(nodes: Callable[[int], Node]) -> None:
@@ -142,7 +135,7 @@ async def test_a_swept_node_that_comes_back_evicts_itself(nodes: Callable[[int],
     await two.liveness.start()
     await asyncio.sleep(4 * HEARTBEAT)
     two.die()  # as if SIGSTOPped for longer than 3 heartbeats
-    await eventually(lambda: one.gone == [2])
+    await eventually(lambda: one.gone == [2], 5.0)
     await two.liveness.beat()  # SIGCONT: its next heartbeat
     assert two.evicted == 1
     assert await one.client.exists(f"{PREFIX}:node:2:alive") == 0  # no ghost key
@@ -214,19 +207,12 @@ async def test_redis_gone_leaves_the_task_running_and_logs_once(
     assert one.evicted == 0
 
 
-async def test_a_node_number_and_prefix_are_kept_apart(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+async def test_a_node_number_and_prefix_are_kept_apart(nodes: Callable[[int], Node]) -> None:
     """Two clusters on one Redis (two prefixes) never see each other's nodes."""
-    a = Node(redis_server.url, 1)
-    b = Node(redis_server.url, 2)
+    a, b = nodes(1), nodes(2)
     b.liveness.prefix = "other"
-    try:
-        await a.liveness.start()
-        await b.liveness.start()
-        await asyncio.sleep(3 * HEARTBEAT)
-        assert [n.node_num for n in a.liveness.live_nodes()] == [1]
-        assert [n.node_num for n in b.liveness.live_nodes()] == [2]
-    finally:
-        await a.close()
-        await b.close()
+    await a.liveness.start()
+    await b.liveness.start()
+    await asyncio.sleep(3 * HEARTBEAT)
+    assert [n.node_num for n in a.liveness.live_nodes()] == [1]
+    assert [n.node_num for n in b.liveness.live_nodes()] == [2]

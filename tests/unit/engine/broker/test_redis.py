@@ -29,16 +29,10 @@ from sidecar.engine.broker.redis import RedisHubBroker
 from sidecar.engine.channel_state import ChannelInfo, ChannelState
 from tests.support.process import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 TIMEOUT = 0.5
 Info0 = ChannelInfo(0, 0)
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time"
-        await asyncio.sleep(0.02)
 
 
 class Node:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,15 +12,9 @@ from sidecar.config.values import ConfigError
 from sidecar.engine.broker.redis_link import LinkDown, RedisLink, check_reachable
 from tests.support.process import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 TIMEOUT = 0.5  # short deadlines: the faults below are found within them
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time"
-        await asyncio.sleep(0.02)
 
 
 class Received:
