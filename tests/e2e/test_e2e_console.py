@@ -165,6 +165,21 @@ async def test_the_console_shows_a_clients_connection_subscription_and_both_even
         assert payload not in log, f"a payload reached the log: {payload}"
 
 
+async def read_items(
+    stream: aiohttp.ClientResponse, enough: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """The console stream's items (its `items` events, after `hello`) until `enough` of them."""
+    items: list[dict[str, Any]] = []
+    name = b"hello"
+    while not enough(items):
+        line = await asyncio.wait_for(stream.content.readline(), 10)
+        if line.startswith(b"event: "):
+            name = line[7:].strip()
+        elif line.startswith(b"data: ") and name == b"items":
+            items += json.loads(line[6:])
+    return items
+
+
 async def test_one_process_shows_the_same_over_its_stream(
     start_sidecar: Callable[..., SidecarProcess],
 ) -> None:
@@ -181,14 +196,9 @@ async def test_one_process_shows_the_same_over_its_stream(
         await subscribers.open(1, "orders")
         with SidecarClient(sidecar.socket, app_id=sidecar.app["id"]) as publisher:
             publisher.trigger("orders", "order-created", {"note": UNIX_PAYLOAD})
-        items: list[dict[str, Any]] = []
-        name = b"hello"
-        while not any(i.get("event") == "order-created" for i in items):
-            line = await asyncio.wait_for(stream.content.readline(), 10)
-            if line.startswith(b"event: "):
-                name = line[7:].strip()
-            elif line.startswith(b"data: ") and name == b"items":
-                items += json.loads(line[6:])
+        items = await read_items(
+            stream, lambda items: any(i.get("event") == "order-created" for i in items)
+        )
     await subscribers.close()
     kinds = [i["kind"] for i in items]
     assert kinds == ["connected", "subscribed", "occupied", "event"]
@@ -213,14 +223,9 @@ async def test_with_workers_their_items_reach_the_stream_tagged_with_the_worker(
         assert (await stream.content.readline()).startswith(b"event: hello")
         await asyncio.sleep(0.5)  # the switch reaches the workers on their lines
         await subscribers.open(4, "orders")
-        items: list[dict[str, Any]] = []
-        name = b"hello"
-        while sum(1 for i in items if i["kind"] == "subscribed") < 4:
-            line = await asyncio.wait_for(stream.content.readline(), 10)
-            if line.startswith(b"event: "):
-                name = line[7:].strip()
-            elif line.startswith(b"data: ") and name == b"items":
-                items += json.loads(line[6:])
+        items = await read_items(
+            stream, lambda items: sum(1 for i in items if i["kind"] == "subscribed") >= 4
+        )
     await subscribers.close()
     from_workers = [i for i in items if i["kind"] in ("connected", "subscribed")]
     assert {i["worker"] for i in from_workers} <= {0, 1}

@@ -8,23 +8,14 @@ queries are asked of every node, on its Unix socket and on its signed API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.process import require_node
-from tests.support.redis_cluster import RedisCluster, redis_cluster
+from tests.support.redis_cluster import RedisCluster, cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
-    require_node()
-    async with redis_cluster(tmp_path) as started:
-        yield started
+__all__ = ["cluster"]  # the fixture each test takes
 
 
 async def on_both_workers(cluster: RedisCluster, prefix: str, node: int = 1) -> list[str]:

@@ -9,33 +9,28 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.process import base_config, free_port, require_node, sidecar_command
+from tests.support.process import base_config, free_port, sidecar_command
 from tests.support.redis_cluster import (
     HEARTBEAT,
     ClusterNode,
     RedisCluster,
     Reply,
+    cluster,
     publish_raw,
-    redis_cluster,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
+__all__ = ["cluster"]  # the fixture each test takes
 
 SWEPT_WITHIN = 3 * HEARTBEAT + 1  # the issue: 3 missed heartbeats, and one to notice
 REFUSED_WITHIN = 1.5  # a publish Redis does not take is answered 503 about this fast
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
-    require_node()
-    async with redis_cluster(tmp_path) as started:
-        yield started
+# (client, node, user): one member of a presence channel on each node.
+ONE_PER_NODE = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
 
 
 async def members_everywhere(cluster: RedisCluster, channel: str, placed: list[tuple]) -> None:
@@ -66,8 +61,7 @@ async def test_a_killed_nodes_members_leave_everywhere_and_the_app_hears_once(
     cluster: RedisCluster,
 ) -> None:
     clients, hooks = cluster.clients, cluster.hooks
-    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
-    await members_everywhere(cluster, "presence-f", placed)
+    await members_everywhere(cluster, "presence-f", ONE_PER_NODE)
     await clients.subscribe("carl", "alone-carl")
     await hooks.wait_for("channel_occupied", "alone-carl")
 
@@ -101,8 +95,7 @@ async def test_a_node_frozen_past_the_window_is_swept_then_its_clients_come_back
     finds itself declared dead, closes its clients with 4200 (pusher-js reconnects at once) and
     joins as a new node: no ghost member, no duplicate."""
     clients, hooks = cluster.clients, cluster.hooks
-    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
-    await members_everywhere(cluster, "presence-s", placed)
+    await members_everywhere(cluster, "presence-s", ONE_PER_NODE)
     frozen = cluster.nodes[2]
     frozen.signal_all(signal.SIGSTOP)
     try:
@@ -133,8 +126,7 @@ async def test_a_node_frozen_shorter_than_the_window_changes_nothing(
     cluster: RedisCluster,
 ) -> None:
     clients = cluster.clients
-    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
-    await members_everywhere(cluster, "presence-t", placed)
+    await members_everywhere(cluster, "presence-t", ONE_PER_NODE)
     cluster.nodes[2].signal_all(signal.SIGSTOP)
     try:
         await asyncio.sleep(1.5 * HEARTBEAT)
@@ -258,8 +250,7 @@ async def test_redis_paused_past_the_heartbeat_window_sweeps_nobody(
     """The Redis-pause trap: every node's heartbeat key expires on Redis's clock while it is
     stopped; when it wakes, no node may sweep another, remove a member or close a client."""
     clients, hooks = cluster.clients, cluster.hooks
-    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
-    await members_everywhere(cluster, "presence-p", placed)
+    await members_everywhere(cluster, "presence-p", ONE_PER_NODE)
     await hooks.wait_for("member_added", "presence-p", count=3)
 
     pause = 3 * HEARTBEAT + 3
@@ -304,8 +295,7 @@ async def test_every_heartbeat_key_lapsing_at_once_sweeps_nobody(cluster: RedisC
     the same moment (on Redis's clock) while every node is healthy. Each node puts its own back;
     none may take the others' for dead in the meantime."""
     clients, hooks = cluster.clients, cluster.hooks
-    placed = [("ann", 0, "ann"), ("bob", 1, "bob"), ("carl", 2, "carl")]
-    await members_everywhere(cluster, "presence-l", placed)
+    await members_everywhere(cluster, "presence-l", ONE_PER_NODE)
     keys = [key for key in cluster.redis_keys() if key.endswith(":alive")]
     assert len(keys) == 3, cluster.redis_keys()
     cluster.redis.command("DEL", *keys)

@@ -30,13 +30,14 @@ from typing import Any
 
 import aiohttp
 import pusher
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.api.client import SidecarClient, UnixHTTPConnection
 from sidecar.tls.contexts import ensure_self_signed
 from tests.support.auth_app import AuthApp
 from tests.support.cluster_socket import APP, Socket, open_socket
-from tests.support.process import PusherJs, SidecarProcess, free_port
+from tests.support.process import PusherJs, SidecarProcess, free_port, require_node
 from tests.support.process_tree import children
 from tests.support.pusher_server import server_library
 from tests.support.redis_server import RedisServer
@@ -319,6 +320,14 @@ def wait_ready(node: ClusterNode, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"node {node.index} not ready: {node.admin('/readyz')}")
         time.sleep(0.1)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
+    """A test's own cluster (its tests drive pusher-js: skipped loudly without node)."""
+    require_node()
+    async with redis_cluster(tmp_path) as started:
+        yield started
 
 
 @contextlib.asynccontextmanager
