@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sidecar.engine.broker.liveness_rules import KeyLapsed, LivenessRules
 
 HEARTBEAT = 1.0
@@ -25,22 +27,22 @@ def test_a_node_sweeps_only_after_three_prompt_heartbeats_in_a_row() -> None:
     assert rules.healthy(now)
 
 
-def test_a_failed_or_slow_or_late_heartbeat_stops_sweeping_for_three_more() -> None:
-    for spoil in ("failed", "slow", "late"):
-        rules = LivenessRules(ME, HEARTBEAT)
-        beats(rules, 3)
-        if spoil == "failed":
-            rules.beat_failed()
-            at = 4.0
-        elif spoil == "slow":  # answered, but after most of a heartbeat
-            rules.beat_succeeded(3.0, 3.9)
-            at = 4.0
-        else:  # this process was paused: the next beat came 5 heartbeats later
-            at = 8.0
-        now = beats(rules, 2, start=at)
-        assert not rules.healthy(now), spoil
-        now = beats(rules, 1, start=at + 2 * HEARTBEAT)
-        assert rules.healthy(now), spoil
+@pytest.mark.parametrize("spoil", ["failed", "slow", "late"])
+def test_a_failed_or_slow_or_late_heartbeat_stops_sweeping_for_three_more(spoil: str) -> None:
+    rules = LivenessRules(ME, HEARTBEAT)
+    beats(rules, 3)
+    if spoil == "failed":
+        rules.beat_failed()
+        at = 4.0
+    elif spoil == "slow":  # answered, but after most of a heartbeat
+        rules.beat_succeeded(3.0, 3.9)
+        at = 4.0
+    else:  # this process was paused: the next beat came 5 heartbeats later
+        at = 8.0
+    now = beats(rules, 2, start=at)
+    assert not rules.healthy(now)
+    now = beats(rules, 1, start=at + 2 * HEARTBEAT)
+    assert rules.healthy(now)
 
 
 def test_healthy_needs_a_recent_heartbeat() -> None:

@@ -378,6 +378,14 @@ async def test_a_worker_within_the_backlog_bound_is_kept() -> None:
 # With a Redis hub: confirmed publications (CONFIRM/ACK) and channels made ready (READY) ------
 
 
+async def unattached(confirms: bool = True) -> tuple[WorkerBroker, socket.socket, socket.socket]:
+    """A started worker whose pipe's other end (returned first) the test writes itself."""
+    hub_end, worker_end = socket.socketpair()
+    worker = WorkerBroker(worker_end, confirms=confirms)
+    await worker.start(lambda pub: None)
+    return worker, hub_end, worker_end
+
+
 async def confirming(hub: HubBroker) -> tuple[WorkerBroker, socket.socket]:
     hub_end, worker_end = socket.socketpair()
     await hub.attach(0, hub_end)
@@ -395,9 +403,7 @@ async def test_the_pipe_hub_confirms_a_worker_publication_at_once() -> None:
 
 
 async def test_a_refusal_in_the_ack_is_broker_unavailable() -> None:
-    hub_end, worker_end = socket.socketpair()
-    worker = WorkerBroker(worker_end, confirms=True)
-    await worker.start(lambda pub: None)
+    worker, hub_end, worker_end = await unattached()
     answered = asyncio.ensure_future(
         worker.publish_confirmed(Publication.of("1", ("a",), "e", "x"))
     )
@@ -410,9 +416,7 @@ async def test_a_refusal_in_the_ack_is_broker_unavailable() -> None:
 
 
 async def test_a_hub_that_goes_away_refuses_what_waits_for_its_ack() -> None:
-    hub_end, worker_end = socket.socketpair()
-    worker = WorkerBroker(worker_end, confirms=True)
-    await worker.start(lambda pub: None)
+    worker, hub_end, worker_end = await unattached()
     answered = asyncio.ensure_future(
         worker.publish_confirmed(Publication.of("1", ("a",), "e", "x"))
     )
@@ -424,11 +428,9 @@ async def test_a_hub_that_goes_away_refuses_what_waits_for_its_ack() -> None:
 
 
 async def test_a_channel_is_ready_on_the_ready_of_its_own_subscribe_only() -> None:
-    hub_end, worker_end = socket.socketpair()
-    worker = WorkerBroker(worker_end, confirms=True)
+    worker, hub_end, worker_end = await unattached()
     ready: list[tuple[str, str]] = []
     worker.on_ready = lambda app_id, channel: ready.append((app_id, channel))
-    await worker.start(lambda pub: None)
     assert not worker.ready("1", "a")
     worker.announce([CountDelta("1", "a", 1)])  # subscribe number 1
     worker.announce([CountDelta("1", "a", -1)])
@@ -437,10 +439,7 @@ async def test_a_channel_is_ready_on_the_ready_of_its_own_subscribe_only() -> No
     await asyncio.sleep(0.05)
     assert not worker.ready("1", "a") and ready == []
     hub_end.sendall(frames.ready_frame([("1", "a", 2)]))
-    for _ in range(100):
-        if ready:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: ready, 1.0)
     assert ready == [("1", "a")]
     assert worker.ready("1", "a")
     worker.announce([CountDelta("1", "a", -1)])
@@ -450,9 +449,7 @@ async def test_a_channel_is_ready_on_the_ready_of_its_own_subscribe_only() -> No
 
 
 async def test_without_a_redis_hub_every_channel_is_ready() -> None:
-    hub_end, worker_end = socket.socketpair()
-    worker = WorkerBroker(worker_end)
-    await worker.start(lambda pub: None)
+    worker, hub_end, worker_end = await unattached(confirms=False)
     worker.announce([CountDelta("1", "a", 1)])
     assert worker.ready("1", "a")
     hub_end.close()
