@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.observe import sample, scrape
 from tests.support.process import base_config, free_port, sidecar_command
 from tests.support.redis_cluster import (
     HEARTBEAT,
@@ -156,7 +157,7 @@ async def test_redis_killed_publishes_are_refused_at_once_and_clients_stay(
     )
     print(f"Redis killed: /readyz 503 on every node after {took:.1f}s")
     for node in cluster.nodes:
-        assert node.metric("sidecar_broker_up", kind="redis") == 0
+        assert sample(await scrape(node), "sidecar_broker_up", kind="redis") == 0
         for signed in (False, True):
             reply = await asyncio.to_thread(publish_raw, node, "live", "lost", 1, signed)
             assert refused(reply), (node.index, signed, reply)

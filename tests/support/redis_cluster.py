@@ -31,7 +31,6 @@ from typing import Any
 import aiohttp
 import pusher
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.api.client import SidecarClient, UnixHTTPConnection
 from sidecar.tls.contexts import ensure_self_signed
@@ -85,15 +84,6 @@ class ClusterNode(SidecarProcess):
             return self.admin("/readyz")[0]
         except OSError:
             return 0
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """One sample of /metrics (None when absent)."""
-        _, text = self.admin("/metrics")
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return None
 
     def pids(self) -> list[int]:
         """The supervisor and its workers."""
