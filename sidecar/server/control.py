@@ -143,7 +143,8 @@ class SupervisorControl:
 
 class WorkerControl:
     """A worker's end of its line, open once it `listen`s (it does once it serves): what it
-    would send before that is dropped, as nothing before serving is the supervisor's concern."""
+    would send before that is dropped (a worker stopped while it starts says no `finished`;
+    the hub waits for it until the shutdown deadline at the latest)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
