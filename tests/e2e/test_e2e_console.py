@@ -9,8 +9,9 @@ reach the log. A screenshot is kept in tests/artifacts/console.png.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,18 @@ async def test_the_console_shows_a_clients_connection_subscription_and_both_even
         assert payload not in log, f"a payload reached the log: {payload}"
 
 
+@contextlib.asynccontextmanager
+async def console_stream(sidecar: SidecarProcess) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The console's event stream, open past its `hello`."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(admin_url(sidecar, "/dashboard/console/events"), headers=headers) as stream,
+    ):
+        assert (await stream.content.readline()).startswith(b"event: hello")
+        yield stream
+
+
 async def read_items(
     stream: aiohttp.ClientResponse, enough: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
@@ -186,13 +199,8 @@ async def test_one_process_shows_the_same_over_its_stream(
     """workers: 1: the relay, the publish APIs and the channel state are all local."""
     sidecar = start_sidecar(admin=admin_block(token=TOKEN), workers=1)
     await wait_ready(sidecar)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
     subscribers = Subscribers(sidecar)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(admin_url(sidecar, "/dashboard/console/events"), headers=headers) as stream,
-    ):
-        assert (await stream.content.readline()).startswith(b"event: hello")
+    async with console_stream(sidecar) as stream:
         await subscribers.open(1, "orders")
         with SidecarClient(sidecar.socket, app_id=sidecar.app["id"]) as publisher:
             publisher.trigger("orders", "order-created", {"note": UNIX_PAYLOAD})
@@ -214,13 +222,8 @@ async def test_with_workers_their_items_reach_the_stream_tagged_with_the_worker(
     and what the taps make comes back on them."""
     sidecar = start_sidecar(admin=admin_block(token=TOKEN), workers=2)
     await wait_ready(sidecar)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
     subscribers = Subscribers(sidecar)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(admin_url(sidecar, "/dashboard/console/events"), headers=headers) as stream,
-    ):
-        assert (await stream.content.readline()).startswith(b"event: hello")
+    async with console_stream(sidecar) as stream:
         await asyncio.sleep(0.5)  # the switch reaches the workers on their lines
         await subscribers.open(4, "orders")
         items = await read_items(
