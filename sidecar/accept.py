@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.batched_tls import serve_tls
 from sidecar.protocol.forwarded import TrustedProxies, parse_address
 from sidecar.protocol.http_head import http_response
 
@@ -337,12 +338,10 @@ class Acceptor(asyncio.AbstractServer):
         self, conn: socket.socket, protocol: asyncio.Protocol, lease: Lease | None
     ) -> None:
         try:
-            await self._loop.connect_accepted_socket(
-                lambda: protocol,
-                conn,
-                ssl=self.ssl,
-                ssl_handshake_timeout=self.handshake_timeout,
-            )
+            if self.ssl is not None:
+                await serve_tls(self._loop, conn, protocol, self.ssl, self.handshake_timeout)
+            else:
+                await self._loop.connect_accepted_socket(lambda: protocol, conn)
         except Exception:
             # The TLS handshake failed or timed out, or the peer went first: the protocol was
             # never told of the connection, so it never will be of its end.

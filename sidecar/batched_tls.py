@@ -1,0 +1,195 @@
+"""TLS for the browser port, with every socket write of a loop turn made together.
+
+A fan-out encrypts one record per subscriber. uvloop's TLS layer hands each record to its socket
+at once, so the relay alternates encryption and a system call, and on the loopback interface
+each of those calls wakes the reading client anew (bench/RESULTS.md, issue 14). Here a record
+goes into the loop's `WriteBatch` and the batch is written at the end of the loop turn: the
+encryption of one slice of the fan-out runs in one go, then its system calls in one go.
+
+Built on asyncio's own `SSLProtocol` (the same state machine uvloop's is a port of), with:
+- `write()` of a connected transport encrypting into the batch without the backlog's steps,
+- one read buffer for all connections (asyncio allocates 256 KiB for each),
+- uvloop's TCP transport closed with `abort()`, where asyncio calls a private method.
+Every record of a connection goes through the batch, so each connection's bytes stay in order.
+"""
+
+# mypy: disable-error-code="attr-defined"
+# (asyncio's SSLProtocol keeps its state in private attributes that typeshed does not declare.)
+from __future__ import annotations
+
+import asyncio
+import ssl
+from asyncio import sslproto
+from typing import Any
+
+_WRAPPED = sslproto.SSLProtocolState.WRAPPED
+READ_CHUNK = 256 * 1024
+
+
+class WriteBatch:
+    """Records waiting for their sockets, written in order once the current callback ends."""
+
+    __slots__ = ("_loop", "records")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.records: list[tuple[BatchedTLSProtocol, bytes]] = []
+
+    def add(self, protocol: BatchedTLSProtocol, record: bytes) -> None:
+        records = self.records
+        if not records:
+            self._loop.call_soon(self.flush)
+        protocol._batched += len(record)
+        records.append((protocol, record))
+
+    def flush(self) -> None:
+        records = self.records
+        # A write may call back into a protocol (pause_writing, resume_writing) that writes
+        # again: the list grows while it is walked, and the for loop takes what is added.
+        for protocol, record in records:
+            transport = protocol._transport
+            if transport is None:
+                continue  # lost meanwhile
+            protocol._batched = 0
+            try:
+                transport.write(record)
+            except (ConnectionError, RuntimeError):
+                continue  # closed meanwhile; connection_lost tells its protocol
+            if protocol._app_writing_paused and not protocol._ssl_writing_paused:
+                protocol._control_app_writing()
+        records.clear()
+
+
+_batches: dict[asyncio.AbstractEventLoop, WriteBatch] = {}
+
+
+def batch_of(loop: asyncio.AbstractEventLoop) -> WriteBatch:
+    batch = _batches.get(loop)
+    if batch is None:
+        batch = _batches[loop] = WriteBatch(loop)
+    return batch
+
+
+_shared_buffer = memoryview(bytearray(READ_CHUNK))
+
+
+class _BatchedTransport(sslproto._SSLProtocolTransport):
+    def write(self, data: Any) -> None:
+        protocol: BatchedTLSProtocol = self._ssl_protocol  # type: ignore[assignment]
+        if (
+            protocol._state is _WRAPPED
+            and not protocol._write_backlog
+            and not protocol._ssl_writing_paused
+            and data
+        ):
+            try:
+                protocol._sslobj.write(data)
+            except ssl.SSLError as exc:
+                protocol._fatal_error(exc, "Fatal error on SSL protocol")
+                return
+            record = protocol._outgoing.read()
+            records = protocol._records
+            if not records:
+                protocol._loop.call_soon(protocol._batch.flush)
+            records.append((protocol, record))
+            batched = protocol._batched = protocol._batched + len(record)
+            if batched >= protocol._outgoing_high_water:
+                protocol._control_app_writing()
+            return
+        super().write(data)
+
+
+class BatchedTLSProtocol(sslproto.SSLProtocol):
+    max_size = 0  # asyncio allocates a read buffer this big per connection: none here
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        app_protocol: asyncio.BaseProtocol,
+        context: ssl.SSLContext,
+        waiter: asyncio.Future[None],
+        handshake_timeout: float | None,
+    ) -> None:
+        super().__init__(
+            loop,
+            app_protocol,
+            context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # a float works
+        )
+        self.max_size = READ_CHUNK  # type: ignore[misc]
+        self._batch = batch_of(loop)
+        self._batched = 0  # bytes of this connection's records in the batch
+        self._records = self._batch.records
+
+    def _get_app_transport(self) -> sslproto._SSLProtocolTransport:
+        # asyncio's, with this module's transport (typeshed does not know it may be None).
+        transport: sslproto._SSLProtocolTransport | None = self._app_transport
+        if transport is None:
+            if self._app_transport_created:  # type: ignore[has-type]
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            transport = self._app_transport = _BatchedTransport(self._loop, self)
+            self._app_transport_created = True
+        return transport
+
+    def get_buffer(self, n: int) -> memoryview:
+        return _shared_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._incoming.write(_shared_buffer[:nbytes])
+        state = self._state
+        if state is _WRAPPED:
+            self._do_read()
+        elif state is sslproto.SSLProtocolState.DO_HANDSHAKE:
+            self._do_handshake()
+        elif state is sslproto.SSLProtocolState.FLUSHING:
+            self._do_flush()
+        elif state is sslproto.SSLProtocolState.SHUTDOWN:
+            self._do_shutdown()
+
+    def _process_outgoing(self) -> None:
+        if not self._ssl_writing_paused:
+            data = self._outgoing.read()
+            if data:
+                self._batch.add(self, data)
+        self._control_app_writing()
+
+    def _get_write_buffer_size(self) -> int:
+        return self._outgoing.pending + self._write_buffer_size + self._batched
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+        if not isinstance(exc, (OSError, ssl.SSLError, asyncio.CancelledError)):
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": transport, "protocol": self}
+            )
+
+    def _check_shutdown_timeout(self) -> None:
+        if self._state in (
+            sslproto.SSLProtocolState.FLUSHING,
+            sslproto.SSLProtocolState.SHUTDOWN,
+        ):
+            transport = self._transport
+            if transport is not None:
+                transport.abort()
+
+
+async def serve_tls(
+    loop: asyncio.AbstractEventLoop,
+    sock: Any,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    handshake_timeout: float | None,
+) -> None:
+    """Serve an accepted socket over TLS; returns once the handshake is done (raises if not)."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = BatchedTLSProtocol(loop, protocol, context, waiter, handshake_timeout)
+    transport, _ = await loop.connect_accepted_socket(lambda: tls, sock)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
