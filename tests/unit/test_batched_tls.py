@@ -1,0 +1,266 @@
+"""sidecar.batched_tls: the write batch alone, then TLS served over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar import batched_tls
+from sidecar.batched_tls import BatchedTLSProtocol, WriteBatch, serve_tls
+from sidecar.tls.contexts import ensure_self_signed, server_context
+
+# The batch alone ----------------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self, fail: bool = False) -> None:
+        self.written: list[bytes] = []
+        self.fail = fail
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("the handler is closed")
+        self.written.append(data)
+
+
+class FakeProtocol:
+    """What WriteBatch reads of a BatchedTLSProtocol."""
+
+    def __init__(self, transport: FakeTransport | None) -> None:
+        self._transport = transport
+        self._batched = 0
+        self._app_writing_paused = False
+        self._ssl_writing_paused = False
+        self.controlled = 0
+
+    def _control_app_writing(self) -> None:
+        self.controlled += 1
+
+
+async def test_records_are_written_after_the_callback_in_order() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    one, two = FakeTransport(), FakeTransport()
+    first, second = FakeProtocol(one), FakeProtocol(two)
+    batch.add(first, b"a")  # type: ignore[arg-type]
+    batch.add(second, b"b")  # type: ignore[arg-type]
+    batch.add(first, b"cc")  # type: ignore[arg-type]
+    assert one.written == [] and first._batched == 3  # nothing yet: the batch waits its turn
+    await asyncio.sleep(0)
+    assert one.written == [b"a", b"cc"] and two.written == [b"b"]
+    assert first._batched == 0 and batch.records == []
+
+
+async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    closed, lost = FakeProtocol(FakeTransport(fail=True)), FakeProtocol(None)
+    good = FakeTransport()
+    alive = FakeProtocol(good)
+    for protocol in (closed, lost, alive):
+        batch.add(protocol, b"x")  # type: ignore[arg-type]
+    batch.flush()
+    assert good.written == [b"x"] and batch.records == []
+
+
+async def test_an_app_paused_by_the_batch_is_looked_at_again_once_its_records_are_written() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    protocol = FakeProtocol(FakeTransport())
+    protocol._app_writing_paused = True
+    batch.add(protocol, b"x")  # type: ignore[arg-type]
+    batch.flush()
+    assert protocol.controlled == 1
+    # Paused by the socket itself: its resume_writing will look, not the batch.
+    protocol._ssl_writing_paused = True
+    batch.add(protocol, b"y")  # type: ignore[arg-type]
+    batch.flush()
+    assert protocol.controlled == 1
+
+
+def test_one_batch_per_loop() -> None:
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert batched_tls.batch_of(first) is batched_tls.batch_of(first)
+        assert batched_tls.batch_of(first) is not batched_tls.batch_of(second)
+    finally:
+        first.close()
+        second.close()
+
+
+# Over real sockets --------------------------------------------------------------------------
+
+
+def trusting() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Echo(asyncio.Protocol):
+    """Answers each read with `copies` writes of it, in one callback; closes on b"bye"."""
+
+    def __init__(self, copies: int = 1) -> None:
+        self.copies = copies
+        self.transport: Any = None
+        self.paused = 0
+        self.resumed = 0
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if data == b"bye":
+            self.transport.write(b"last words")
+            self.transport.close()
+            return
+        for _ in range(self.copies):
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class TlsServer:
+    def __init__(self, context: ssl.SSLContext, make: Any) -> None:
+        self.context = context
+        self.make = make
+        self.protocols: list[Any] = []
+        self.failures: list[BaseException] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self._task = asyncio.ensure_future(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            protocol = self.make()
+            self.protocols.append(protocol)
+            task = loop.create_task(self._serve(conn, protocol))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, conn: socket.socket, protocol: Any) -> None:
+        try:
+            await serve_tls(asyncio.get_running_loop(), conn, protocol, self.context, 5.0)
+        except Exception as exc:  # the test reads what failed
+            self.failures.append(exc)
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.sock.close()
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=trusting(), server_hostname="localhost"
+        )
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> ssl.SSLContext:
+    pair = ensure_self_signed(tmp_path)
+    return server_context(pair.cert, pair.key)
+
+
+async def test_bytes_written_in_one_callback_arrive_whole_and_in_order(
+    context: ssl.SSLContext,
+) -> None:
+    server = TlsServer(context, lambda: Echo(copies=3))
+    try:
+        reader, writer = await server.connect()
+        writer.write(b"abc")
+        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"abcabcabc"
+        writer.close()
+    finally:
+        server.close()
+
+
+async def test_two_connections_reading_through_the_shared_buffer_keep_their_own_bytes(
+    context: ssl.SSLContext,
+) -> None:
+    server = TlsServer(context, Echo)
+    try:
+        (r1, w1), (r2, w2) = await server.connect(), await server.connect()
+        for round_ in range(20):
+            w1.write(b"one-%02d" % round_)
+            w2.write(b"two-%02d" % round_)
+            assert await asyncio.wait_for(r1.readexactly(6), 5) == b"one-%02d" % round_
+            assert await asyncio.wait_for(r2.readexactly(6), 5) == b"two-%02d" % round_
+        w1.close()
+        w2.close()
+    finally:
+        server.close()
+
+
+async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
+    context: ssl.SSLContext,
+) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, over the write limits
+    server = TlsServer(context, Echo)
+    try:
+        reader, writer = await server.connect()
+        await asyncio.sleep(0.05)
+        echo = server.protocols[0]
+        echo.transport.set_write_buffer_limits(high=64 * 1024)
+        for offset in range(0, len(payload), 64 * 1024):
+            echo.transport.write(payload[offset : offset + 64 * 1024])
+        assert echo.paused == 1  # told in the same turn: it would have queued it all
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+        await asyncio.sleep(0.05)
+        assert echo.resumed == 1
+        writer.close()
+    finally:
+        server.close()
+
+
+async def test_close_sends_what_was_written_first_then_ends_the_stream(
+    context: ssl.SSLContext,
+) -> None:
+    server = TlsServer(context, Echo)
+    try:
+        reader, writer = await server.connect()
+        writer.write(b"bye")
+        assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
+        assert await asyncio.wait_for(server.protocols[0].lost, 5) is None
+        writer.close()
+    finally:
+        server.close()
+
+
+async def test_a_client_that_is_not_tls_fails_the_handshake_and_is_closed(
+    context: ssl.SSLContext,
+) -> None:
+    server = TlsServer(context, Echo)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
+        await asyncio.sleep(0.05)
+        assert len(server.failures) == 1
+        assert not server.protocols[0].lost.done()  # never told of a connection
+        writer.close()
+    finally:
+        server.close()
+
+
+async def test_no_read_buffer_of_its_own_per_connection(context: ssl.SSLContext) -> None:
+    loop = asyncio.get_running_loop()
+    protocol = BatchedTLSProtocol(loop, Echo(), context, loop.create_future(), 5.0)
+    assert len(protocol._ssl_buffer) == 0  # asyncio's own would hold 256 KiB
+    assert protocol.get_buffer(-1) is batched_tls._shared_buffer
