@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from asyncio import sslproto
 from typing import Any
 
@@ -29,16 +30,16 @@ READ_CHUNK = 256 * 1024
 class WriteBatch:
     """Records waiting for their sockets, written in order once the current callback ends."""
 
-    __slots__ = ("_loop", "records")
+    __slots__ = ("records",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # No reference to the loop: _batches holds it weakly, as the key of this.
         self.records: list[tuple[BatchedTLSProtocol, bytes]] = []
 
     def add(self, protocol: BatchedTLSProtocol, record: bytes) -> None:
         records = self.records
         if not records:
-            self._loop.call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         protocol._batched += len(record)
         records.append((protocol, record))
 
@@ -60,13 +61,16 @@ class WriteBatch:
         records.clear()
 
 
-_batches: dict[asyncio.AbstractEventLoop, WriteBatch] = {}
+# Weak: a loop that is closed and dropped (tests make many) takes its batch with it.
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def batch_of(loop: asyncio.AbstractEventLoop) -> WriteBatch:
     batch = _batches.get(loop)
     if batch is None:
-        batch = _batches[loop] = WriteBatch(loop)
+        batch = _batches[loop] = WriteBatch()
     return batch
 
 

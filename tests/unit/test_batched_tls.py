@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 from pathlib import Path
@@ -43,7 +44,7 @@ class FakeProtocol:
 
 
 async def test_records_are_written_after_the_callback_in_order() -> None:
-    batch = WriteBatch(asyncio.get_running_loop())
+    batch = WriteBatch()
     one, two = FakeTransport(), FakeTransport()
     first, second = FakeProtocol(one), FakeProtocol(two)
     batch.add(first, b"a")  # type: ignore[arg-type]
@@ -56,7 +57,7 @@ async def test_records_are_written_after_the_callback_in_order() -> None:
 
 
 async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> None:
-    batch = WriteBatch(asyncio.get_running_loop())
+    batch = WriteBatch()
     closed, lost = FakeProtocol(FakeTransport(fail=True)), FakeProtocol(None)
     good = FakeTransport()
     alive = FakeProtocol(good)
@@ -67,7 +68,7 @@ async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> 
 
 
 async def test_an_app_paused_by_the_batch_is_looked_at_again_once_its_records_are_written() -> None:
-    batch = WriteBatch(asyncio.get_running_loop())
+    batch = WriteBatch()
     protocol = FakeProtocol(FakeTransport())
     protocol._app_writing_paused = True
     batch.add(protocol, b"x")  # type: ignore[arg-type]
@@ -88,6 +89,16 @@ def test_one_batch_per_loop() -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_dropped_loop_takes_its_batch_with_it() -> None:
+    loop = asyncio.new_event_loop()
+    batched_tls.batch_of(loop)
+    held = len(batched_tls._batches)
+    loop.close()
+    del loop
+    gc.collect()
+    assert len(batched_tls._batches) == held - 1
 
 
 # Over real sockets --------------------------------------------------------------------------
