@@ -219,6 +219,19 @@ async def test_two_connections_reading_through_the_shared_buffer_keep_their_own_
         server.close()
 
 
+async def test_a_client_message_of_many_records_is_read_whole(context: ssl.SSLContext) -> None:
+    payload = bytes(range(256)) * 400  # 100 KiB: seven TLS records, read 16 KiB at a time
+    server = TlsServer(context, Echo)
+    try:
+        reader, writer = await server.connect()
+        writer.write(payload)
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+        assert server.protocols[0].transport._ssl_protocol.max_size == batched_tls.READ_CHUNK
+        writer.close()
+    finally:
+        server.close()
+
+
 async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
     context: ssl.SSLContext,
 ) -> None:
