@@ -93,7 +93,7 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             and data
         ):
             try:
-                protocol._sslobj.write(data)
+                protocol._encrypt(data)
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
@@ -132,6 +132,8 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         self._batch = batch_of(loop)
         self._batched = 0  # bytes of this connection's records in the batch
         self._records = self._batch.records
+        # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
+        self._encrypt = self._sslobj._sslobj.write
 
     def _get_app_transport(self) -> sslproto._SSLProtocolTransport:
         # asyncio's, with this module's transport (typeshed does not know it may be None).
