@@ -28,10 +28,12 @@ log = logging.getLogger("sidecar.memory")
 GC_THRESHOLDS = (700, 10, 10)
 
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold rises
-# up to 32 MiB), and uvloop allocates a 256 KiB read buffer for every TLS connection: with
-# clients coming and going, the heap fragments and its pages stay resident (bench/soak.py: the
-# workers' [heap] grew while Python's own objects stayed flat; malloc_trim gave most of it
-# back). Fixed at 128 KiB, each such buffer is a mapping of its own, returned when it is freed.
+# up to 32 MiB), and uvloop allocated a 256 KiB read buffer for every TLS connection (the
+# browser port's TLS is now sidecar/batched_tls.py, with one shared buffer; aiohttp and big
+# events still make such blocks): with clients coming and going, the heap fragments and its
+# pages stay resident (bench/soak.py: the workers' [heap] grew while Python's own objects
+# stayed flat; malloc_trim gave most of it back). Fixed at 128 KiB, each such buffer is a
+# mapping of its own, returned when it is freed.
 MMAP_THRESHOLD = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # malloc.h
 
