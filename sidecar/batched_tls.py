@@ -3,8 +3,9 @@
 A fan-out encrypts one record per subscriber. uvloop's TLS layer hands each record to its socket
 at once, so the relay alternates encryption and a system call, and on the loopback interface
 each of those calls wakes the reading client anew (bench/RESULTS.md, issue 14). Here a record
-goes into the loop's `WriteBatch` and the batch is written at the end of the loop turn: the
-encryption of one slice of the fan-out runs in one go, then its system calls in one go.
+goes into the loop's `WriteBatch`, written once the callback that made it is done: the
+encryption of one slice of the fan-out runs in one go, then its system calls in one go. What a
+read causes (a handshake's next flight, a pong) is written at the end of that read.
 
 Built on asyncio's own `SSLProtocol` (the same state machine uvloop's is a port of), with:
 - `write()` of a connected transport encrypting into the batch without the backlog's steps,
@@ -57,7 +58,7 @@ class WriteBatch:
             transport = protocol._transport
             if transport is None:
                 continue  # lost meanwhile
-            protocol._batched = 0
+            protocol._batched -= len(record)
             try:
                 transport.write(record)
             except (ConnectionError, RuntimeError):
