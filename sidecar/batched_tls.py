@@ -9,8 +9,7 @@ read causes (a handshake's next flight, a pong) is written at the end of that re
 
 Built on asyncio's own `SSLProtocol` (the same state machine uvloop's is a port of), with:
 - `write()` of a connected transport encrypting into the batch without the backlog's steps,
-- one read buffer for all connections (asyncio allocates 256 KiB for each),
-- uvloop's TCP transport closed with `abort()`, where asyncio calls a private method.
+- one read buffer for all connections (asyncio allocates 256 KiB for each).
 Every record of a connection goes through the batch, so each connection's bytes stay in order.
 """
 
@@ -43,12 +42,14 @@ class WriteBatch:
         # No reference to the loop: _batches holds it weakly, as the key of this.
         self.records: list[tuple[BatchedTLSProtocol, bytes]] = []
 
-    def add(self, protocol: BatchedTLSProtocol, record: bytes) -> None:
+    def add(self, protocol: BatchedTLSProtocol, record: bytes) -> int:
+        """Queue a record; returns the bytes of `protocol` now waiting in the batch."""
         records = self.records
         if not records:
             asyncio.get_running_loop().call_soon(self.flush)
-        protocol._batched += len(record)
         records.append((protocol, record))
+        batched = protocol._batched = protocol._batched + len(record)
+        return batched
 
     def flush(self) -> None:
         records = self.records
@@ -98,12 +99,7 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
-            record = protocol._outgoing.read()
-            records = protocol._records
-            if not records:
-                protocol._loop.call_soon(protocol._batch.flush)
-            records.append((protocol, record))
-            batched = protocol._batched = protocol._batched + len(record)
+            batched = protocol._batch.add(protocol, protocol._outgoing.read())
             if batched >= protocol._outgoing_high_water:
                 protocol._control_app_writing()
             return
@@ -132,7 +128,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         self.max_size = READ_CHUNK  # type: ignore[misc]
         self._batch = batch_of(loop)
         self._batched = 0  # bytes of this connection's records in the batch
-        self._records = self._batch.records
+        self._ssl_buffer_view = _shared_buffer  # what asyncio's buffer_updated reads from
         # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
         self._encrypt = self._sslobj._sslobj.write
 
@@ -150,20 +146,11 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         return _shared_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(_shared_buffer[:nbytes])
-        state = self._state
-        if state is _WRAPPED:
-            self._do_read()
-        elif state is sslproto.SSLProtocolState.DO_HANDSHAKE:
-            self._do_handshake()
-        elif state is sslproto.SSLProtocolState.FLUSHING:
-            self._do_flush()
-        elif state is sslproto.SSLProtocolState.SHUTDOWN:
-            self._do_shutdown()
+        super().buffer_updated(nbytes)  # reads _ssl_buffer_view: the shared buffer
         # What reading one client caused (a handshake's next flight, a pong) leaves now: a loop
         # turn can read hundreds of connections (a reconnect storm), and waiting for the end
         # of it held each answer behind every other handshake (longest stall 432 ms, not 158).
-        if self._records:
+        if self._batch.records:
             self._batch.flush()
 
     def _process_outgoing(self) -> None:
@@ -175,24 +162,6 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
 
     def _get_write_buffer_size(self) -> int:
         return self._outgoing.pending + self._write_buffer_size + self._batched
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        transport = self._transport
-        if transport is not None:
-            transport.abort()
-        if not isinstance(exc, (OSError, ssl.SSLError, asyncio.CancelledError)):
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": transport, "protocol": self}
-            )
-
-    def _check_shutdown_timeout(self) -> None:
-        if self._state in (
-            sslproto.SSLProtocolState.FLUSHING,
-            sslproto.SSLProtocolState.SHUTDOWN,
-        ):
-            transport = self._transport
-            if transport is not None:
-                transport.abort()
 
 
 async def serve_tls(
