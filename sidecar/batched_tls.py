@@ -34,39 +34,42 @@ READ_CHUNK = 16 * 1024
 
 
 class WriteBatch:
-    """Records waiting for their sockets, written in order once the current callback ends."""
+    """Connections with records to write, written in order once the current callback ends.
 
-    __slots__ = ("records",)
+    A record stays in its connection's outgoing memory BIO until then: each connection's bytes
+    of a loop turn leave in one write, read once, in the order they were encrypted.
+    """
+
+    __slots__ = ("protocols",)
 
     def __init__(self) -> None:
         # No reference to the loop: _batches holds it weakly, as the key of this.
-        self.records: list[tuple[BatchedTLSProtocol, bytes]] = []
+        self.protocols: list[BatchedTLSProtocol] = []
 
-    def add(self, protocol: BatchedTLSProtocol, record: bytes) -> int:
-        """Queue a record; returns the bytes of `protocol` now waiting in the batch."""
-        records = self.records
-        if not records:
+    def add(self, protocol: BatchedTLSProtocol) -> None:
+        protocols = self.protocols
+        if not protocols:
             asyncio.get_running_loop().call_soon(self.flush)
-        records.append((protocol, record))
-        batched = protocol._batched = protocol._batched + len(record)
-        return batched
+        protocol._in_batch = True
+        protocols.append(protocol)
 
     def flush(self) -> None:
-        records = self.records
+        protocols = self.protocols
         # A write may call back into a protocol (pause_writing, resume_writing) that writes
         # again: the list grows while it is walked, and the for loop takes what is added.
-        for protocol, record in records:
+        for protocol in protocols:
+            protocol._in_batch = False
             transport = protocol._transport
-            if transport is None:
-                continue  # lost meanwhile
-            protocol._batched -= len(record)
+            # Lost meanwhile, or its socket is full: resume_writing adds it again.
+            if transport is None or protocol._ssl_writing_paused:
+                continue
             try:
-                transport.write(record)
+                transport.write(protocol._outgoing.read())
             except (ConnectionError, RuntimeError):
                 continue  # closed meanwhile; connection_lost tells its protocol
             if protocol._app_writing_paused and not protocol._ssl_writing_paused:
                 protocol._control_app_writing()
-        records.clear()
+        protocols.clear()
 
 
 # Weak: a loop that is closed and dropped (tests make many) takes its batch with it.
@@ -99,8 +102,9 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
-            batched = protocol._batch.add(protocol, protocol._outgoing.read())
-            if batched >= protocol._outgoing_high_water:
+            if not protocol._in_batch:
+                protocol._batch.add(protocol)
+            if protocol._outgoing.pending >= protocol._outgoing_high_water:
                 protocol._control_app_writing()
             return
         super().write(data)
@@ -127,7 +131,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         )
         self.max_size = READ_CHUNK  # type: ignore[misc]
         self._batch = batch_of(loop)
-        self._batched = 0  # bytes of this connection's records in the batch
+        self._in_batch = False  # in _batch.protocols: its outgoing BIO is read at the flush
         self._ssl_buffer_view = _shared_buffer  # what asyncio's buffer_updated reads from
         # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
         self._encrypt = self._sslobj._sslobj.write
@@ -150,18 +154,14 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         # What reading one client caused (a handshake's next flight, a pong) leaves now: a loop
         # turn can read hundreds of connections (a reconnect storm), and waiting for the end
         # of it held each answer behind every other handshake (longest stall 432 ms, not 158).
-        if self._batch.records:
+        if self._batch.protocols:
             self._batch.flush()
 
     def _process_outgoing(self) -> None:
-        if not self._ssl_writing_paused:
-            data = self._outgoing.read()
-            if data:
-                self._batch.add(self, data)
+        # asyncio's reads the BIO and writes to the socket at once; here the batch does both.
+        if not self._ssl_writing_paused and not self._in_batch and self._outgoing.pending:
+            self._batch.add(self)
         self._control_app_writing()
-
-    def _get_write_buffer_size(self) -> int:
-        return self._outgoing.pending + self._write_buffer_size + self._batched
 
 
 async def serve_tls(

@@ -121,12 +121,12 @@ class PusherSocket(asyncio.Protocol):
         "_close_timer",
         "_drained",
         "_failed",
-        "_paused",
         "_reader",
         "_relay",
         "_transport",
         "_trusted",
         "conn",
+        "paused",
         "write",
     )
 
@@ -134,7 +134,7 @@ class PusherSocket(asyncio.Protocol):
         self._relay = relay
         self._transport = transport
         self._reader = FrameReader(untrusted_message_limit(relay.limits))
-        self._paused = False
+        self.paused = False
         self._drained: asyncio.Future[None] | None = None
         self._close_sent = False
         self._close_received = False
@@ -180,11 +180,8 @@ class PusherSocket(asyncio.Protocol):
 
     # FrameSink -----------------------------------------------------------------------------
 
-    def is_paused(self) -> bool:
-        return self._paused
-
     async def wait_drained(self) -> None:
-        if not self._paused:
+        if not self.paused:
             return
         if self._transport.is_closing():
             raise ConnectionResetError("connection lost")
@@ -277,10 +274,10 @@ class PusherSocket(asyncio.Protocol):
             self.send_close(code, reason)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None

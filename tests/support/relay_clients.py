@@ -29,15 +29,14 @@ LIMITS = LimitsConfig(activity_timeout=30, pong_timeout=10, max_subscriptions=3)
 class Sink:
     """A transport that takes everything at once and records it."""
 
+    paused = False  # takes everything: never paused
+
     def __init__(self) -> None:
         self.writes: list[bytes | memoryview] = []
         self.aborted = False
 
     def write(self, data: bytes | memoryview) -> None:
         self.writes.append(data)
-
-    def is_paused(self) -> bool:
-        return False
 
     async def wait_drained(self) -> None:  # never called: never paused
         raise AssertionError("not paused")

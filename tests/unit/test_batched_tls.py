@@ -34,7 +34,8 @@ class FakeProtocol:
 
     def __init__(self, transport: FakeTransport | None) -> None:
         self._transport = transport
-        self._batched = 0
+        self._outgoing = ssl.MemoryBIO()
+        self._in_batch = False
         self._app_writing_paused = False
         self._ssl_writing_paused = False
         self.controlled = 0
@@ -42,18 +43,24 @@ class FakeProtocol:
     def _control_app_writing(self) -> None:
         self.controlled += 1
 
+    def encrypted(self, batch: WriteBatch, record: bytes) -> None:
+        """As the transport's write: the record into the BIO, the connection into the batch."""
+        self._outgoing.write(record)
+        if not self._in_batch:
+            batch.add(self)  # type: ignore[arg-type]
 
-async def test_records_are_written_after_the_callback_in_order() -> None:
+
+async def test_records_are_written_after_the_callback_one_write_per_connection() -> None:
     batch = WriteBatch()
     one, two = FakeTransport(), FakeTransport()
     first, second = FakeProtocol(one), FakeProtocol(two)
-    batch.add(first, b"a")  # type: ignore[arg-type]
-    batch.add(second, b"b")  # type: ignore[arg-type]
-    batch.add(first, b"cc")  # type: ignore[arg-type]
-    assert one.written == [] and first._batched == 3  # nothing yet: the batch waits its turn
+    first.encrypted(batch, b"a")
+    second.encrypted(batch, b"b")
+    first.encrypted(batch, b"cc")
+    assert one.written == [] and len(batch.protocols) == 2  # nothing yet: it waits its turn
     await asyncio.sleep(0)
-    assert one.written == [b"a", b"cc"] and two.written == [b"b"]
-    assert first._batched == 0 and batch.records == []
+    assert one.written == [b"acc"] and two.written == [b"b"]
+    assert batch.protocols == [] and not first._in_batch and not second._in_batch
 
 
 async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> None:
@@ -62,23 +69,31 @@ async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> 
     good = FakeTransport()
     alive = FakeProtocol(good)
     for protocol in (closed, lost, alive):
-        batch.add(protocol, b"x")  # type: ignore[arg-type]
+        protocol.encrypted(batch, b"x")
     batch.flush()
-    assert good.written == [b"x"] and batch.records == []
+    assert good.written == [b"x"] and batch.protocols == []
 
 
 async def test_an_app_paused_by_the_batch_is_looked_at_again_once_its_records_are_written() -> None:
     batch = WriteBatch()
     protocol = FakeProtocol(FakeTransport())
     protocol._app_writing_paused = True
-    batch.add(protocol, b"x")  # type: ignore[arg-type]
+    protocol.encrypted(batch, b"x")
     batch.flush()
     assert protocol.controlled == 1
-    # Paused by the socket itself: its resume_writing will look, not the batch.
+
+
+async def test_a_socket_that_paused_keeps_its_records_until_it_resumes() -> None:
+    batch = WriteBatch()
+    transport = FakeTransport()
+    protocol = FakeProtocol(transport)
+    protocol._app_writing_paused = True
     protocol._ssl_writing_paused = True
-    batch.add(protocol, b"y")  # type: ignore[arg-type]
+    protocol.encrypted(batch, b"y")
     batch.flush()
-    assert protocol.controlled == 1
+    # Still in the BIO, the app not looked at: the socket's resume_writing does both.
+    assert transport.written == [] and protocol._outgoing.pending == 1
+    assert protocol.controlled == 0 and not protocol._in_batch
 
 
 def test_one_batch_per_loop() -> None:

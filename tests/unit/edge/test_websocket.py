@@ -688,7 +688,7 @@ async def test_data_after_connection_lost_is_harmless(
 
 async def test_wait_drained_returns_at_once_when_not_paused(endpoint: WebSocketEndpoint) -> None:
     client = await opened(endpoint)
-    assert not client.socket.is_paused()
+    assert not client.socket.paused
     await asyncio.wait_for(client.socket.wait_drained(), 1)
 
 
@@ -696,12 +696,12 @@ async def test_wait_drained_waits_for_resume_writing(endpoint: WebSocketEndpoint
     client = await opened(endpoint)
     socket = client.socket
     socket.pause_writing()
-    assert socket.is_paused()
+    assert socket.paused
     waiter = asyncio.ensure_future(socket.wait_drained())
     await turns()
     assert not waiter.done()
     socket.resume_writing()
-    assert not socket.is_paused()
+    assert not socket.paused
     await asyncio.wait_for(waiter, 1)
     socket.resume_writing()  # a second resume is harmless
 

@@ -40,9 +40,6 @@ class FakeSink:
         if self.pause_after_write:
             self.pause()
 
-    def is_paused(self) -> bool:
-        return self.paused
-
     async def wait_drained(self) -> None:
         self.drain_waits += 1
         await self.drained.wait()

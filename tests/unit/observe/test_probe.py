@@ -186,14 +186,13 @@ async def test_requests_are_counted_by_route_pattern_and_status(
 
 
 class Sink:
+    paused = False  # takes everything: never paused
+
     def __init__(self) -> None:
         self.data = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:
         self.data += data
-
-    def is_paused(self) -> bool:
-        return False
 
     async def wait_drained(self) -> None:
         raise AssertionError("never paused")
