@@ -17,15 +17,16 @@ from typing import Any
 
 log = logging.getLogger("sidecar.memory")
 
-# Python's defaults. A full (generation 2) collection walks every live object: 30-190 ms with
-# 10,000 subscribed connections open (bench/attacks.py gc-pause, a busy 2-core machine), and
-# Python runs one only once the long-lived objects have grown by a quarter: one in a storm of
-# 10,000 connects (none with the third threshold at 100). It was 100 while every closed
-# connection was a reference cycle waiting for such a collection (+171 MB after 30,000 TLS
-# cycles, issue 13); closed connections are now freed by reference counting as they close
-# (tests/unit/engine/test_connection_memory.py), so rarer collections would only let other garbage
-# (exceptions and their tracebacks, aiohttp's) wait longer.
-GC_THRESHOLDS = (700, 10, 10)
+# A full (generation 2) collection walks every live object: 30-190 ms with 10,000 subscribed
+# connections open (bench/attacks.py gc-pause, a busy 2-core machine). At Python's default
+# third threshold (10) a storm of 10,000 TLS connects ran five, 472 ms of its 5.4 s of CPU, the
+# last one the storm's longest stall (176 ms; bench/reconnect_storm.py, issue 14). At 100, one
+# needs 700,000 allocations since the last (and, as always, a quarter more long-lived objects):
+# none in such a storm. Rarer full collections only matter for cyclic garbage that lived long
+# first; closed connections are not that, they are freed by reference counting as they close
+# (tests/unit/engine/test_connection_memory.py; it was +171 MB after 30,000 TLS cycles when
+# each was a cycle, issue 13). Young garbage cycles are still collected by the first two.
+GC_THRESHOLDS = (700, 10, 100)
 
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold rises
 # up to 32 MiB), and uvloop allocated a 256 KiB read buffer for every TLS connection (the
@@ -75,9 +76,15 @@ def _glibc(libc_name: str | None) -> ctypes.CDLL | None:
 
 
 def tune_memory(libc_name: str | None = "libc.so.6") -> HeapTrimmer | None:
-    """The collector's thresholds and, on glibc, the allocator's mmap threshold; with a running
-    event loop, a HeapTrimmer started on it (None without glibc)."""
+    """The collector's thresholds, what exists so far frozen and, on glibc, the allocator's
+    mmap threshold; with a running event loop, a HeapTrimmer started on it (None without
+    glibc)."""
     gc.set_threshold(*GC_THRESHOLDS)
+    # What exists by now (modules, classes, the configuration: ~70,000 objects) lives as long
+    # as the process. Frozen, no full collection walks it again (~28 ms each); collected
+    # first, so no garbage is kept for good.
+    gc.collect()
+    gc.freeze()
     if not set_mmap_threshold(MMAP_THRESHOLD, libc_name):
         return None
     trimmer = HeapTrimmer.for_libc(libc_name)
