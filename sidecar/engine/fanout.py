@@ -22,17 +22,24 @@ if TYPE_CHECKING:
     from sidecar.engine.connection import Connection
 
 # Work per loop turn handing broadcasts to subscribers, in queue appends (~0.3 µs each: a slice
-# holds the loop ~0.6 ms); a direct socket write (~10 µs, mostly the kernel's) counts as
+# holds the loop ~0.3 ms); a direct socket write (~10 µs, mostly the kernel's) counts as
 # DIRECT_WRITE_COST of them (32 a slice). A publish of many events (batch_events) reaches a
 # connection in one write only if all of them are in its queue before its flush: at 512 a
 # slice, the flush between two slices split them (10,000 channels of 10: 3.02 µs of CPU a
-# delivery at 512, 2.78 at 2,048). Direct writes stay at 32 a slice: at 128, the p99 at 10
-# events/s to 5,000 TLS subscribers went from 346 to 401 ms.
-DELIVER_SLICE = 2048
-DIRECT_WRITE_COST = 64
+# delivery at 512, 2.78 at 2,048; 2.52 at 1,024 against 2.54 at 2,048 in one later run).
+# Direct writes stay at 32 a slice: at 128, the p99 at 10 events/s to 5,000 TLS subscribers
+# went from 346 to 401 ms.
+#
+# Slices are where a busy worker gives way (give_way): a publisher and the supervisor that
+# acknowledges it, once woken, wait for the end of one. Halving them (2,048 -> 1,024 here,
+# 32 -> 16 in FLUSH_SLICE) took the acknowledgement p99 at 1,000 publishes/s to 5,000
+# subscribers, 2 workers, from 896 (596-1,248) to 473 (443-574) µs, with the saturated CPU per
+# delivery unchanged (bench/RESULTS.md, issue 14, fifth pass).
+DELIVER_SLICE = 1024
+DIRECT_WRITE_COST = 32
 # Connections written per loop turn: a TLS write costs ~5-15 µs (encryption and a system call).
 # A publish that arrives meanwhile waits for about one delivery and one flush slice.
-FLUSH_SLICE = 32
+FLUSH_SLICE = 16
 
 
 def give_way() -> None:
