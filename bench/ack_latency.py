@@ -8,6 +8,7 @@ publish at a time, at a fixed rate), each server's subscribers held by bench/cli
                Unix socket in Python, which no aiohttp-based relay can beat;
   sidecar w1   the real `sidecar run`, one process (acknowledges, then fans out in slices);
   sidecar w2   two workers (the supervisor acknowledges; the workers fan out).
+With --baseline, also the checkout $SIDECAR_BASELINE names, two workers, in the same runs.
 Reports p50/p99/max of the acknowledgement, the p50 ratio to the floor, and how many deliveries
 arrived (at 1,000 publishes/s to 5,000 subscribers no single machine of this size delivers
 everything: the figure shows what the publisher sees while the relay is saturated).
@@ -29,7 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import LoadClient, marked
-from bench.servers import SidecarServer, paced, unix_pusher_publisher, wait_unix
+from bench.servers import (
+    SidecarBaselineServer,
+    SidecarServer,
+    paced,
+    require,
+    unix_pusher_publisher,
+    wait_unix,
+)
 from sidecar.tls.contexts import ensure_self_signed
 
 
@@ -84,11 +92,13 @@ def run_floor(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         proc.join()
 
 
-def run_sidecar(args: argparse.Namespace, workdir: Path, workers: int) -> dict[str, float]:
+def run_sidecar(
+    args: argparse.Namespace, workdir: Path, workers: int, kind: type[SidecarServer] = SidecarServer
+) -> dict[str, float]:
     pair = ensure_self_signed(workdir / "certs")
-    server = SidecarServer(
-        name=f"sidecar-w{workers}",
-        workdir=workdir / f"w{workers}",
+    server = kind(
+        name=f"{kind.__name__}-w{workers}",
+        workdir=workdir / f"{kind.__name__}-w{workers}",
         tls=False,
         cert=pair.cert,
         key=pair.key,
@@ -121,22 +131,30 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100, help="publishes/s; 0: back to back")
     parser.add_argument("--size", type=int, default=100, help="bytes of event data")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--baseline", action="store_true", help="also $SIDECAR_BASELINE, 2 workers, side by side"
+    )
     args = parser.parse_args()
+    if args.baseline:
+        require("sidecar-baseline")
     socket.setdefaulttimeout(60)
     os.sched_setaffinity(0, {1})
 
     names = ["floor (bare aiohttp)", "sidecar, 1 process", "sidecar, 2 workers"]
+    if args.baseline:
+        names.append("sidecar-baseline, 2 workers")
     runs: list[dict[str, dict[str, float]]] = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="sidecar-ack-") as tmp:
             workdir = Path(tmp)
-            runs.append(
-                {
-                    names[0]: run_floor(args, workdir),
-                    names[1]: run_sidecar(args, workdir, 1),
-                    names[2]: run_sidecar(args, workdir, 2),
-                }
-            )
+            run = {
+                names[0]: run_floor(args, workdir),
+                names[1]: run_sidecar(args, workdir, 1),
+                names[2]: run_sidecar(args, workdir, 2),
+            }
+            if args.baseline:
+                run[names[3]] = run_sidecar(args, workdir, 2, SidecarBaselineServer)
+            runs.append(run)
         print(f"run {i + 1}/{args.runs}: {runs[-1]}", file=sys.stderr, flush=True)
 
     rate = f"{args.rate:g}/s" if args.rate else "back to back"
