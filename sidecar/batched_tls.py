@@ -3,14 +3,16 @@
 A fan-out encrypts one record per subscriber. uvloop's TLS layer hands each record to its socket
 at once, so the relay alternates encryption and a system call, and on the loopback interface
 each of those calls wakes the reading client anew (bench/RESULTS.md, issue 14). Here a record
-goes into the loop's `WriteBatch`, written once the callback that made it is done: the
+stays in its connection's outgoing memory BIO, and the connection goes into the loop's
+`WriteBatch`, which writes what each BIO holds once the callback that made it is done: the
 encryption of one slice of the fan-out runs in one go, then its system calls in one go. What a
 read causes (a handshake's next flight, a pong) is written at the end of that read.
 
 Built on asyncio's own `SSLProtocol` (the same state machine uvloop's is a port of), with:
 - `write()` of a connected transport encrypting into the batch without the backlog's steps,
 - one read buffer for all connections (asyncio allocates 256 KiB for each).
-Every record of a connection goes through the batch, so each connection's bytes stay in order.
+Every record of a connection leaves through its BIO, which only the batch writes out, so each
+connection's bytes stay in order.
 """
 
 # mypy: disable-error-code="attr-defined"
