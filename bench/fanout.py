@@ -389,6 +389,40 @@ def table(results: dict[tuple[str, int, bool], list[dict]], metrics: list[str]) 
     return "\n".join(lines)
 
 
+def paired(
+    results: dict[tuple[str, int, bool], list[dict]], reference: str, metrics: list[str]
+) -> str:
+    """Each server's metric over `reference`'s, run by run, then the median of those ratios.
+
+    The servers of one run share its moment of the machine; whole runs drift (+10-15% CPU for
+    every server at once here), so the ratio within a run moves less than medians taken apart.
+    """
+    header = "| server | N | TLS | " + " | ".join(f"{m} / {reference}" for m in metrics) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(metrics))]
+    for (kind, conns, tls), runs in results.items():
+        peer = results.get((reference, conns, tls))
+        if kind == reference or peer is None:
+            continue
+        cells = []
+        for metric in metrics:
+            ratios = [
+                mine[metric] / theirs[metric]
+                for mine, theirs in zip(runs, peer, strict=False)
+                if mine.get(metric) and theirs.get(metric)
+            ]
+            if not ratios:
+                cells.append("-")
+                continue
+            cell = f"{statistics.median(ratios):.2f}"
+            if len(ratios) > 1:
+                cell += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+            cells.append(cell)
+        lines.append(f"| {kind} | {conns} | {'yes' if tls else 'no'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PAIRED_METRICS = ["server_us_per_delivery", "slow_server_us_per_delivery", "lat_p99_ms"]
+
 METRICS = [
     "connects_per_s",
     "server_us_per_delivery",
@@ -440,6 +474,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="events per publish (batch_events)")
     parser.add_argument("--server-cpus", default=SERVER_CPU)
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--reference", default="nchan", help="the server others are divided by, run by run"
+    )
     parser.add_argument("--profile", help="py-spy each Sidecar phase into this directory")
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
@@ -469,6 +506,12 @@ def main() -> None:
         f"latency at {args.rate:g} events/s; throughput with 4 publishes in flight.\n"
     )
     print(table(results, METRICS))
+    if args.reference in kinds and len(kinds) > 1:
+        print(
+            f"\nPer run, against {args.reference} in the same run: "
+            "median of the ratios (min-max).\n"
+        )
+        print(paired(results, args.reference, PAIRED_METRICS))
     print(f"\ncommand: python bench/fanout.py {' '.join(sys.argv[1:])}")
     if args.json:
         serial = {f"{k}|{n}|{t}": v for (k, n, t), v in results.items()}
