@@ -369,23 +369,34 @@ def one(args: argparse.Namespace, kind: str, conns: int, tls: bool, workdir: Pat
     return result
 
 
+def _head(columns: list[str]) -> list[str]:
+    return [
+        "| server | N | TLS | " + " | ".join(columns) + " |",
+        "|" + " --- |" * (3 + len(columns)),
+    ]
+
+
+def _row(kind: str, conns: int, tls: bool, values_per_column: list[list[float]]) -> str:
+    """One table row: each column's median with its min-max, or "-" where there is none."""
+    cells = []
+    for values in values_per_column:
+        if not values:
+            cells.append("-")
+            continue
+        med = statistics.median(values)
+        fmt = ".0f" if abs(med) >= 100 else ".2f"
+        cell = f"{med:{fmt}}"
+        if len(values) > 1:
+            cell += f" ({min(values):{fmt}}-{max(values):{fmt}})"
+        cells.append(cell)
+    return f"| {kind} | {conns} | {'yes' if tls else 'no'} | " + " | ".join(cells) + " |"
+
+
 def table(results: dict[tuple[str, int, bool], list[dict]], metrics: list[str]) -> str:
-    header = "| server | N | TLS | " + " | ".join(metrics) + " |"
-    lines = [header, "|" + " --- |" * (3 + len(metrics))]
+    lines = _head(metrics)
     for (kind, conns, tls), runs in results.items():
-        cells = []
-        for metric in metrics:
-            values = [r[metric] for r in runs if metric in r]
-            if not values:
-                cells.append("-")
-                continue
-            med = statistics.median(values)
-            fmt = ".0f" if abs(med) >= 100 else ".2f"
-            cell = f"{med:{fmt}}"
-            if len(values) > 1:
-                cell += f" ({min(values):{fmt}}-{max(values):{fmt}})"
-            cells.append(cell)
-        lines.append(f"| {kind} | {conns} | {'yes' if tls else 'no'} | " + " | ".join(cells) + " |")
+        columns = [[r[metric] for r in runs if metric in r] for metric in metrics]
+        lines.append(_row(kind, conns, tls, columns))
     return "\n".join(lines)
 
 
@@ -397,27 +408,20 @@ def paired(
     The servers of one run share its moment of the machine; whole runs drift (+10-15% CPU for
     every server at once here), so the ratio within a run moves less than medians taken apart.
     """
-    header = "| server | N | TLS | " + " | ".join(f"{m} / {reference}" for m in metrics) + " |"
-    lines = [header, "|" + " --- |" * (3 + len(metrics))]
+    lines = _head([f"{m} / {reference}" for m in metrics])
     for (kind, conns, tls), runs in results.items():
         peer = results.get((reference, conns, tls))
         if kind == reference or peer is None:
             continue
-        cells = []
-        for metric in metrics:
-            ratios = [
+        columns = [
+            [
                 mine[metric] / theirs[metric]
                 for mine, theirs in zip(runs, peer, strict=False)
                 if mine.get(metric) and theirs.get(metric)
             ]
-            if not ratios:
-                cells.append("-")
-                continue
-            cell = f"{statistics.median(ratios):.2f}"
-            if len(ratios) > 1:
-                cell += f" ({min(ratios):.2f}-{max(ratios):.2f})"
-            cells.append(cell)
-        lines.append(f"| {kind} | {conns} | {'yes' if tls else 'no'} | " + " | ".join(cells) + " |")
+            for metric in metrics
+        ]
+        lines.append(_row(kind, conns, tls, columns))
     return "\n".join(lines)
 
 
