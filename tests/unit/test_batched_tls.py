@@ -6,6 +6,7 @@ import asyncio
 import gc
 import socket
 import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,98 +205,97 @@ def context(tmp_path: Path) -> ssl.SSLContext:
     return server_context(pair.cert, pair.key)
 
 
-async def test_bytes_written_in_one_callback_arrive_whole_and_in_order(
-    context: ssl.SSLContext,
-) -> None:
-    server = TlsServer(context, lambda: Echo(copies=3))
-    try:
-        reader, writer = await server.connect()
-        writer.write(b"abc")
-        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"abcabcabc"
-        writer.close()
-    finally:
+Serve = Callable[[Any], TlsServer]
+
+
+@pytest.fixture
+async def serve(context: ssl.SSLContext) -> AsyncIterator[Serve]:
+    """Starts a TlsServer whose connections get `make()` as their protocol; all closed after."""
+    servers: list[TlsServer] = []
+
+    def start(make: Any) -> TlsServer:
+        servers.append(TlsServer(context, make))
+        return servers[-1]
+
+    yield start
+    for server in servers:
         server.close()
+
+
+async def test_bytes_written_in_one_callback_arrive_whole_and_in_order(
+    serve: Serve,
+) -> None:
+    server = serve(lambda: Echo(copies=3))
+    reader, writer = await server.connect()
+    writer.write(b"abc")
+    assert await asyncio.wait_for(reader.readexactly(9), 5) == b"abcabcabc"
+    writer.close()
 
 
 async def test_two_connections_reading_through_the_shared_buffer_keep_their_own_bytes(
-    context: ssl.SSLContext,
+    serve: Serve,
 ) -> None:
-    server = TlsServer(context, Echo)
-    try:
-        (r1, w1), (r2, w2) = await server.connect(), await server.connect()
-        for round_ in range(20):
-            w1.write(b"one-%02d" % round_)
-            w2.write(b"two-%02d" % round_)
-            assert await asyncio.wait_for(r1.readexactly(6), 5) == b"one-%02d" % round_
-            assert await asyncio.wait_for(r2.readexactly(6), 5) == b"two-%02d" % round_
-        w1.close()
-        w2.close()
-    finally:
-        server.close()
+    server = serve(Echo)
+    (r1, w1), (r2, w2) = await server.connect(), await server.connect()
+    for round_ in range(20):
+        w1.write(b"one-%02d" % round_)
+        w2.write(b"two-%02d" % round_)
+        assert await asyncio.wait_for(r1.readexactly(6), 5) == b"one-%02d" % round_
+        assert await asyncio.wait_for(r2.readexactly(6), 5) == b"two-%02d" % round_
+    w1.close()
+    w2.close()
 
 
-async def test_a_client_message_of_many_records_is_read_whole(context: ssl.SSLContext) -> None:
+async def test_a_client_message_of_many_records_is_read_whole(serve: Serve) -> None:
     payload = bytes(range(256)) * 400  # 100 KiB: seven TLS records, read 16 KiB at a time
-    server = TlsServer(context, Echo)
-    try:
-        reader, writer = await server.connect()
-        writer.write(payload)
-        assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
-        assert server.protocols[0].transport._ssl_protocol.max_size == batched_tls.READ_CHUNK
-        writer.close()
-    finally:
-        server.close()
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    writer.write(payload)
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+    assert server.protocols[0].transport._ssl_protocol.max_size == batched_tls.READ_CHUNK
+    writer.close()
 
 
 async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
-    context: ssl.SSLContext,
+    serve: Serve,
 ) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB, over the write limits
-    server = TlsServer(context, Echo)
-    try:
-        reader, writer = await server.connect()
-        await asyncio.sleep(0.05)
-        echo = server.protocols[0]
-        echo.transport.set_write_buffer_limits(high=64 * 1024)
-        for offset in range(0, len(payload), 64 * 1024):
-            echo.transport.write(payload[offset : offset + 64 * 1024])
-        assert echo.paused == 1  # told in the same turn: it would have queued it all
-        assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
-        await asyncio.sleep(0.05)
-        assert echo.resumed == 1
-        writer.close()
-    finally:
-        server.close()
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    await asyncio.sleep(0.05)
+    echo = server.protocols[0]
+    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    for offset in range(0, len(payload), 64 * 1024):
+        echo.transport.write(payload[offset : offset + 64 * 1024])
+    assert echo.paused == 1  # told in the same turn: it would have queued it all
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+    await asyncio.sleep(0.05)
+    assert echo.resumed == 1
+    writer.close()
 
 
 async def test_close_sends_what_was_written_first_then_ends_the_stream(
-    context: ssl.SSLContext,
+    serve: Serve,
 ) -> None:
-    server = TlsServer(context, Echo)
-    try:
-        reader, writer = await server.connect()
-        writer.write(b"bye")
-        assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
-        assert await asyncio.wait_for(server.protocols[0].lost, 5) is None
-        writer.close()
-    finally:
-        server.close()
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    writer.write(b"bye")
+    assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
+    assert await asyncio.wait_for(server.protocols[0].lost, 5) is None
+    writer.close()
 
 
 async def test_a_client_that_is_not_tls_fails_the_handshake_and_is_closed(
-    context: ssl.SSLContext,
+    serve: Serve,
 ) -> None:
-    server = TlsServer(context, Echo)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
-        await asyncio.sleep(0.05)
-        assert len(server.failures) == 1
-        assert not server.protocols[0].lost.done()  # never told of a connection
-        writer.close()
-    finally:
-        server.close()
+    server = serve(Echo)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
+    await asyncio.sleep(0.05)
+    assert len(server.failures) == 1
+    assert not server.protocols[0].lost.done()  # never told of a connection
+    writer.close()
 
 
 async def test_no_read_buffer_of_its_own_per_connection(context: ssl.SSLContext) -> None:
