@@ -49,6 +49,9 @@ class WriteBatch:
         self.protocols: list[BatchedTLSProtocol] = []
 
     def add(self, protocol: BatchedTLSProtocol) -> None:
+        """Write what `protocol`'s BIO holds at the flush (once, however often it is added)."""
+        if protocol._in_batch:
+            return
         protocols = self.protocols
         if not protocols:
             asyncio.get_running_loop().call_soon(self.flush)
@@ -104,8 +107,7 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
-            if not protocol._in_batch:
-                protocol._batch.add(protocol)
+            protocol._batch.add(protocol)
             if protocol._outgoing.pending >= protocol._outgoing_high_water:
                 protocol._control_app_writing()
             return
@@ -161,7 +163,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
 
     def _process_outgoing(self) -> None:
         # asyncio's reads the BIO and writes to the socket at once; here the batch does both.
-        if not self._ssl_writing_paused and not self._in_batch and self._outgoing.pending:
+        if not self._ssl_writing_paused and self._outgoing.pending:
             self._batch.add(self)
         self._control_app_writing()
 
