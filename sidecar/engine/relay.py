@@ -77,6 +77,9 @@ from sidecar.protocol.pusher import (
 # How often liveness is checked across all connections; pings go out at most this late.
 HEARTBEAT_SWEEP_INTERVAL = 1.0
 SWEEP_SLICE = 500  # connections checked per loop turn
+# Read per connection per sweep: a member read off an Enum class costs ~0.1 µs on Python 3.11
+# (its metaclass's __getattr__ makes every such read a slow lookup), a module global ~10 ns.
+_OPEN = ConnectionState.OPEN
 TERMINATED_REASON = "Connections of this user terminated by the app"
 # Answers pusher:ping: the same bytes every time (a reply, dropped for a client not reading).
 PONG_TEXT_FRAME = text_frame(PONG_FRAME)
@@ -510,9 +513,11 @@ class Relay:
         # In slices, like fan-out: 10,000 connections checked at once held the loop (and every
         # publisher's acknowledgement) for several milliseconds each second.
         for conn in pending[-SWEEP_SLICE:]:
-            if conn.state is not ConnectionState.OPEN:
+            if conn.state is not _OPEN:
                 continue
             action = conn.heartbeat.poll(now)
+            if action is None:  # nearly always: no enum member read (~0.1 µs each, below)
+                continue
             if action is HeartbeatAction.SEND_PING:
                 conn.send_json(PING_FRAME)
             elif action is not None:
