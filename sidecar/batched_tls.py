@@ -107,7 +107,12 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
-            protocol._batch.add(protocol)
+            if not protocol._in_batch:  # WriteBatch.add, inline: this runs once per delivery
+                protocols = protocol._batch.protocols
+                if not protocols:
+                    protocol._loop.call_soon(protocol._batch.flush)
+                protocol._in_batch = True
+                protocols.append(protocol)
             if protocol._outgoing.pending >= protocol._outgoing_high_water:
                 protocol._control_app_writing()
             return
