@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+from urllib.parse import parse_qs
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.protocol.http_head import (
     HEAD_END,
@@ -15,7 +19,9 @@ from sidecar.protocol.http_head import (
     RequestHead,
     accept_response,
     check_upgrade,
+    has_forbidden_bytes,
     http_response,
+    parse_query,
     read_head,
 )
 
@@ -346,6 +352,57 @@ def test_handshake_error_response_is_an_http_response() -> None:
 )
 def test_heads_that_could_smuggle_or_break_are_not_read(raw: bytes) -> None:
     assert read_head(raw) is None
+
+
+# The rule has_forbidden_bytes() keeps, as a regular expression (what it replaced: 9x slower).
+FORBIDDEN_IN_HEAD = re.compile(rb"\r(?!\n)|(?<!\r)\n|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bytes near the rule's edges, so that short random heads hit them often.
+edge_bytes = st.lists(
+    st.sampled_from(
+        [b"\r", b"\n", b"\r\n", b"\n\r", b"\t", b"\x00", b"\x1f", b"\x7f", b" ", b"a", b"\xff"]
+    )
+    | st.binary(max_size=3),
+    max_size=20,
+).map(b"".join)
+
+
+@given(edge_bytes | st.binary(max_size=200))
+def test_forbidden_bytes_are_those_of_the_rule(raw: bytes) -> None:
+    assert has_forbidden_bytes(raw) == (FORBIDDEN_IN_HEAD.search(raw) is not None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "forbidden"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\tb", False),  # tab is allowed
+        (b"GET / HTTP/1.1\r\r\nHost: a", True),  # a CR before the CRLF
+        (b"GET / HTTP/1.1\n\r\nHost: a", True),  # an LF before the CRLF
+        (b"GET / HTTP/1.1\r\nHost: a\r", True),  # a CR at the end
+        (b"\nGET / HTTP/1.1", True),  # an LF at the start
+        (b"GET / HTTP/1.1\r\nHost: a\x7f", True),  # DEL
+        (b"GET / HTTP/1.1\r\nHost: caf\xe9", False),  # latin-1 is not a control
+    ],
+)
+def test_forbidden_bytes_at_the_edges(raw: bytes, forbidden: bool) -> None:
+    assert has_forbidden_bytes(raw) is forbidden
+
+
+def parse_qs_last(query_string: str) -> dict[str, str]:
+    return {name: values[-1] for name, values in parse_qs(query_string).items()}
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "=", "&", "%20", "+", "%", "\xe9", ";", ""]), max_size=12)
+)
+def test_query_is_read_as_parse_qs_reads_it(pieces: list[str]) -> None:
+    query_string = "".join(pieces)
+    assert parse_query(query_string) == parse_qs_last(query_string)
+    assert list(parse_query(query_string)) == list(parse_qs_last(query_string))  # order too
+
+
+def test_query_by_hand_keeps_parse_qs_rules() -> None:
+    # Blank values and names without "=" are left out, an empty name is kept, the last wins.
+    assert parse_query("a=&b&=x&c=1=2&c=3") == {"": "x", "c": "3"}
 
 
 @pytest.mark.parametrize(
