@@ -45,6 +45,9 @@ NO_STATUS = 1005
 # events (up to limits.max_client_message_bytes) come after a private or presence subscription.
 # So an unfinished frame from anyone else pins at most this much, not 64 KiB.
 UNTRUSTED_MESSAGE_BYTES = 8 * 1024
+# Read per client message: an Enum member read costs 50-140 ns on Python 3.11, a global ~10.
+_CLOSE, _TEXT, _BINARY, _PING = Opcode.CLOSE, Opcode.TEXT, Opcode.BINARY, Opcode.PING
+_OPEN = ConnectionState.OPEN
 
 
 def untrusted_message_limit(limits: LimitsConfig) -> int:
@@ -227,18 +230,18 @@ class PusherSocket(asyncio.Protocol):
         # Message does not tie the payload's type to the opcode: TEXT's is str (decoded by the
         # reader), every other's bytes; hence the three ignores below.
         for opcode, payload in messages:
-            if opcode is Opcode.CLOSE:
+            if opcode is _CLOSE:
                 self._on_close(payload)  # type: ignore[arg-type]
                 return
-            if conn is None or conn.state is not ConnectionState.OPEN:
+            if conn is None or conn.state is not _OPEN:
                 continue  # closing: only the client's close frame matters now
-            if opcode is Opcode.TEXT:
+            if opcode is _TEXT:
                 self._relay.on_text(conn, payload)  # type: ignore[arg-type]
-            elif opcode is Opcode.BINARY:
+            elif opcode is _BINARY:
                 self._relay.on_binary(conn)
             else:
                 conn.heartbeat.on_activity(time.monotonic())
-                if opcode is Opcode.PING:
+                if opcode is _PING:
                     conn.reply(pong_frame(payload))  # type: ignore[arg-type]
 
     def _trust(self) -> None:
