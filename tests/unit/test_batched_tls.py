@@ -273,6 +273,40 @@ async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
     writer.close()
 
 
+async def test_one_write_that_reaches_the_high_water_mark_pauses_the_app_at_once(
+    serve: Serve,
+) -> None:
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    await asyncio.sleep(0.05)
+    echo = server.protocols[0]
+    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    echo.transport.write(b"x" * 1024)  # the turn's first record, small: no pause
+    assert echo.paused == 0
+    await asyncio.sleep(0.05)  # flushed: the BIO is empty again
+    echo.transport.write(b"y" * 64 * 1024)  # the turn's first record, alone over the mark
+    assert echo.paused == 1
+    assert await asyncio.wait_for(reader.readexactly(65 * 1024), 5) == b"x" * 1024 + b"y" * 65536
+    writer.close()
+
+
+async def test_small_records_of_one_turn_pause_the_app_once_they_reach_the_mark(
+    serve: Serve,
+) -> None:
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    await asyncio.sleep(0.05)
+    echo = server.protocols[0]
+    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    for _ in range(16):
+        echo.transport.write(b"z" * 4000)  # 64,000 bytes and 16 records' overhead: under 64 KiB
+    assert echo.paused == 0
+    echo.transport.write(b"z" * 4000)  # over it now
+    assert echo.paused == 1
+    assert await asyncio.wait_for(reader.readexactly(68000), 5) == b"z" * 68000
+    writer.close()
+
+
 async def test_close_sends_what_was_written_first_then_ends_the_stream(
     serve: Serve,
 ) -> None:
