@@ -167,24 +167,38 @@ class FanoutQueue:
             # No socket id is empty, and str == str is the interpreter's fast path (~0.1 µs less
             # a subscriber than comparing a str with None, the usual case).
             excluded = job.excluded or ""
-            # Write directly only while nothing else waits: otherwise queue, so this event
-            # and the next ones reach each connection in one write.
-            direct = len(pending) == 1 and type(frame) is bytes
             subscribers = job.subscribers
             position, end = job.position, len(subscribers)
             before = delivered
+            # Write directly only while nothing else waits: otherwise queue, so this event
+            # and the next ones reach each connection in one write.
+            if len(pending) == 1 and type(frame) is bytes:
+                # In runs, each as many as the budget left could write at once, by a for loop
+                # over a copy of the run: ~450 instructions less a delivery than the while
+                # loop below (bench/delivery_floor.py). The budget is charged as there: a
+                # direct write DIRECT_WRITE_COST, a queued frame 1, one who left nothing.
+                while position < end and budget > 0:
+                    stop = min(end, position + max(1, budget // DIRECT_WRITE_COST))
+                    first, queued = delivered, 0
+                    for conn in subscribers[position:stop]:
+                        # Left the channel while this broadcast waited its turn: not for them.
+                        if channel not in conn.subscriptions or conn.socket_id == excluded:
+                            continue
+                        delivered += 1
+                        if not conn.write_now(frame):
+                            conn.send(frame)
+                            queued += 1
+                    budget -= (delivered - first - queued) * DIRECT_WRITE_COST + queued
+                    position = stop
             while position < end and budget > 0:
                 conn = subscribers[position]
                 position += 1
-                # Left the channel while this broadcast waited its turn: not for them anymore.
+                # As above: left the channel meanwhile.
                 if channel not in conn.subscriptions or conn.socket_id == excluded:
                     continue
                 delivered += 1
-                if direct and conn.write_now(frame):  # type: ignore[arg-type]  # direct: bytes
-                    budget -= DIRECT_WRITE_COST
-                else:
-                    conn.send(frame)
-                    budget -= 1
+                conn.send(frame)
+                budget -= 1
             job.position = position
             if delivered != before:
                 size = len(frame) if isinstance(frame, bytes) else sum(map(len, frame))

@@ -209,6 +209,32 @@ async def test_direct_writes_are_sliced_by_their_cost() -> None:
     assert counts == [per_turn, per_turn * 2, per_turn * 2 + 3]
 
 
+async def test_subscribers_who_left_cost_a_slice_nothing() -> None:
+    queue = new_queue()
+    per_turn = DELIVER_SLICE // DIRECT_WRITE_COST
+    conns = channel_of(per_turn * 4)
+    for c in conns[1::2]:
+        c.subscriptions.discard("news")  # every other one left while the broadcast waited
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    assert sum(len(c.received) for c in conns) == per_turn  # a full slice of writes
+    await turn()
+    assert sum(len(c.received) for c in conns) == per_turn * 2
+
+
+async def test_a_slice_charges_each_subscriber_the_way_it_was_handed_the_frame() -> None:
+    queue = new_queue()
+    idle = DELIVER_SLICE // DIRECT_WRITE_COST // 2
+    conns = channel_of(idle + DELIVER_SLICE)
+    for c in conns[idle:]:
+        c.idle = False  # something queued: sent behind it, at the cost of a queue append
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    ways = [way for c in conns for way in c.ways]
+    assert ways.count("direct") == idle
+    assert ways.count("queued") == DELIVER_SLICE - idle * DIRECT_WRITE_COST
+
+
 async def test_queued_sends_are_sliced_by_deliver_slice(small_slices: int) -> None:
     queue = new_queue()
     conns = channel_of(10)
