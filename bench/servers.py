@@ -74,16 +74,22 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of the processes."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
 
 
 def rss_bytes(pids: list[int]) -> int:
