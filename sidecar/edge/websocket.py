@@ -278,9 +278,13 @@ class PusherSocket(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if self.conn is not None:
+            self.conn.sink_paused()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.conn is not None:
+            self.conn.sink_resumed()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None

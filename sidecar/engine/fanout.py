@@ -185,9 +185,16 @@ class FanoutQueue:
                         if channel not in conn.subscriptions or conn.socket_id == excluded:
                             continue
                         delivered += 1
-                        if not conn.write_now(frame):
+                        # Connection.write_now(), inline: this runs once per delivery.
+                        write = conn.direct_write
+                        if write is None:
                             conn.send(frame)
                             queued += 1
+                            continue
+                        try:
+                            write(frame)
+                        except (ConnectionError, RuntimeError):
+                            conn.write_failed()
                     budget -= (delivered - first - queued) * DIRECT_WRITE_COST + queued
                     position = stop
             while position < end and budget > 0:

@@ -706,6 +706,19 @@ async def test_wait_drained_waits_for_resume_writing(endpoint: WebSocketEndpoint
     socket.resume_writing()  # a second resume is harmless
 
 
+async def test_pausing_and_resuming_tell_the_connection_whether_to_write_at_once(
+    endpoint: WebSocketEndpoint,
+) -> None:
+    client = await opened(endpoint)
+    conn = client.socket.conn
+    assert conn is not None and conn.direct_write is not None
+    client.socket.pause_writing()
+    assert conn.direct_write is None  # a broadcast queues for it now, within its limit
+    assert not conn.write_now(b"x")
+    client.socket.resume_writing()
+    assert conn.direct_write is not None
+
+
 async def test_wait_drained_on_a_closing_transport_raises(endpoint: WebSocketEndpoint) -> None:
     client = await opened(endpoint)
     client.socket.pause_writing()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -19,12 +20,13 @@ class FakeSink:
     """A transport that records writes and pushes back when told to.
 
     `pause_after_write` pauses after every write, like a transport whose buffer fills at once;
-    `resume()` lets waiting drainers go on.
+    `resume()` lets waiting drainers go on. Both tell the connection, as PusherSocket does.
     """
 
     def __init__(self) -> None:
         self.writes: list[bytes | memoryview] = []
         self.paused = False
+        self.conn: Connection | None = None
         self.pause_after_write = False
         self.drained = asyncio.Event()
         self.drain_waits = 0
@@ -53,10 +55,14 @@ class FakeSink:
     def pause(self) -> None:
         self.paused = True
         self.drained.clear()
+        if self.conn is not None:
+            self.conn.sink_paused()
 
     def resume(self) -> None:
         self.paused = False
         self.drained.set()
+        if self.conn is not None:
+            self.conn.sink_resumed()
 
     @property
     def written(self) -> bytes:
@@ -94,6 +100,7 @@ async def make_conn() -> AsyncIterator[MakeConn]:
             queue_limit=queue_limit,
             close_ready=closes,
         )
+        sink.conn = conn
         made.append(conn)
         return conn, sink, closes
 
@@ -481,3 +488,67 @@ async def test_refusals_that_are_not_bad_frames_never_close(make_conn: MakeConn)
         conn.refuse_frame(ERROR, bad_frame=False)  # over a rate: answered, not held against it
     assert conn.state is ConnectionState.OPEN
     assert sink.written.count(b"pusher:error") == 3 * BAD_FRAME_BURST
+
+
+# direct_write -------------------------------------------------------------------------------
+
+
+def direct_allowed(conn: Connection, sink: FakeSink) -> bool:
+    """The rule direct_write stands for: nothing queued ahead, open, the sink taking bytes."""
+    return (
+        not conn._marked
+        and not conn._draining
+        and conn.state is ConnectionState.OPEN
+        and not sink.paused
+    )
+
+
+async def test_direct_write_follows_its_rule_and_keeps_the_order_through_any_sequence(
+    make_conn: MakeConn,
+) -> None:
+    """Random sends, direct writes (as FanoutQueue makes them), pauses, resumes and loop turns:
+    after every step direct_write is set exactly when its rule holds, no frame is written at
+    once into a paused sink, and the client gets every frame once, in order."""
+    rng = random.Random(14)
+    for _ in range(150):
+        conn, sink, _ = make_conn()
+        frames = []
+        for step in range(60):
+            op = rng.choice(["send", "direct", "direct", "pause", "resume", "turn", "fill"])
+            frame = b"<%d>" % step
+            if op == "send":
+                conn.send(frame)
+                frames.append(frame)
+            elif op == "direct":
+                paused = sink.paused
+                if conn.write_now(frame):
+                    assert not paused
+                else:
+                    conn.send(frame)
+                frames.append(frame)
+            elif op == "pause":
+                sink.pause()
+            elif op == "resume":
+                sink.resume()
+            elif op == "fill":
+                sink.pause_after_write = not sink.pause_after_write
+            else:
+                await turns(1)
+            assert (conn.direct_write is not None) == direct_allowed(conn, sink), op
+        sink.pause_after_write = False
+        sink.resume()
+        await turns(5)
+        assert conn.direct_write is not None
+        assert sink.written == b"".join(frames)
+
+
+async def test_a_closing_or_failed_connection_writes_nothing_at_once(make_conn: MakeConn) -> None:
+    conn, sink, _ = make_conn()
+    conn.close(CloseCode.NORMAL)
+    assert conn.direct_write is None and not conn.write_now(b"x")
+    conn, sink, _ = make_conn()
+    sink.write_error = ConnectionResetError("gone")
+    assert conn.write_now(b"x")  # handed over; the failure closes it
+    assert conn.state is ConnectionState.CLOSED and conn.direct_write is None
+    sink.resume()  # a resume after the failure does not allow it again
+    assert conn.direct_write is None

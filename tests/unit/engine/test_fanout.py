@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -18,21 +19,30 @@ from sidecar.engine.fanout import (
 
 
 class FakeConn:
-    """What FanoutQueue needs of a Connection: socket_id, subscriptions, write_now(), send()."""
+    """What FanoutQueue needs of a Connection: socket_id, subscriptions, direct_write, send(),
+    write_failed()."""
 
     def __init__(self, socket_id: str, *channels: str, log: list | None = None) -> None:
         self.socket_id = socket_id
         self.subscriptions = set(channels)
-        self.idle = True  # write_now() succeeds: nothing queued on this connection
+        self.idle = True  # direct writes allowed: nothing queued on this connection
+        self.write_error: Exception | None = None  # what a direct write raises
+        self.failed = 0  # write_failed() calls
         self.received: list[bytes] = []
         self.ways: list[str] = []  # "direct" or "queued", per frame received
         self._log = log  # a shared (socket_id, frame) log, to see the order across connections
 
-    def write_now(self, frame: bytes) -> bool:
-        if not self.idle:
-            return False
+    @property
+    def direct_write(self) -> Callable[[bytes], None] | None:
+        return self._write_direct if self.idle else None
+
+    def _write_direct(self, frame: bytes) -> None:
+        if self.write_error is not None:
+            raise self.write_error
         self._receive(frame, "direct")
-        return True
+
+    def write_failed(self) -> None:
+        self.failed += 1
 
     def send(self, frame: bytes) -> None:
         self._receive(frame, "queued")
@@ -178,6 +188,16 @@ async def test_a_frame_in_pieces_is_always_queued() -> None:
     queue.broadcast("news", (b"H", b"data", b"}"), subscribers(conns), None)
     await turn()
     assert all(c.ways == ["queued"] for c in conns)
+
+
+async def test_a_direct_write_that_raises_marks_that_connection_and_the_rest_get_it() -> None:
+    queue = new_queue()
+    conns = channel_of(3)
+    conns[1].write_error = ConnectionResetError("gone")
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    assert [len(c.received) for c in conns] == [1, 0, 1]
+    assert [c.failed for c in conns] == [0, 1, 0]
 
 
 async def test_excluded_socket_is_skipped_and_not_counted() -> None:
