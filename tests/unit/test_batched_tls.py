@@ -255,15 +255,23 @@ async def test_a_client_message_of_many_records_is_read_whole(serve: Serve) -> N
     writer.close()
 
 
+async def echo_with_a_high_water_mark(
+    serve: Serve, high: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Echo]:
+    """A client connected to an Echo whose transport tells it to pause at `high` bytes."""
+    server = serve(Echo)
+    reader, writer = await server.connect()
+    await asyncio.sleep(0.05)
+    echo: Echo = server.protocols[0]
+    echo.transport.set_write_buffer_limits(high=high)
+    return reader, writer, echo
+
+
 async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
     serve: Serve,
 ) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB, over the write limits
-    server = serve(Echo)
-    reader, writer = await server.connect()
-    await asyncio.sleep(0.05)
-    echo = server.protocols[0]
-    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
     for offset in range(0, len(payload), 64 * 1024):
         echo.transport.write(payload[offset : offset + 64 * 1024])
     assert echo.paused == 1  # told in the same turn: it would have queued it all
@@ -276,11 +284,7 @@ async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
 async def test_one_write_that_reaches_the_high_water_mark_pauses_the_app_at_once(
     serve: Serve,
 ) -> None:
-    server = serve(Echo)
-    reader, writer = await server.connect()
-    await asyncio.sleep(0.05)
-    echo = server.protocols[0]
-    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
     echo.transport.write(b"x" * 1024)  # the turn's first record, small: no pause
     assert echo.paused == 0
     await asyncio.sleep(0.05)  # flushed: the BIO is empty again
@@ -293,11 +297,7 @@ async def test_one_write_that_reaches_the_high_water_mark_pauses_the_app_at_once
 async def test_small_records_of_one_turn_pause_the_app_once_they_reach_the_mark(
     serve: Serve,
 ) -> None:
-    server = serve(Echo)
-    reader, writer = await server.connect()
-    await asyncio.sleep(0.05)
-    echo = server.protocols[0]
-    echo.transport.set_write_buffer_limits(high=64 * 1024)
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
     for _ in range(16):
         echo.transport.write(b"z" * 4000)  # 64,000 bytes and 16 records' overhead: under 64 KiB
     assert echo.paused == 0
