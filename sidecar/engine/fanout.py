@@ -179,12 +179,12 @@ class FanoutQueue:
                 # direct write DIRECT_WRITE_COST, a queued frame 1, one who left nothing.
                 while position < end and budget > 0:
                     stop = min(end, position + max(1, budget // DIRECT_WRITE_COST))
-                    first, queued = delivered, 0
+                    passed = queued = 0  # counted where they are rare, not per delivery
                     for conn in subscribers[position:stop]:
                         # Left the channel while this broadcast waited its turn: not for them.
                         if channel not in conn.subscriptions or conn.socket_id == excluded:
+                            passed += 1
                             continue
-                        delivered += 1
                         # Connection.write_now(), inline: this runs once per delivery.
                         write = conn.direct_write
                         if write is None:
@@ -195,7 +195,9 @@ class FanoutQueue:
                             write(frame)
                         except (ConnectionError, RuntimeError):
                             conn.write_failed()
-                    budget -= (delivered - first - queued) * DIRECT_WRITE_COST + queued
+                    handed = stop - position - passed
+                    delivered += handed
+                    budget -= (handed - queued) * DIRECT_WRITE_COST + queued
                     position = stop
             while position < end and budget > 0:
                 conn = subscribers[position]
