@@ -110,24 +110,21 @@ class _BatchedTransport(sslproto._SSLProtocolTransport):
             except ssl.SSLError as exc:
                 protocol._fatal_error(exc, "Fatal error on SSL protocol")
                 return
-            if protocol._in_batch:
-                # Records of this loop turn pile up in the BIO: tell the app once they reach
-                # its high-water mark.
-                if protocol._outgoing.pending >= protocol._outgoing_high_water:
-                    protocol._control_app_writing()
-                return
-            # WriteBatch.add, inline: this runs once per delivery.
-            protocols = protocol._batch.protocols
-            if not protocols:
-                protocol._loop.call_soon(protocol._batch.flush)
-            protocol._in_batch = True
-            protocols.append(protocol)
-            # The turn's first record, alone in the BIO (the last flush read it empty): only
-            # a big one can reach the mark. Reading the BIO's size costs ~550 instructions, 3%
-            # of a sparse delivery (bench/delivery_floor.py).
-            if len(data) >= SMALL_WRITE and (
-                protocol._outgoing.pending >= protocol._outgoing_high_water
-            ):
+            if not protocol._in_batch:
+                # WriteBatch.add, inline: this runs once per delivery.
+                protocols = protocol._batch.protocols
+                if not protocols:
+                    protocol._loop.call_soon(protocol._batch.flush)
+                protocol._in_batch = True
+                protocols.append(protocol)
+                # The turn's first record, alone in the BIO (the last flush read it empty):
+                # only a big one can reach the mark. Reading the BIO's size costs ~550
+                # instructions, 3% of a sparse delivery (bench/delivery_floor.py).
+                if len(data) < SMALL_WRITE:
+                    return
+            # Records of this loop turn pile up in the BIO: tell the app once they reach its
+            # high-water mark.
+            if protocol._outgoing.pending >= protocol._outgoing_high_water:
                 protocol._control_app_writing()
             return
         super().write(data)
