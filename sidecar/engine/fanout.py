@@ -199,15 +199,16 @@ class FanoutQueue:
                     delivered += handed
                     budget -= (handed - queued) * DIRECT_WRITE_COST + queued
                     position = stop
-            while position < end and budget > 0:
-                conn = subscribers[position]
-                position += 1
-                # As above: left the channel meanwhile.
-                if channel not in conn.subscriptions or conn.socket_id == excluded:
-                    continue
-                delivered += 1
-                conn.send(frame)
-                budget -= 1
+            else:
+                while position < end and budget > 0:
+                    conn = subscribers[position]
+                    position += 1
+                    # As above: left the channel meanwhile.
+                    if channel not in conn.subscriptions or conn.socket_id == excluded:
+                        continue
+                    delivered += 1
+                    conn.send(frame)
+                    budget -= 1
             job.position = position
             if delivered != before:
                 size = len(frame) if isinstance(frame, bytes) else sum(map(len, frame))
