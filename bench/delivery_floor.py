@@ -41,6 +41,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.instructions import VALGRIND
 from sidecar.batched_tls import BatchedTLSProtocol
 from sidecar.engine.connection import Connection
 from sidecar.engine.fanout import FanoutQueue, FlushScheduler
@@ -239,10 +240,7 @@ def count(path: str, args: argparse.Namespace, folder: Path) -> dict[str, float]
     out = folder / f"{path}.out"
     subprocess.run(
         [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            "--dump-instr=no",
+            *VALGRIND,
             f"--callgrind-out-file={out}",
             sys.executable,
             __file__,
