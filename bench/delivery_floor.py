@@ -8,7 +8,7 @@ handshaken with in-memory clients) whose transport below TLS is a list's `append
 frame is handed to all of them, `--events` times, two ways, each counted under callgrind:
 
   sidecar  the relay's own path: FanoutQueue (direct writes, as at a sparse rate) ->
-           Connection.write_now -> the batched TLS transport -> WriteBatch.flush
+           Connection.direct_write -> the TLS protocol's record writer -> WriteBatch.flush
   floor    the least Python can do: one loop encrypting the frame for every connection, one loop
            reading each record out of its memory BIO; no check and no call of a Python function
            per delivery
@@ -162,7 +162,8 @@ async def run(path: str, subscribers: int, events: int, on: Callable[[], None]) 
             conn = Connection(
                 f"1.{number}",
                 "app",
-                Sink(transport.write),
+                # What PusherSocket writes with (sidecar/edge/websocket.py).
+                Sink(getattr(transport, "write_record", transport.write)),
                 scheduler,
                 Heartbeat(0.0, 120.0, 30.0, 0.0),
                 1 << 20,

@@ -15,7 +15,7 @@ Every record of a connection leaves through its BIO, which only the batch writes
 connection's bytes stay in order.
 """
 
-# mypy: disable-error-code="attr-defined"
+# mypy: disable-error-code="attr-defined,has-type"
 # (asyncio's SSLProtocol keeps its state in private attributes that typeshed does not declare.)
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import asyncio
 import ssl
 import weakref
 from asyncio import sslproto
+from collections.abc import Callable
 from typing import Any
 
 _WRAPPED = sslproto.SSLProtocolState.WRAPPED
+_DO_HANDSHAKE = sslproto.SSLProtocolState.DO_HANDSHAKE
 # What one socket read takes (as uvloop's): one buffer, shared by every connection, since a
 # read is decrypted before the next one.
 READ_BUFFER = 256 * 1024
@@ -97,37 +99,18 @@ _shared_buffer = memoryview(bytearray(READ_BUFFER))
 
 
 class _BatchedTransport(sslproto._SSLProtocolTransport):
+    @property
+    def write_record(self) -> Callable[[bytes | memoryview], None]:
+        """Its protocol's `write_record`: what a WebSocket connection writes with."""
+        protocol: BatchedTLSProtocol = self._ssl_protocol  # type: ignore[assignment]
+        return protocol.write_record
+
     def write(self, data: Any) -> None:
         protocol: BatchedTLSProtocol = self._ssl_protocol  # type: ignore[assignment]
-        if (
-            protocol._state is _WRAPPED
-            and not protocol._write_backlog
-            and not protocol._ssl_writing_paused
-            and data
-        ):
-            try:
-                protocol._encrypt(data)
-            except ssl.SSLError as exc:
-                protocol._fatal_error(exc, "Fatal error on SSL protocol")
-                return
-            if not protocol._in_batch:
-                # WriteBatch.add, inline: this runs once per delivery.
-                protocols = protocol._batch.protocols
-                if not protocols:
-                    protocol._loop.call_soon(protocol._batch.flush)
-                protocol._in_batch = True
-                protocols.append(protocol)
-                # The turn's first record, alone in the BIO (the last flush read it empty):
-                # only a big one can reach the mark. Reading the BIO's size costs ~550
-                # instructions, 3% of a sparse delivery (bench/delivery_floor.py).
-                if len(data) < SMALL_WRITE:
-                    return
-            # Records of this loop turn pile up in the BIO: tell the app once they reach its
-            # high-water mark.
-            if protocol._outgoing.pending >= protocol._outgoing_high_water:
-                protocol._control_app_writing()
-            return
-        super().write(data)
+        if data and not protocol._app_writing_paused:
+            protocol.write_record(data)
+        else:
+            super().write(data)  # asyncio's: it queues, drops or pauses
 
 
 class BatchedTLSProtocol(sslproto.SSLProtocol):
@@ -155,12 +138,13 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         self._ssl_buffer_view = _shared_buffer  # what asyncio's buffer_updated reads from
         # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
         self._encrypt = self._sslobj._sslobj.write
+        self._batched = self._batch.protocols
 
     def _get_app_transport(self) -> sslproto._SSLProtocolTransport:
         # asyncio's, with this module's transport (typeshed does not know it may be None).
         transport: sslproto._SSLProtocolTransport | None = self._app_transport
         if transport is None:
-            if self._app_transport_created:  # type: ignore[has-type]
+            if self._app_transport_created:
                 raise RuntimeError("Creating _SSLProtocolTransport twice")
             transport = self._app_transport = _BatchedTransport(self._loop, self)
             self._app_transport_created = True
@@ -176,6 +160,89 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         # of it held each answer behind every other handshake (longest stall 432 ms, not 158).
         if self._batch.protocols:
             self._batch.flush()
+
+    def write_record(self, data: bytes | memoryview) -> None:
+        """The app's write, one record: what the relay's connections write with (PusherSocket).
+
+        The transport's write checks the protocol's state, its backlog and its socket's
+        flow control at every record; here `_control_app_writing` has the app paused whenever
+        one of those would stop a record going straight into the BIO, so one flag says it all:
+        ~450 instructions less a sparse delivery than the transport's write
+        (bench/delivery_floor.py).
+        """
+        if self._app_writing_paused:
+            transport = self._app_transport
+            if transport is not None:  # None once the connection is lost: dropped, as asyncio's
+                transport.write(data)
+            return
+        try:
+            self._encrypt(data)
+        except ssl.SSLError as exc:
+            self._fatal_error(exc, "Fatal error on SSL protocol")
+            return
+        if not self._in_batch:
+            # WriteBatch.add, inline: this runs once per delivery.
+            protocols = self._batched
+            if not protocols:
+                self._loop.call_soon(self._batch.flush)
+            self._in_batch = True
+            protocols.append(self)
+            # The turn's first record, alone in the BIO (the last flush read it empty, and a
+            # paused socket pauses the app): only a big one can reach the mark.
+            if len(data) < SMALL_WRITE:
+                return
+        if self._outgoing.pending >= self._outgoing_high_water:
+            self._control_app_writing()
+
+    def _control_app_writing(self) -> None:
+        # asyncio's pauses the app on the size of what waits to be written alone. Here also
+        # while a record could not go straight into the BIO and out at the next flush: its
+        # socket paused, a backlog, the TLS session closing or closed. So write_record, once the
+        # app is not paused, needs no check of its own.
+        size = self._outgoing.pending + self._write_buffer_size
+        state = self._state
+        if not self._app_writing_paused:
+            if (
+                size >= self._outgoing_high_water
+                or self._ssl_writing_paused
+                or self._write_backlog
+                or (state is not _WRAPPED and state is not _DO_HANDSHAKE)
+            ):
+                self._app_writing_paused = True
+                self._tell_app("pause_writing")
+        elif (
+            size <= self._outgoing_low_water
+            and state is _WRAPPED
+            and not self._ssl_writing_paused
+            and not self._write_backlog
+        ):
+            self._app_writing_paused = False
+            self._tell_app("resume_writing")
+
+    def _tell_app(self, method: str) -> None:
+        try:
+            getattr(self._app_protocol, method)()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # as asyncio's: the app's fault, reported, not ours
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self._app_transport,
+                    "protocol": self,
+                }
+            )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # the socket's buffer is full
+        self._control_app_writing()
+
+    def _set_state(self, new_state: sslproto.SSLProtocolState) -> None:
+        was = self._state
+        super()._set_state(new_state)  # type: ignore[misc]  # typeshed lacks it
+        if was is _WRAPPED:  # closing, or lost: the app writes no more records itself
+            self._control_app_writing()
 
     def _process_outgoing(self) -> None:
         # asyncio's reads the BIO and writes to the socket at once; here the batch does both.

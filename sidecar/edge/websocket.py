@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from sidecar.config.apps import AppConfig
 from sidecar.config.model import LimitsConfig
@@ -145,9 +146,13 @@ class PusherSocket(asyncio.Protocol):
         self._trusted = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.conn: Connection | None = None
-        # Called once per delivery: the transport's own method, no wrapper. A closed transport
-        # raises (uvloop) or drops the bytes (asyncio); the connection treats both as gone.
-        self.write = transport.write
+        # Called once per delivery: the transport's own method, no wrapper; over TLS, the TLS
+        # protocol's record writer (sidecar/batched_tls.py), which skips the transport's checks.
+        # A closed transport raises (uvloop) or drops the bytes (asyncio); the connection treats
+        # both as gone.
+        self.write: Callable[[bytes | memoryview], None] = getattr(
+            transport, "write_record", transport.write
+        )
 
     def open(self, app: AppConfig) -> None:
         relay = self._relay

@@ -336,3 +336,79 @@ async def test_no_read_buffer_of_its_own_per_connection(context: ssl.SSLContext)
     protocol = BatchedTLSProtocol(loop, Echo(), context, loop.create_future(), 5.0)
     assert len(protocol._ssl_buffer) == 0  # asyncio's own would hold 256 KiB
     assert protocol.get_buffer(-1) is batched_tls._shared_buffer
+
+
+# The record writer (write_record): the relay's connections write with it, with no check of the
+# TLS state of its own: the app is paused whenever a record could not go straight out.
+
+
+async def test_the_websocket_side_writes_with_the_record_writer(serve: Serve) -> None:
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport._ssl_protocol
+    assert echo.transport.write_record == tls.write_record
+    echo.transport.write_record(b"one")
+    echo.transport.write_record(b"two")
+    assert len(tls._batch.protocols) == 1  # written once, at the end of the callback
+    assert await asyncio.wait_for(reader.readexactly(6), 5) == b"onetwo"
+    writer.close()
+
+
+async def test_a_full_socket_pauses_the_app_at_once_and_its_records_follow_in_order(
+    serve: Serve,
+) -> None:
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport._ssl_protocol
+    echo.transport.write_record(b"before ")
+    tls.pause_writing()  # what the socket's transport says once its buffer is full
+    assert echo.paused == 1  # at once, not once the BIO reaches the mark
+    echo.transport.write_record(b"while paused ")  # the whole path: it waits its turn
+    await asyncio.sleep(0.05)
+    assert echo.resumed == 0
+    tls.resume_writing()
+    await asyncio.sleep(0.05)
+    assert echo.resumed == 1
+    echo.transport.write_record(b"after")
+    expected = b"before while paused after"
+    assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
+    writer.close()
+
+
+async def test_a_paused_app_is_resumed_only_once_the_socket_takes_records_again(
+    serve: Serve,
+) -> None:
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport._ssl_protocol
+    tls.pause_writing()
+    for _ in range(20):
+        echo.transport.write_record(b"z" * 4000)  # past the mark, held while the socket is full
+    await asyncio.sleep(0.05)
+    assert (echo.paused, echo.resumed) == (1, 0)
+    tls.resume_writing()
+    assert await asyncio.wait_for(reader.readexactly(80000), 5) == b"z" * 80000
+    await asyncio.sleep(0.05)
+    assert (echo.paused, echo.resumed) == (1, 1)
+    writer.close()
+
+
+async def test_closing_pauses_the_app_and_a_record_written_after_is_dropped(
+    serve: Serve,
+) -> None:
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    echo.transport.write_record(b"last words")
+    echo.transport.close()
+    assert echo.paused == 1  # the session is closing: no record goes straight out any more
+    echo.transport.write_record(b"too late")  # dropped, as asyncio's write drops it
+    assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
+    assert await asyncio.wait_for(echo.lost, 5) is None
+    writer.close()
+
+
+async def test_a_lost_socket_pauses_the_app_before_it_is_told_of_the_loss(serve: Serve) -> None:
+    _reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport._ssl_protocol
+    tls._transport.abort()
+    tls.connection_lost(None)  # what the socket's transport calls (its own call comes later)
+    assert echo.paused == 1 and not echo.lost.done()  # told in a later callback
+    echo.transport.write_record(b"into nothing")  # dropped, no error
+    assert await asyncio.wait_for(echo.lost, 5) is None
+    writer.close()
