@@ -93,13 +93,19 @@ class AppProtocol(asyncio.Protocol):
 
 
 class Sink:
-    """The FrameSink a Connection writes to (sidecar/edge/websocket.py's PusherSocket's part)."""
+    """The FrameSink a Connection writes to (sidecar/edge/websocket.py's PusherSocket's part),
+    with the writers PusherSocket picks (earlier code had fewer: the harness runs on it too)."""
 
-    __slots__ = ("paused", "write")
+    __slots__ = ("batched", "direct", "paused", "write")
 
-    def __init__(self, write: Callable[[bytes | memoryview], None]) -> None:
+    def __init__(self, transport: Any) -> None:
         self.paused = False
-        self.write = write
+        tls = getattr(transport, "tls_protocol", None)
+        self.batched = tls
+        if tls is None:
+            self.write = self.direct = getattr(transport, "write_record", transport.write)
+        else:
+            self.write, self.direct = tls.write_record, tls.direct
 
     async def wait_drained(self) -> None:
         pass
@@ -162,8 +168,7 @@ async def run(path: str, subscribers: int, events: int, on: Callable[[], None]) 
             conn = Connection(
                 f"1.{number}",
                 "app",
-                # What PusherSocket writes with (sidecar/edge/websocket.py).
-                Sink(getattr(transport, "write_record", transport.write)),
+                Sink(transport),
                 scheduler,
                 Heartbeat(0.0, 120.0, 30.0, 0.0),
                 1 << 20,
@@ -171,6 +176,9 @@ async def run(path: str, subscribers: int, events: int, on: Callable[[], None]) 
             )
             conn.subscriptions.add("bench")
             connections[conn] = None
+        tls = getattr(links[0][1], "tls_protocol", None)
+        if tls is not None:  # as PusherSocket.open sets it
+            fanout.written = tls.batch.add_written
 
         async def deliver() -> None:
             fanout.broadcast("bench", frame, connections, None)

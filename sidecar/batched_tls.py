@@ -9,7 +9,12 @@ encryption of one slice of the fan-out runs in one go, then its system calls in 
 read causes (a handshake's next flight, a pong) is written at the end of that read.
 
 Built on asyncio's own `SSLProtocol` (the same state machine uvloop's is a port of), with:
-- `write()` of a connected transport encrypting into the batch without the backlog's steps,
+- the app paused whenever a record could not go straight into the BIO and out at the next
+  flush (socket full, a backlog, the session closing or lost), not only past the high-water
+  mark: so, while it is not paused, its writes need no check of the TLS state of their own,
+- `write_record()` (the relay's connections' write) encrypting into the batch without the
+  backlog's steps, and `direct` (the fan-out's) the C encryption alone: the fan-out hands the
+  connections it wrote to the batch in runs (`add_written`), no Python call a delivery,
 - one read buffer for all connections (asyncio allocates 256 KiB for each).
 Every record of a connection leaves through its BIO, which only the batch writes out, so each
 connection's bytes stay in order.
@@ -26,6 +31,8 @@ from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.engine.fanout import DIRECT_FRAME_LIMIT
+
 _WRAPPED = sslproto.SSLProtocolState.WRAPPED
 _DO_HANDSHAKE = sslproto.SSLProtocolState.DO_HANDSHAKE
 # What one socket read takes (as uvloop's): one buffer, shared by every connection, since a
@@ -35,9 +42,9 @@ READ_BUFFER = 256 * 1024
 # Python allocates the size asked for before it shrinks it: at asyncio's 256 KiB every read
 # was a mapping made and unmapped (glibc's mmap threshold is 128 KiB, server/memory.py).
 READ_CHUNK = 16 * 1024
-# A write smaller than this cannot by itself fill the BIO to the app's high-water mark (the
-# relay sets 64 KiB, sidecar/edge/websocket.py; a record adds a few dozen bytes to its data).
-SMALL_WRITE = 4 * 1024
+# A write smaller than DIRECT_FRAME_LIMIT (4 KiB) cannot by itself fill the BIO to the app's
+# high-water mark (the relay sets 64 KiB, sidecar/edge/websocket.py; a record adds a few dozen
+# bytes to its data).
 
 
 class WriteBatch:
@@ -47,11 +54,14 @@ class WriteBatch:
     of a loop turn leave in one write, read once, in the order they were encrypted.
     """
 
-    __slots__ = ("protocols",)
+    __slots__ = ("protocols", "written")
 
     def __init__(self) -> None:
         # No reference to the loop: _batches holds it weakly, as the key of this.
         self.protocols: list[BatchedTLSProtocol] = []
+        # Runs of connections the fan-out wrote to with their sink's `direct`: the protocol's
+        # C write alone (BatchedTLSProtocol.direct), no Python call a delivery.
+        self.written: list[list[Any]] = []
 
     def add(self, protocol: BatchedTLSProtocol) -> None:
         """Write what `protocol`'s BIO holds at the flush (once, however often it is added)."""
@@ -63,7 +73,16 @@ class WriteBatch:
         protocol._in_batch = True
         protocols.append(protocol)
 
+    def add_written(self, connections: list[Any]) -> None:
+        """FanoutQueue.written: the records `connections` were given (those of them over TLS,
+        `conn.batched`) leave at the flush."""
+        if not self.written and not self.protocols:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.written.append(connections)
+
     def flush(self) -> None:
+        if self.written:
+            self._flush_written()
         protocols = self.protocols
         # A write may call back into a protocol (pause_writing, resume_writing) that writes
         # again: the list grows while it is walked, and the for loop takes what is added.
@@ -80,6 +99,25 @@ class WriteBatch:
             if protocol._app_writing_paused and not protocol._ssl_writing_paused:
                 protocol._control_app_writing()
         protocols.clear()
+
+    def _flush_written(self) -> None:
+        written = self.written
+        for connections in written:
+            for conn in connections:
+                protocol: BatchedTLSProtocol | None = conn.batched
+                # Not over TLS; or its app is paused, and with it the records' way out: a full
+                # socket or a closing session sends them itself, a protocol paused at the mark
+                # is in `protocols` (BatchedTLSProtocol._control_app_writing).
+                if protocol is None or protocol._app_writing_paused:
+                    continue
+                records = protocol._outgoing.read()
+                transport = protocol._transport  # (lost: the app was paused then)
+                if records and transport is not None:
+                    try:
+                        transport.write(records)
+                    except (ConnectionError, RuntimeError):
+                        continue  # closed meanwhile; connection_lost tells its protocol
+        written.clear()
 
 
 # Weak: a loop that is closed and dropped (tests make many) takes its batch with it.
@@ -100,10 +138,9 @@ _shared_buffer = memoryview(bytearray(READ_BUFFER))
 
 class _BatchedTransport(sslproto._SSLProtocolTransport):
     @property
-    def write_record(self) -> Callable[[bytes | memoryview], None]:
-        """Its protocol's `write_record`: what a WebSocket connection writes with."""
-        protocol: BatchedTLSProtocol = self._ssl_protocol  # type: ignore[assignment]
-        return protocol.write_record
+    def tls_protocol(self) -> BatchedTLSProtocol:
+        """What a WebSocket connection writes with (sidecar/edge/websocket.py)."""
+        return self._ssl_protocol  # type: ignore[return-value]
 
     def write(self, data: Any) -> None:
         protocol: BatchedTLSProtocol = self._ssl_protocol  # type: ignore[assignment]
@@ -139,6 +176,12 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
         self._encrypt = self._sslobj._sslobj.write
         self._batched = self._batch.protocols
+        # The fan-out's write (FrameSink.direct): the record into the BIO and nothing else; the
+        # fan-out hands the connection to the batch (WriteBatch.add_written). Only while the
+        # app is not paused, for records under DIRECT_FRAME_LIMIT: ~1,000 instructions less a
+        # sparse delivery than write_record (bench/delivery_floor.py).
+        self.direct: Callable[[bytes], int] = self._encrypt
+        self.batch = self._batch
 
     def _get_app_transport(self) -> sslproto._SSLProtocolTransport:
         # asyncio's, with this module's transport (typeshed does not know it may be None).
@@ -189,7 +232,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
             protocols.append(self)
             # The turn's first record, alone in the BIO (the last flush read it empty, and a
             # paused socket pauses the app): only a big one can reach the mark.
-            if len(data) < SMALL_WRITE:
+            if len(data) < DIRECT_FRAME_LIMIT:
                 return
         if self._outgoing.pending >= self._outgoing_high_water:
             self._control_app_writing()
@@ -233,6 +276,13 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
                     "protocol": self,
                 }
             )
+
+    def _set_app_protocol(self, app_protocol: asyncio.BaseProtocol) -> None:
+        super()._set_app_protocol(app_protocol)
+        # The one before was told it is paused: so is the one taking over. (asyncio's __init__
+        # sets the first before the flag.)
+        if getattr(self, "_app_writing_paused", False):
+            self._tell_app("pause_writing")
 
     def pause_writing(self) -> None:
         super().pause_writing()  # the socket's buffer is full

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from sidecar.batched_tls import BatchedTLSProtocol
 from sidecar.config.apps import AppConfig
 from sidecar.config.model import LimitsConfig
 from sidecar.config.origins import OriginPolicy
@@ -129,7 +130,9 @@ class PusherSocket(asyncio.Protocol):
         "_relay",
         "_transport",
         "_trusted",
+        "batched",
         "conn",
+        "direct",
         "paused",
         "write",
     )
@@ -147,12 +150,17 @@ class PusherSocket(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self.conn: Connection | None = None
         # Called once per delivery: the transport's own method, no wrapper; over TLS, the TLS
-        # protocol's record writer (sidecar/batched_tls.py), which skips the transport's checks.
-        # A closed transport raises (uvloop) or drops the bytes (asyncio); the connection treats
-        # both as gone.
-        self.write: Callable[[bytes | memoryview], None] = getattr(
-            transport, "write_record", transport.write
-        )
+        # protocol's (sidecar/batched_tls.py), which skip the transport's checks. A closed
+        # transport raises (uvloop) or drops the bytes (asyncio); the connection treats both as
+        # gone.
+        tls: BatchedTLSProtocol | None = getattr(transport, "tls_protocol", None)
+        self.write: Callable[[bytes | memoryview], None]
+        self.direct: Callable[[bytes], object]  # FrameSink's: the fan-out's
+        if tls is None:
+            self.write = self.direct = transport.write
+        else:
+            self.write, self.direct = tls.write_record, tls.direct
+        self.batched = tls
 
     def open(self, app: AppConfig) -> None:
         relay = self._relay
@@ -172,6 +180,11 @@ class PusherSocket(asyncio.Protocol):
             close_ready=self.send_close,
         )
         relay.open(self.conn)
+        if self.batched is not None:
+            # The batch that sends what the fan-out's direct writes leave in the TLS records'
+            # buffers (one per loop: the same at every connection).
+            assert relay.fanout is not None
+            relay.fanout.written = self.batched.batch.add_written
         # Debug: at thousands of connections a second the close line (below) says enough.
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

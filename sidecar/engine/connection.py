@@ -49,6 +49,15 @@ class FrameSink(Protocol):
 
     def write(self, data: bytes | memoryview) -> None: ...
 
+    # The fan-out's write of one frame under DIRECT_FRAME_LIMIT bytes, made only while `paused`
+    # is not set and nothing is queued: no check of its own. Its bytes may wait in `batched`
+    # (a TLS connection's record, sidecar/batched_tls.py) until the sink's write batch sends
+    # them; FanoutQueue hands every connection it wrote to so to that batch (`written`).
+    direct: Callable[[bytes], object]
+
+    @property
+    def batched(self) -> object | None: ...
+
     async def wait_drained(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -80,6 +89,7 @@ class Connection:
         "_scheduler",
         "_sink",
         "app_id",
+        "batched",
         "close_code",
         "close_reason",
         "direct_write",
@@ -117,12 +127,13 @@ class Connection:
         self._queue = SendQueue(queue_limit)
         self._marked = False
         self._draining = False
-        # The sink's write while a frame may be written at once, keeping the order (nothing
+        # The sink's `direct` while a frame may be written at once, keeping the order (nothing
         # queued, marked or draining; open; the sink not paused), else None. FanoutQueue calls
         # it per delivery: one attribute read where write_now() was a call and four checks
         # (~900 instructions a delivery, bench/delivery_floor.py). Every change of those
         # conditions below sets it again.
-        self.direct_write: Callable[[bytes], None] | None = None
+        self.direct_write: Callable[[bytes], object] | None = None
+        self.batched = sink.batched  # what FanoutQueue hands to the sink's batch, with `direct`
         self._allow_direct()
         self._close_ready = close_ready
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -150,11 +161,12 @@ class Connection:
 
     def write_now(self, frame: bytes) -> bool:
         """Write a frame at once if nothing is queued ahead of it; False: send() it instead."""
-        write = self.direct_write
-        if write is None:
+        if self.direct_write is None:
             return False
         try:
-            write(frame)
+            # The sink's own write: `direct_write` is the fan-out's, for small frames, whose
+            # bytes the fan-out has sent.
+            self._sink.write(frame)
         except (ConnectionError, RuntimeError):
             self.write_failed()
         return True
@@ -174,7 +186,7 @@ class Connection:
         """Writing at once keeps the order when nothing is queued: a connection with queued
         bytes is always marked for a flush or draining."""
         if not (self._marked or self._draining or self.state is not _OPEN or self._sink.paused):
-            self.direct_write = self._sink.write
+            self.direct_write = self._sink.direct
 
     def send_json(self, payload: bytes) -> None:
         """Send one Pusher frame (JSON bytes) meant for this client alone: at once when

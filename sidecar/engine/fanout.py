@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 # delivery unchanged (bench/RESULTS.md, issue 14, fifth pass).
 DELIVER_SLICE = 1024
 DIRECT_WRITE_COST = 32
+# Frames the fan-out writes directly are under this (FrameSink.direct): a TLS connection's
+# record that small, alone in its emptied BIO, cannot reach the high-water mark (64 KiB), so
+# its writer needs no check (sidecar/batched_tls.py). Bigger ones are queued.
+DIRECT_FRAME_LIMIT = 4 * 1024
 # Connections written per loop turn: a TLS write costs ~5-15 µs (encryption and a system call).
 # A publish that arrives meanwhile waits for about one delivery and one flush slice.
 FLUSH_SLICE = 16
@@ -120,6 +124,10 @@ class FanoutQueue:
         # broadcast measures from there, the publish API's reply, not from reaching this process.
         self.accepted_at = 0.0
         self._emptied: asyncio.Future[None] | None = None
+        # Given each run of connections whose sink's `direct` it wrote to (FrameSink): the
+        # batch their bytes wait in, if any (sidecar/batched_tls.py's, once a TLS connection
+        # has opened on this loop).
+        self.written: Callable[[list[Connection]], None] | None = None
 
     def time_next(self) -> None:
         """Time the next broadcast: `on_timed(seconds)` is called once its last subscriber has
@@ -172,20 +180,23 @@ class FanoutQueue:
             before = delivered
             # Write directly only while nothing else waits: otherwise queue, so this event
             # and the next ones reach each connection in one write.
-            if len(pending) == 1 and type(frame) is bytes:
+            if len(pending) == 1 and type(frame) is bytes and len(frame) < DIRECT_FRAME_LIMIT:
                 # In runs, each as many as the budget left could write at once, by a for loop
                 # over a copy of the run: ~450 instructions less a delivery than the while
                 # loop below (bench/delivery_floor.py). The budget is charged as there: a
                 # direct write DIRECT_WRITE_COST, a queued frame 1, one who left nothing.
+                written = self.written
                 while position < end and budget > 0:
                     stop = min(end, position + max(1, budget // DIRECT_WRITE_COST))
                     passed = queued = 0  # counted where they are rare, not per delivery
-                    for conn in subscribers[position:stop]:
+                    run = subscribers[position:stop]
+                    for conn in run:
                         # Left the channel while this broadcast waited its turn: not for them.
                         if channel not in conn.subscriptions or conn.socket_id == excluded:
                             passed += 1
                             continue
-                        # Connection.write_now(), inline: this runs once per delivery.
+                        # Connection.write_now(), inline (with the sink's `direct`): this
+                        # runs once per delivery.
                         write = conn.direct_write
                         if write is None:
                             conn.send(frame)
@@ -193,8 +204,11 @@ class FanoutQueue:
                             continue
                         try:
                             write(frame)
-                        except (ConnectionError, RuntimeError):
+                        except (OSError, RuntimeError):  # gone, or its TLS session failed
                             conn.write_failed()
+                    # What a sink's `direct` left in its write batch leaves at its flush.
+                    if written is not None:
+                        written(run)
                     handed = stop - position - passed
                     delivered += handed
                     budget -= (handed - queued) * DIRECT_WRITE_COST + queued

@@ -35,6 +35,11 @@ class Sink:
         self.writes: list[bytes | memoryview] = []
         self.aborted = False
 
+    batched = None  # its writes go straight out (FrameSink)
+
+    def direct(self, data: bytes) -> None:  # the fan-out's write: the same here
+        self.write(data)
+
     def write(self, data: bytes | memoryview) -> None:
         self.writes.append(data)
 

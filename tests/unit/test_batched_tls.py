@@ -342,12 +342,11 @@ async def test_no_read_buffer_of_its_own_per_connection(context: ssl.SSLContext)
 # TLS state of its own: the app is paused whenever a record could not go straight out.
 
 
-async def test_the_websocket_side_writes_with_the_record_writer(serve: Serve) -> None:
+async def test_records_of_one_callback_leave_in_one_write_at_its_end(serve: Serve) -> None:
     reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport._ssl_protocol
-    assert echo.transport.write_record == tls.write_record
-    echo.transport.write_record(b"one")
-    echo.transport.write_record(b"two")
+    tls = echo.transport.tls_protocol
+    tls.write_record(b"one")
+    tls.write_record(b"two")
     assert len(tls._batch.protocols) == 1  # written once, at the end of the callback
     assert await asyncio.wait_for(reader.readexactly(6), 5) == b"onetwo"
     writer.close()
@@ -357,17 +356,17 @@ async def test_a_full_socket_pauses_the_app_at_once_and_its_records_follow_in_or
     serve: Serve,
 ) -> None:
     reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport._ssl_protocol
-    echo.transport.write_record(b"before ")
+    tls = echo.transport.tls_protocol
+    tls.write_record(b"before ")
     tls.pause_writing()  # what the socket's transport says once its buffer is full
     assert echo.paused == 1  # at once, not once the BIO reaches the mark
-    echo.transport.write_record(b"while paused ")  # the whole path: it waits its turn
+    tls.write_record(b"while paused ")  # the whole path: it waits its turn
     await asyncio.sleep(0.05)
     assert echo.resumed == 0
     tls.resume_writing()
     await asyncio.sleep(0.05)
     assert echo.resumed == 1
-    echo.transport.write_record(b"after")
+    tls.write_record(b"after")
     expected = b"before while paused after"
     assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
     writer.close()
@@ -377,10 +376,10 @@ async def test_a_paused_app_is_resumed_only_once_the_socket_takes_records_again(
     serve: Serve,
 ) -> None:
     reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport._ssl_protocol
+    tls = echo.transport.tls_protocol
     tls.pause_writing()
     for _ in range(20):
-        echo.transport.write_record(b"z" * 4000)  # past the mark, held while the socket is full
+        tls.write_record(b"z" * 4000)  # past the mark, held while the socket is full
     await asyncio.sleep(0.05)
     assert (echo.paused, echo.resumed) == (1, 0)
     tls.resume_writing()
@@ -394,10 +393,11 @@ async def test_closing_pauses_the_app_and_a_record_written_after_is_dropped(
     serve: Serve,
 ) -> None:
     reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    echo.transport.write_record(b"last words")
+    tls = echo.transport.tls_protocol
+    tls.write_record(b"last words")
     echo.transport.close()
     assert echo.paused == 1  # the session is closing: no record goes straight out any more
-    echo.transport.write_record(b"too late")  # dropped, as asyncio's write drops it
+    tls.write_record(b"too late")  # dropped, as asyncio's write drops it
     assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
     assert await asyncio.wait_for(echo.lost, 5) is None
     writer.close()
@@ -405,10 +405,71 @@ async def test_closing_pauses_the_app_and_a_record_written_after_is_dropped(
 
 async def test_a_lost_socket_pauses_the_app_before_it_is_told_of_the_loss(serve: Serve) -> None:
     _reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport._ssl_protocol
+    tls = echo.transport.tls_protocol
     tls._transport.abort()
     tls.connection_lost(None)  # what the socket's transport calls (its own call comes later)
     assert echo.paused == 1 and not echo.lost.done()  # told in a later callback
-    echo.transport.write_record(b"into nothing")  # dropped, no error
+    tls.write_record(b"into nothing")  # dropped, no error
     assert await asyncio.wait_for(echo.lost, 5) is None
+    writer.close()
+
+
+# The fan-out's direct write: the record alone (BatchedTLSProtocol.direct), then the connections
+# handed to the batch (WriteBatch.add_written, as FanoutQueue.written).
+
+
+class Written:
+    """What WriteBatch.add_written reads of a Connection: `batched`."""
+
+    def __init__(self, batched: BatchedTLSProtocol | None) -> None:
+        self.batched = batched
+
+
+async def test_direct_records_leave_at_the_flush_of_the_connections_handed_over(
+    serve: Serve,
+) -> None:
+    server = serve(Echo)
+    (r1, w1), (r2, w2) = await server.connect(), await server.connect()
+    await asyncio.sleep(0.05)
+    one, two = (echo.transport.tls_protocol for echo in server.protocols)
+    one.direct(b"first ")
+    two.direct(b"to two")
+    one.direct(b"second")
+    assert one._outgoing.pending and not one._in_batch  # in the BIO, not in the batch
+    one.batch.add_written([Written(one), Written(None), Written(two)])  # None: not TLS
+    assert await asyncio.wait_for(r1.readexactly(12), 5) == b"first second"
+    assert await asyncio.wait_for(r2.readexactly(6), 5) == b"to two"
+    assert one.batch.written == []
+    w1.close()
+    w2.close()
+
+
+async def test_a_direct_record_of_a_paused_app_waits_for_the_socket_and_then_leaves(
+    serve: Serve,
+) -> None:
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport.tls_protocol
+    tls.direct(b"held ")
+    tls.pause_writing()  # the socket's buffer is full: not written at this flush
+    tls.batch.add_written([Written(tls)])
+    await asyncio.sleep(0.05)
+    assert tls._outgoing.pending
+    tls.resume_writing()
+    tls.write_record(b"then this")
+    assert await asyncio.wait_for(reader.readexactly(14), 5) == b"held then this"
+    writer.close()
+
+
+async def test_the_protocol_taking_over_a_paused_connection_is_told_it_is_paused(
+    serve: Serve,
+) -> None:
+    _reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    tls = echo.transport.tls_protocol
+    tls.pause_writing()
+    taker = Echo()
+    echo.transport.set_protocol(taker)  # as the listener hands a WebSocket on
+    assert (echo.paused, taker.paused) == (1, 1)
+    tls.resume_writing()
+    await asyncio.sleep(0.05)
+    assert taker.resumed == 1
     writer.close()

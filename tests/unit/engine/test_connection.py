@@ -35,6 +35,11 @@ class FakeSink:
         self.write_error: Exception | None = None
         self.drain_error: Exception | None = None
 
+    batched = None  # its writes go straight out (FrameSink)
+
+    def direct(self, data: bytes) -> None:  # the fan-out's write: the same here
+        self.write(data)
+
     def write(self, data: bytes | memoryview) -> None:
         if self.write_error is not None:
             raise self.write_error
@@ -514,15 +519,23 @@ async def test_direct_write_follows_its_rule_and_keeps_the_order_through_any_seq
         conn, sink, _ = make_conn()
         frames = []
         for step in range(60):
-            op = rng.choice(["send", "direct", "direct", "pause", "resume", "turn", "fill"])
+            op = rng.choice(["send", "direct", "fanout", "pause", "resume", "turn", "fill"])
             frame = b"<%d>" % step
             if op == "send":
                 conn.send(frame)
                 frames.append(frame)
-            elif op == "direct":
+            elif op == "direct":  # as a reply is written (write_now)
                 paused = sink.paused
                 if conn.write_now(frame):
                     assert not paused
+                else:
+                    conn.send(frame)
+                frames.append(frame)
+            elif op == "fanout":  # as FanoutQueue writes
+                write = conn.direct_write
+                if write is not None:
+                    assert not sink.paused
+                    write(frame)
                 else:
                     conn.send(frame)
                 frames.append(frame)
@@ -540,6 +553,20 @@ async def test_direct_write_follows_its_rule_and_keeps_the_order_through_any_seq
         await turns(5)
         assert conn.direct_write is not None
         assert sink.written == b"".join(frames)
+
+
+async def test_the_fan_out_writes_with_the_sinks_direct_and_a_reply_with_its_write(
+    make_conn: MakeConn,
+) -> None:
+    conn, sink, _ = make_conn()
+    direct: list[bytes] = []
+    sink.direct = direct.append  # type: ignore[method-assign]  # unlike FakeSink's, its own
+    conn._allow_direct()  # read again, as at any change of the rule
+    assert conn.direct_write is not None
+    conn.direct_write(b"event")
+    assert conn.write_now(b"pong")
+    assert direct == [b"event"] and sink.writes == [b"pong"]
+    assert conn.batched is None  # FakeSink's: nothing for a write batch to send
 
 
 async def test_a_closing_or_failed_connection_writes_nothing_at_once(make_conn: MakeConn) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import pytest
 from sidecar.engine import fanout
 from sidecar.engine.fanout import (
     DELIVER_SLICE,
+    DIRECT_FRAME_LIMIT,
     DIRECT_WRITE_COST,
     FLUSH_SLICE,
     FanoutQueue,
@@ -198,6 +200,45 @@ async def test_a_direct_write_that_raises_marks_that_connection_and_the_rest_get
     await turn()
     assert [len(c.received) for c in conns] == [1, 0, 1]
     assert [c.failed for c in conns] == [0, 1, 0]
+
+
+async def test_a_tls_session_that_fails_a_direct_write_marks_only_that_connection() -> None:
+    queue = new_queue()
+    conns = channel_of(3)
+    conns[0].write_error = ssl.SSLError("bad record mac")  # an OSError, not a ConnectionError
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    assert [len(c.received) for c in conns] == [0, 1, 1]
+    assert [c.failed for c in conns] == [1, 0, 0]
+
+
+async def test_every_run_written_directly_is_handed_to_the_sinks_batch_in_the_same_turn() -> None:
+    queue = new_queue()
+    runs: list[list[FakeConn]] = []
+    queue.written = runs.append  # type: ignore[assignment]
+    per_turn = DELIVER_SLICE // DIRECT_WRITE_COST
+    conns = channel_of(per_turn + 3)
+    conns[2].idle = False  # queued, in its run all the same: its sink's batch skips it
+    queue.broadcast("news", b"f", subscribers(conns), None)
+    await turn()
+    handed = [c for run in runs for c in run]
+    assert handed == [c for c in conns if c.received]  # in this turn, no more, no less
+    assert len(handed) < len(conns)
+    await turn()
+    assert [c for run in runs for c in run] == conns
+
+
+async def test_a_frame_too_big_to_write_unchecked_is_queued_and_no_run_handed_over() -> None:
+    queue = new_queue()
+    runs: list[list[FakeConn]] = []
+    queue.written = runs.append  # type: ignore[assignment]
+    conns = channel_of(2)
+    queue.broadcast("news", b"x" * (DIRECT_FRAME_LIMIT - 1), subscribers(conns), None)
+    await turn()
+    queue.broadcast("news", b"x" * DIRECT_FRAME_LIMIT, subscribers(conns), None)
+    await turn()
+    assert all(c.ways == ["direct", "queued"] for c in conns)
+    assert len(runs) == 1
 
 
 async def test_excluded_socket_is_skipped_and_not_counted() -> None:

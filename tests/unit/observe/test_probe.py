@@ -189,6 +189,11 @@ class Sink:
     def __init__(self) -> None:
         self.data = bytearray()
 
+    batched = None  # its writes go straight out (FrameSink)
+
+    def direct(self, data: bytes) -> None:  # the fan-out's write: the same here
+        self.write(data)
+
     def write(self, data: bytes | memoryview) -> None:
         self.data += data
 
