@@ -54,10 +54,12 @@ class WriteBatch:
     of a loop turn leave in one write, read once, in the order they were encrypted.
     """
 
-    __slots__ = ("protocols", "written")
+    __slots__ = ("_loop", "protocols", "written")
 
-    def __init__(self) -> None:
-        # No reference to the loop: _batches holds it weakly, as the key of this.
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weakly: _batches holds the loop weakly, as the key of this. (Not get_running_loop()
+        # at each first add of a turn: on Python 3.11 it makes a getpid() system call.)
+        self._loop = weakref.ref(loop)
         self.protocols: list[BatchedTLSProtocol] = []
         # Runs of connections the fan-out wrote to with their sink's `direct`: the protocol's
         # C write alone (BatchedTLSProtocol.direct), no Python call a delivery.
@@ -69,7 +71,7 @@ class WriteBatch:
             return
         protocols = self.protocols
         if not protocols:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._schedule()
         protocol._in_batch = True
         protocols.append(protocol)
 
@@ -77,8 +79,13 @@ class WriteBatch:
         """FanoutQueue.written: the records `connections` were given (those of them over TLS,
         `conn.batched`) leave at the flush."""
         if not self.written and not self.protocols:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._schedule()
         self.written.append(connections)
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        assert loop is not None, "a batch outlived its loop"  # the loop is the key of it
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         if self.written:
@@ -129,7 +136,7 @@ _batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (
 def batch_of(loop: asyncio.AbstractEventLoop) -> WriteBatch:
     batch = _batches.get(loop)
     if batch is None:
-        batch = _batches[loop] = WriteBatch()
+        batch = _batches[loop] = WriteBatch(loop)
     return batch
 
 
