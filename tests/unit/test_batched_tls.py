@@ -51,7 +51,7 @@ class FakeProtocol:
 
 
 async def test_records_are_written_after_the_callback_one_write_per_connection() -> None:
-    batch = WriteBatch()
+    batch = WriteBatch(asyncio.get_running_loop())
     one, two = FakeTransport(), FakeTransport()
     first, second = FakeProtocol(one), FakeProtocol(two)
     first.encrypted(batch, b"a")
@@ -64,7 +64,7 @@ async def test_records_are_written_after_the_callback_one_write_per_connection()
 
 
 async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> None:
-    batch = WriteBatch()
+    batch = WriteBatch(asyncio.get_running_loop())
     closed, lost = FakeProtocol(FakeTransport(fail=True)), FakeProtocol(None)
     good = FakeTransport()
     alive = FakeProtocol(good)
@@ -75,7 +75,7 @@ async def test_a_closed_or_lost_connection_is_skipped_and_the_rest_written() -> 
 
 
 async def test_an_app_paused_by_the_batch_is_looked_at_again_once_its_records_are_written() -> None:
-    batch = WriteBatch()
+    batch = WriteBatch(asyncio.get_running_loop())
     protocol = FakeProtocol(FakeTransport())
     protocol._app_writing_paused = True
     protocol.encrypted(batch, b"x")
@@ -84,7 +84,7 @@ async def test_an_app_paused_by_the_batch_is_looked_at_again_once_its_records_ar
 
 
 async def test_a_socket_that_paused_keeps_its_records_until_it_resumes() -> None:
-    batch = WriteBatch()
+    batch = WriteBatch(asyncio.get_running_loop())
     transport = FakeTransport()
     protocol = FakeProtocol(transport)
     protocol._app_writing_paused = True
@@ -267,6 +267,14 @@ async def echo_with_a_high_water_mark(
     return reader, writer, echo
 
 
+async def tls_echo(
+    serve: Serve,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Echo, BatchedTLSProtocol]:
+    """As echo_with_a_high_water_mark at 64 KiB, with the TLS protocol under its transport."""
+    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
+    return reader, writer, echo, echo.transport.tls_protocol
+
+
 async def test_a_large_write_arrives_intact_and_pauses_the_app_meanwhile(
     serve: Serve,
 ) -> None:
@@ -343,8 +351,7 @@ async def test_no_read_buffer_of_its_own_per_connection(context: ssl.SSLContext)
 
 
 async def test_records_of_one_callback_leave_in_one_write_at_its_end(serve: Serve) -> None:
-    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    reader, writer, _echo, tls = await tls_echo(serve)
     tls.write_record(b"one")
     tls.write_record(b"two")
     assert len(tls._batch.protocols) == 1  # written once, at the end of the callback
@@ -355,8 +362,7 @@ async def test_records_of_one_callback_leave_in_one_write_at_its_end(serve: Serv
 async def test_a_full_socket_pauses_the_app_at_once_and_its_records_follow_in_order(
     serve: Serve,
 ) -> None:
-    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    reader, writer, echo, tls = await tls_echo(serve)
     tls.write_record(b"before ")
     tls.pause_writing()  # what the socket's transport says once its buffer is full
     assert echo.paused == 1  # at once, not once the BIO reaches the mark
@@ -375,8 +381,7 @@ async def test_a_full_socket_pauses_the_app_at_once_and_its_records_follow_in_or
 async def test_a_paused_app_is_resumed_only_once_the_socket_takes_records_again(
     serve: Serve,
 ) -> None:
-    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    reader, writer, echo, tls = await tls_echo(serve)
     tls.pause_writing()
     for _ in range(20):
         tls.write_record(b"z" * 4000)  # past the mark, held while the socket is full
@@ -392,8 +397,7 @@ async def test_a_paused_app_is_resumed_only_once_the_socket_takes_records_again(
 async def test_closing_pauses_the_app_and_a_record_written_after_is_dropped(
     serve: Serve,
 ) -> None:
-    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    reader, writer, echo, tls = await tls_echo(serve)
     tls.write_record(b"last words")
     echo.transport.close()
     assert echo.paused == 1  # the session is closing: no record goes straight out any more
@@ -404,8 +408,7 @@ async def test_closing_pauses_the_app_and_a_record_written_after_is_dropped(
 
 
 async def test_a_lost_socket_pauses_the_app_before_it_is_told_of_the_loss(serve: Serve) -> None:
-    _reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    _reader, writer, echo, tls = await tls_echo(serve)
     tls._transport.abort()
     tls.connection_lost(None)  # what the socket's transport calls (its own call comes later)
     assert echo.paused == 1 and not echo.lost.done()  # told in a later callback
@@ -447,8 +450,7 @@ async def test_direct_records_leave_at_the_flush_of_the_connections_handed_over(
 async def test_a_direct_record_of_a_paused_app_waits_for_the_socket_and_then_leaves(
     serve: Serve,
 ) -> None:
-    reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    reader, writer, _echo, tls = await tls_echo(serve)
     tls.direct(b"held ")
     tls.pause_writing()  # the socket's buffer is full: not written at this flush
     tls.batch.add_written([Written(tls)])
@@ -463,8 +465,7 @@ async def test_a_direct_record_of_a_paused_app_waits_for_the_socket_and_then_lea
 async def test_the_protocol_taking_over_a_paused_connection_is_told_it_is_paused(
     serve: Serve,
 ) -> None:
-    _reader, writer, echo = await echo_with_a_high_water_mark(serve, 64 * 1024)
-    tls = echo.transport.tls_protocol
+    _reader, writer, echo, tls = await tls_echo(serve)
     tls.pause_writing()
     taker = Echo()
     echo.transport.set_protocol(taker)  # as the listener hands a WebSocket on
