@@ -185,7 +185,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         self._batched = self._batch.protocols
         # The fan-out's write (FrameSink.direct): the record into the BIO and nothing else; the
         # fan-out hands the connection to the batch (WriteBatch.add_written). Only while the
-        # app is not paused, for records under DIRECT_FRAME_LIMIT: ~1,000 instructions less a
+        # app is not paused, for records under DIRECT_FRAME_LIMIT: ~1,400 instructions less a
         # sparse delivery than write_record (bench/delivery_floor.py).
         self.direct: Callable[[bytes], int] = self._encrypt
         self.batch = self._batch

@@ -164,8 +164,8 @@ class Connection:
         if self.direct_write is None:
             return False
         try:
-            # The sink's own write: `direct_write` is the fan-out's, for small frames, whose
-            # bytes the fan-out has sent.
+            # The sink's own write: `direct_write` is the fan-out's (small frames only, whose
+            # bytes the fan-out hands to the sink's write batch itself).
             self._sink.write(frame)
         except (ConnectionError, RuntimeError):
             self.write_failed()
