@@ -177,18 +177,17 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
             ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # a float works
         )
         self.max_size = READ_CHUNK  # type: ignore[misc]
-        self._batch = batch_of(loop)
-        self._in_batch = False  # in _batch.protocols: its outgoing BIO is read at the flush
+        self.batch = batch_of(loop)  # FanoutQueue.written is its add_written
+        self._in_batch = False  # in batch.protocols: its outgoing BIO is read at the flush
         self._ssl_buffer_view = _shared_buffer  # what asyncio's buffer_updated reads from
         # ssl.SSLObject.write is a Python method around this C one: one frame less per write.
         self._encrypt = self._sslobj._sslobj.write
-        self._batched = self._batch.protocols
+        self._batched = self.batch.protocols
         # The fan-out's write (FrameSink.direct): the record into the BIO and nothing else; the
         # fan-out hands the connection to the batch (WriteBatch.add_written). Only while the
         # app is not paused, for records under DIRECT_FRAME_LIMIT: ~1,400 instructions less a
         # sparse delivery than write_record (bench/delivery_floor.py).
         self.direct: Callable[[bytes], int] = self._encrypt
-        self.batch = self._batch
 
     def _get_app_transport(self) -> sslproto._SSLProtocolTransport:
         # asyncio's, with this module's transport (typeshed does not know it may be None).
@@ -208,8 +207,8 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
         # What reading one client caused (a handshake's next flight, a pong) leaves now: a loop
         # turn can read hundreds of connections (a reconnect storm), and waiting for the end
         # of it held each answer behind every other handshake (longest stall 432 ms, not 158).
-        if self._batch.protocols:
-            self._batch.flush()
+        if self.batch.protocols:
+            self.batch.flush()
 
     def write_record(self, data: bytes | memoryview) -> None:
         """The app's write, one record: what the relay's connections write with (PusherSocket).
@@ -234,7 +233,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
             # WriteBatch.add, inline: this runs once per delivery.
             protocols = self._batched
             if not protocols:
-                self._loop.call_soon(self._batch.flush)
+                self._loop.call_soon(self.batch.flush)
             self._in_batch = True
             protocols.append(self)
             # The turn's first record, alone in the BIO (the last flush read it empty, and a
@@ -304,7 +303,7 @@ class BatchedTLSProtocol(sslproto.SSLProtocol):
     def _process_outgoing(self) -> None:
         # asyncio's reads the BIO and writes to the socket at once; here the batch does both.
         if not self._ssl_writing_paused and self._outgoing.pending:
-            self._batch.add(self)
+            self.batch.add(self)
         self._control_app_writing()
 
 

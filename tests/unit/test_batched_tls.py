@@ -354,7 +354,7 @@ async def test_records_of_one_callback_leave_in_one_write_at_its_end(serve: Serv
     reader, writer, _echo, tls = await tls_echo(serve)
     tls.write_record(b"one")
     tls.write_record(b"two")
-    assert len(tls._batch.protocols) == 1  # written once, at the end of the callback
+    assert len(tls.batch.protocols) == 1  # written once, at the end of the callback
     assert await asyncio.wait_for(reader.readexactly(6), 5) == b"onetwo"
     writer.close()
 
