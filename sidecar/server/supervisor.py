@@ -69,7 +69,6 @@ from sidecar.server.lifecycle import (
 )
 from sidecar.server.prepare import Prepared, make_observer
 from sidecar.server.reloader import ApiApps, LiveWebhooks, Reloader
-from sidecar.server.scheduling import SUPERVISOR_SLICE, set_time_slice
 from sidecar.server.serving import (
     Sites,
     obtain_certificate,
@@ -289,9 +288,6 @@ class Supervisor:
         self.reload_workers(self.reloader.text if plan is not None else None)
 
     async def run(self, banner: Callable[[Prepared], None]) -> None:
-        # Woken by a publish while workers fan out on its core, it runs first (each worker
-        # asks for a long slice: sidecar/server/scheduling.py).
-        set_time_slice(SUPERVISOR_SLICE)
         sites = Sites()
         stopping = stop_signal()
         reload_signal(self.reload)

@@ -40,7 +40,6 @@ from sidecar.server.prepare import (
 )
 from sidecar.server.reload_plan import plan_reload
 from sidecar.server.reloader import Reloader
-from sidecar.server.scheduling import WORKER_SLICE, set_time_slice
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -148,7 +147,6 @@ def worker_main(
     # Reloads come from the supervisor over the control line; a hangup of the terminal (to the whole
     # process group) is the supervisor's to act on, not an end of this worker.
     ignore_hangup()
-    set_time_slice(WORKER_SLICE)  # so the app and the supervisor, when woken, run first
     config, text = worker_config(config_path, read_fd(config_fd), read_fd(reloaded_fd))
     setup(config.log.level)
     run_loop(
