@@ -464,8 +464,9 @@ async def test_a_broadcast_longer_than_a_slice_gives_way_between_its_slices(
 
 
 async def test_a_flush_longer_than_a_slice_gives_way_between_its_slices(
-    ways_given: list[int],
+    ways_given: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(fanout, "FLUSHES_A_GIVE_WAY", FLUSH_SLICE)  # between slices alone
     flushed: list[FlushRecorder] = []
     scheduler = FlushScheduler(asyncio.get_running_loop())
     for _ in range(FLUSH_SLICE * 2 + 1):
@@ -474,6 +475,58 @@ async def test_a_flush_longer_than_a_slice_gives_way_between_its_slices(
         await turn()
     assert len(flushed) == FLUSH_SLICE * 2 + 1
     assert len(ways_given) == 2
+
+
+def given_way_log(monkeypatch: pytest.MonkeyPatch) -> list:
+    """A log that give_way() writes "give way" to, for FakeConn or FlushRecorder to share."""
+    log: list = []
+    monkeypatch.setattr(fanout, "give_way", lambda: log.append("give way"))
+    return log
+
+
+async def test_a_flush_slice_gives_way_inside_every_flushes_a_give_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = given_way_log(monkeypatch)
+    monkeypatch.setattr(fanout, "FLUSH_SLICE", 6)
+    monkeypatch.setattr(fanout, "FLUSHES_A_GIVE_WAY", 4)
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    for _ in range(7):
+        scheduler.mark(FlushRecorder(log))
+    await turn()
+    await turn()
+    # A slice of 6, giving way after its 4th; then between the slices; then the last one.
+    assert ["give way" if entry == "give way" else "flush" for entry in log] == [
+        *["flush"] * 4,
+        "give way",
+        *["flush"] * 2,
+        "give way",
+        "flush",
+    ]
+
+
+async def test_a_slice_of_queue_appends_gives_way_inside_every_appends_a_give_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = given_way_log(monkeypatch)
+    monkeypatch.setattr(fanout, "DELIVER_SLICE", 8)
+    monkeypatch.setattr(fanout, "APPENDS_A_GIVE_WAY", 3)
+    queue = new_queue()
+    conns = [FakeConn(f"1.{i}", "news", log=log) for i in range(4)]
+    # Tuple frames: queued, never written directly.
+    queue.broadcast("news", (b"a",), subscribers(conns), None)
+    queue.broadcast("news", (b"b",), subscribers(conns), None)
+    await turn()
+    # One slice of 8 appends: the budget left is 6 after the 2nd and 3 after the 5th; none at
+    # the slice's end, with nothing pending.
+    assert [entry if entry == "give way" else entry[1] for entry in log] == [
+        *[(b"a",)] * 2,
+        "give way",
+        *[(b"a",)] * 2,
+        (b"b",),
+        "give way",
+        *[(b"b",)] * 3,
+    ]
 
 
 async def test_work_done_in_one_slice_never_gives_way(ways_given: list[int]) -> None:
