@@ -49,8 +49,9 @@ FLUSH_SLICE = 16
 # sooner than this loop needs a turn: a turn costs a poll and splits a publish's events
 # (above), a give-way with no one waiting costs ~0.4 µs. Acknowledgement p99 at 1,000
 # publishes/s to 5,000 subscribers, 2 workers, against slices alone in the same runs: 793
-# against 948 and 735 against 1,236 µs (lower in 13 of 14 runs); appends alone 878 against
-# 1,030, flushes alone 966 against 949 (bench/RESULTS.md, issue 14, tenth pass).
+# against 948, 735 against 1,236 and 621 against 1,022 µs (lower in 19 of 21 runs); appends
+# alone 878 against 1,030, flushes alone 966 against 949 (bench/RESULTS.md, issue 14, tenth
+# pass).
 APPENDS_A_GIVE_WAY = 256
 FLUSHES_A_GIVE_WAY = 4
 
