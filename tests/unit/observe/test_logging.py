@@ -75,6 +75,28 @@ def test_json_is_one_line_even_with_a_traceback_and_newlines() -> None:
     assert "ValueError: boom" in entry["exc"]
 
 
+# What Python's str.splitlines takes for a line's end; a JSON encoder escapes only the first
+# five (the C0 controls), and JavaScript ends a line at U+2028 and U+2029 too.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def test_json_is_one_line_whatever_line_breaks_a_client_sent() -> None:
+    # A client's request path or channel name reaches a log line's fields.
+    path = f"/apps/1/events{LINE_BREAKS}" + '{"level":"error","msg":"forged"}'
+    line = JsonFormatter().format(record(f"refused{LINE_BREAKS}x", extra={"path": path}))
+    assert line.splitlines() == [line]
+    assert line.isascii()
+    entry = json.loads(line)
+    assert entry["path"] == path
+    assert entry["msg"] == f"refused{LINE_BREAKS}x"
+
+
+def test_json_keeps_other_non_ascii_as_it_is() -> None:
+    line = JsonFormatter().format(record(extra={"channel": "café-ý-☃"}))
+    assert "café-ý-☃" in line
+    assert json.loads(line)["channel"] == "café-ý-☃"
+
+
 def test_json_turns_unserializable_fields_into_strings() -> None:
     class Thing:
         def __str__(self) -> str:
@@ -93,6 +115,16 @@ def test_text_has_level_message_and_fields() -> None:
     assert "connection closed" in line
     assert line.endswith("socket_id=1.2 close_code=4201")
     assert "\n" not in line
+
+
+def test_text_escapes_what_could_break_a_line_or_drive_the_terminal() -> None:
+    line = TextFormatter().format(
+        record(f"refused{LINE_BREAKS}", extra={"path": "/a\x1b[31m\x00é☃"})
+    )
+    assert line.splitlines() == [line]
+    assert "\x1b" not in line and "\x00" not in line
+    assert line.endswith("path=/a\\x1b[31m\\x00é☃")
+    assert "refused\\n\\r\\x0b" in line
 
 
 def test_text_without_fields_ends_with_the_message() -> None:
