@@ -477,19 +477,20 @@ async def test_a_flush_longer_than_a_slice_gives_way_between_its_slices(
     assert len(ways_given) == 2
 
 
-def given_way_log(monkeypatch: pytest.MonkeyPatch) -> list:
-    """A log that give_way() writes "give way" to, for FakeConn or FlushRecorder to share."""
+def given_way_log(monkeypatch: pytest.MonkeyPatch, **sizes: int) -> list:
+    """A log that give_way() writes "give way" to, for FakeConn or FlushRecorder to share,
+    with fanout's slice sizes set as `sizes` says."""
     log: list = []
     monkeypatch.setattr(fanout, "give_way", lambda: log.append("give way"))
+    for name, size in sizes.items():
+        monkeypatch.setattr(fanout, name, size)
     return log
 
 
 async def test_a_flush_slice_gives_way_inside_every_flushes_a_give_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    log = given_way_log(monkeypatch)
-    monkeypatch.setattr(fanout, "FLUSH_SLICE", 6)
-    monkeypatch.setattr(fanout, "FLUSHES_A_GIVE_WAY", 4)
+    log = given_way_log(monkeypatch, FLUSH_SLICE=6, FLUSHES_A_GIVE_WAY=4)
     scheduler = FlushScheduler(asyncio.get_running_loop())
     for _ in range(7):
         scheduler.mark(FlushRecorder(log))
@@ -508,9 +509,7 @@ async def test_a_flush_slice_gives_way_inside_every_flushes_a_give_way(
 async def test_a_slice_of_queue_appends_gives_way_inside_every_appends_a_give_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    log = given_way_log(monkeypatch)
-    monkeypatch.setattr(fanout, "DELIVER_SLICE", 8)
-    monkeypatch.setattr(fanout, "APPENDS_A_GIVE_WAY", 3)
+    log = given_way_log(monkeypatch, DELIVER_SLICE=8, APPENDS_A_GIVE_WAY=3)
     queue = new_queue()
     conns = [FakeConn(f"1.{i}", "news", log=log) for i in range(4)]
     # Tuple frames: queued, never written directly.

@@ -76,7 +76,7 @@ def test_json_is_one_line_even_with_a_traceback_and_newlines() -> None:
 
 
 # What Python's str.splitlines takes for a line's end; a JSON encoder escapes only the first
-# five (the C0 controls), and JavaScript ends a line at U+2028 and U+2029 too.
+# seven (the C0 controls), and JavaScript ends a line at U+2028 and U+2029 too.
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
