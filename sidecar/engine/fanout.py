@@ -90,14 +90,10 @@ class FlushScheduler:
 
     def _flush_slice(self) -> None:
         dirty = self._dirty
-        left = min(len(dirty), FLUSH_SLICE)
-        while True:
-            for _ in range(min(left, FLUSHES_A_GIVE_WAY)):
-                dirty.popleft().flush()
-            left -= FLUSHES_A_GIVE_WAY
-            if left <= 0:
-                break
-            give_way()
+        for flushed in range(min(len(dirty), FLUSH_SLICE)):
+            if flushed and not flushed % FLUSHES_A_GIVE_WAY:
+                give_way()
+            dirty.popleft().flush()
         if dirty:
             give_way()
             self._loop.call_soon(self._flush_slice)
